@@ -1,0 +1,114 @@
+/*
+ * switchboard.h -- the native module C ABI, version 1 (rfcs/0002-native-module-abi.md).
+ *
+ * A native module is a shared library exporting one symbol:
+ *
+ *     const sb_module *switchboard_module_entry(void);
+ *
+ * The broker calls it once at load, checks abi_version and size, reads the name, and later
+ * calls main() on a thread of its own. main() loops on host->recv() and answers with
+ * host->send() until it receives the control message "shutdown", then returns 0.
+ * Only bytes and C scalars cross this boundary. Must match module-api/src/abi.rs.
+ */
+#ifndef SWITCHBOARD_H
+#define SWITCHBOARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SB_ABI_VERSION 1
+
+/* message types (RFC 1) */
+#define SB_MSG_REQUEST  1
+#define SB_MSG_RESPONSE 2
+#define SB_MSG_EVENT    4
+#define SB_MSG_CONTROL  8
+
+/* flags (RFC 1) */
+#define SB_FLAG_NO_RESPONSE 0x01
+#define SB_FLAG_STREAMING   0x02
+#define SB_FLAG_UPSTREAM    0x04
+#define SB_FLAG_PRIVATE     0x08
+
+#define SB_NODEID_ANY 0xffffffffu
+
+/* return codes */
+#define SB_OK         0
+#define SB_EINVAL     22
+#define SB_ECONNRESET 104
+#define SB_ETIMEDOUT  110
+#define SB_EXIT_PANIC 101
+
+/* log severities (syslog) */
+#define SB_LOG_ERR     3
+#define SB_LOG_WARNING 4
+#define SB_LOG_INFO    6
+#define SB_LOG_DEBUG   7
+
+typedef struct sb_bytes {
+    const uint8_t *ptr; /* may be NULL when len == 0 */
+    size_t len;
+} sb_bytes;
+
+typedef struct sb_msg {
+    uint8_t msg_type;
+    uint8_t flags;
+    uint16_t reserved;   /* zero */
+    uint32_t matchtag;
+    uint32_t nodeid;
+    uint32_t userid;
+    uint32_t rolemask;
+    uint32_t errnum;
+    uint32_t seq;
+    sb_bytes topic;      /* UTF-8, not NUL-terminated */
+    sb_bytes errstr;     /* ptr == NULL: no error text */
+    const uint64_t *route;
+    size_t route_len;
+    sb_bytes payload;    /* by convention a msgpack map */
+} sb_msg;
+
+typedef struct sb_host {
+    uint32_t abi_version;
+    uint32_t size;
+    void *ctx;
+    sb_bytes name;
+    const sb_bytes *args;
+    size_t nargs;
+    sb_bytes config;     /* msgpack map */
+    /* blocks up to timeout_ms (< 0: forever); SB_OK, SB_ETIMEDOUT or SB_ECONNRESET.
+       The views in *msg stay valid until the next recv on this host. Module thread only. */
+    int32_t (*recv)(void *ctx, sb_msg *msg, int32_t timeout_ms);
+    /* copies the message; SB_OK or SB_EINVAL. Callable from any thread. */
+    int32_t (*send)(void *ctx, const sb_msg *msg);
+    void (*log)(void *ctx, int32_t level, const uint8_t *text, size_t len);
+} sb_host;
+
+typedef struct sb_module {
+    uint32_t abi_version; /* SB_ABI_VERSION */
+    uint32_t size;        /* sizeof(sb_module) */
+    const char *name;     /* default name, NUL-terminated */
+    int32_t (*main)(const sb_host *host);
+} sb_module;
+
+/* Build a response to `req` in `resp` (borrowing req's topic and route). */
+static inline void sb_response_init(sb_msg *resp, const sb_msg *req)
+{
+    sb_msg r = {0};
+    r.msg_type = SB_MSG_RESPONSE;
+    r.flags = req->flags & SB_FLAG_STREAMING;
+    r.matchtag = req->matchtag;
+    r.nodeid = SB_NODEID_ANY;
+    r.topic = req->topic;
+    r.route = req->route;
+    r.route_len = req->route_len;
+    *resp = r;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SWITCHBOARD_H */

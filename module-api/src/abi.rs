@@ -1,0 +1,139 @@
+//! The native-module C ABI (RFC 2), as `#[repr(C)]` Rust types. `include/switchboard.h` is
+//! the same contract for C authors; the two must change together.
+//!
+//! Only bytes and C scalars cross: a message is an `SbMsg` of scalars and (pointer, length)
+//! byte views, never a Rust type. Nothing here may allocate, panic or unwind.
+
+use std::ffi::{c_char, c_void};
+
+/// The ABI version this crate implements. A module whose table names another is refused.
+pub const ABI_VERSION: u32 = 1;
+/// The one symbol a native module exports: `const SbModule *switchboard_module_entry(void)`.
+pub const ENTRY_SYMBOL: &str = "switchboard_module_entry";
+
+/// `recv` result: a message was stored in `*msg`.
+pub const SB_OK: i32 = 0;
+/// `recv` result: the timeout passed with no message (ETIMEDOUT).
+pub const SB_ETIMEDOUT: i32 = 110;
+/// `recv` result: the broker closed the link; the module should return from `main`.
+pub const SB_ECONNRESET: i32 = 104;
+/// `send` result: the message was malformed (bad UTF-8, unknown type, bad flags).
+pub const SB_EINVAL: i32 = 22;
+/// `main` return value used by the Rust export macro when the module panicked.
+pub const SB_EXIT_PANIC: i32 = 101;
+
+/// syslog severities for `log`.
+pub const SB_LOG_ERR: i32 = 3;
+pub const SB_LOG_WARNING: i32 = 4;
+pub const SB_LOG_INFO: i32 = 6;
+pub const SB_LOG_DEBUG: i32 = 7;
+
+/// A borrowed byte string. `ptr` may be null only when `len` is 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SbBytes {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl SbBytes {
+    pub const EMPTY: SbBytes = SbBytes { ptr: std::ptr::null(), len: 0 };
+
+    pub fn of(s: &[u8]) -> Self {
+        SbBytes { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// # Safety
+    /// `ptr` must be valid for `len` bytes (or null with `len == 0`) for the returned lifetime.
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// A message as it crosses the C ABI: the header fields of RFC 1 and byte views.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SbMsg {
+    pub msg_type: u8,
+    pub flags: u8,
+    pub reserved: u16,
+    pub matchtag: u32,
+    pub nodeid: u32,
+    pub userid: u32,
+    pub rolemask: u32,
+    pub errnum: u32,
+    pub seq: u32,
+    pub topic: SbBytes,
+    /// Null `ptr` = no error text.
+    pub errstr: SbBytes,
+    pub route: *const u64,
+    pub route_len: usize,
+    pub payload: SbBytes,
+}
+
+impl SbMsg {
+    pub const ZERO: SbMsg = SbMsg {
+        msg_type: 0,
+        flags: 0,
+        reserved: 0,
+        matchtag: 0,
+        nodeid: 0,
+        userid: 0,
+        rolemask: 0,
+        errnum: 0,
+        seq: 0,
+        topic: SbBytes::EMPTY,
+        errstr: SbBytes::EMPTY,
+        route: std::ptr::null(),
+        route_len: 0,
+        payload: SbBytes::EMPTY,
+    };
+}
+
+/// Receive the next message. Blocks up to `timeout_ms` (negative = forever). The views in
+/// `*msg` stay valid until the next `recv` on the same host.
+pub type SbRecvFn = unsafe extern "C" fn(ctx: *mut c_void, msg: *mut SbMsg, timeout_ms: i32) -> i32;
+/// Send a message; the host copies what it needs before returning. Thread-safe.
+pub type SbSendFn = unsafe extern "C" fn(ctx: *mut c_void, msg: *const SbMsg) -> i32;
+/// Write a log record at a syslog severity.
+pub type SbLogFn = unsafe extern "C" fn(ctx: *mut c_void, level: i32, text: *const u8, len: usize);
+
+/// What the broker hands a module's `main`: its identity, its arguments and the calls back.
+#[repr(C)]
+#[derive(Debug)]
+pub struct SbHost {
+    pub abi_version: u32,
+    /// `size_of::<SbHost>()` as the broker built it; fields past a module's idea of the size
+    /// are later additions it does not know.
+    pub size: u32,
+    pub ctx: *mut c_void,
+    /// This instance's name (also its service).
+    pub name: SbBytes,
+    pub args: *const SbBytes,
+    pub nargs: usize,
+    /// The module's configuration table, a msgpack map (an empty map when none was given).
+    pub config: SbBytes,
+    pub recv: SbRecvFn,
+    pub send: SbSendFn,
+    pub log: SbLogFn,
+}
+
+/// The table a module's entry symbol returns.
+#[repr(C)]
+#[derive(Debug)]
+pub struct SbModule {
+    pub abi_version: u32,
+    /// `size_of` the table as the module built it.
+    pub size: u32,
+    /// Default module name, NUL-terminated UTF-8.
+    pub name: *const c_char,
+    /// The module's thread of control; returns 0 on a clean exit, anything else is a failure.
+    pub main: unsafe extern "C" fn(host: *const SbHost) -> i32,
+}
+
+// SAFETY: the table is immutable static data: a string literal and a function pointer.
+unsafe impl Sync for SbModule {}

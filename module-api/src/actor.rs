@@ -1,0 +1,179 @@
+//! `Actor`: the high-level way to write a module. An author names handlers in a method
+//! table; `run_actor` receives, dispatches, responds, ticks and shuts down. It is the same
+//! loop for every module kind: only the `Link` under the `Handle` differs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::handle::{Handle, SHUTDOWN};
+use crate::link::Level;
+use crate::proto::{Errno, Message, MsgType};
+
+/// What a handler hands back.
+pub enum Reply {
+    /// Respond with this raw payload.
+    Payload(Bytes),
+    /// Respond with this error.
+    Error(Error),
+    /// The handler responded itself (or will: streaming), or no response is due.
+    Done,
+}
+
+/// Anything a handler may return: `Result<T: Serialize, Error>` or a `Reply`.
+pub trait IntoReply {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self) -> Reply {
+        self
+    }
+}
+
+impl<T: Serialize> IntoReply for Result<T, Error> {
+    fn into_reply(self) -> Reply {
+        match self.and_then(|v| Ok(Message::encode_payload(&v)?)) {
+            Ok(p) => Reply::Payload(p),
+            Err(e) => Reply::Error(e),
+        }
+    }
+}
+
+type Handler<A> = Box<dyn Fn(&mut A, &Handle, &Message) -> Reply>;
+
+struct Method<A> {
+    handler: Handler<A>,
+    guest: bool,
+}
+
+/// An actor's method table: method name (the part of the topic after the service) to handler.
+pub struct Methods<A> {
+    table: HashMap<String, Method<A>>,
+}
+
+impl<A> Default for Methods<A> {
+    fn default() -> Self {
+        Methods { table: HashMap::new() }
+    }
+}
+
+impl<A: 'static> Methods<A> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handle `service.name`; only the instance owner may call it.
+    pub fn on<R, F>(self, name: &str, f: F) -> Self
+    where
+        R: IntoReply,
+        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
+    {
+        self.add(name, f, false)
+    }
+
+    /// Handle `service.name`; guests (other local users) may call it too.
+    pub fn on_guest<R, F>(self, name: &str, f: F) -> Self
+    where
+        R: IntoReply,
+        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
+    {
+        self.add(name, f, true)
+    }
+
+    fn add<R, F>(mut self, name: &str, f: F, guest: bool) -> Self
+    where
+        R: IntoReply,
+        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
+    {
+        let handler: Handler<A> = Box::new(move |a, h, m| f(a, h, m).into_reply());
+        self.table.insert(name.to_string(), Method { handler, guest });
+        self
+    }
+}
+
+/// A module written as handlers. Every method but `methods` has a default.
+pub trait Actor: Sized + 'static {
+    /// Build the actor from the handle's arguments and configuration. An `Err` fails the load.
+    fn init(handle: &Handle) -> Result<Self, Error>;
+
+    fn methods() -> Methods<Self>;
+
+    /// An event matching one of the module's subscriptions.
+    fn event(&mut self, _handle: &Handle, _msg: &Message) {}
+
+    /// A client that used this service disconnected (Flux's `service.disconnect`): drop its state.
+    /// `msg.route` and `msg.cred` identify the client.
+    fn disconnect(&mut self, _handle: &Handle, _msg: &Message) {}
+
+    /// How often `tick` runs; None = never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    fn tick(&mut self, _handle: &Handle) {}
+
+    /// The broker asked the module to stop. It may still send and receive here.
+    fn shutdown(&mut self, _handle: &Handle) {}
+}
+
+/// Run `A` on `handle` until shutdown. `Err` means the module failed (the reason is logged).
+pub fn run_actor<A: Actor>(handle: &Handle) -> Result<(), Error> {
+    let mut actor = A::init(handle)?;
+    let methods = A::methods();
+    let mut next_tick = actor.tick_interval().map(|p| Instant::now() + p);
+    loop {
+        let timeout = next_tick.map(|t| t.saturating_duration_since(Instant::now()));
+        let msg = match handle.recv_timeout(timeout) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                actor.tick(handle);
+                next_tick = actor.tick_interval().map(|p| Instant::now() + p);
+                continue;
+            }
+            // The broker is gone: nothing left to serve.
+            Err(_) => return Ok(()),
+        };
+        match msg.kind {
+            MsgType::Request => dispatch(&mut actor, &methods, handle, &msg),
+            MsgType::Event => actor.event(handle, &msg),
+            MsgType::Control if msg.topic == SHUTDOWN => {
+                actor.shutdown(handle);
+                return Ok(());
+            }
+            // A late response to an rpc that gave up, or a control message for a later
+            // protocol revision: nothing to do.
+            MsgType::Response | MsgType::Control => {}
+        }
+    }
+}
+
+fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Message) {
+    let method = msg.method();
+    if method == "disconnect" {
+        actor.disconnect(h, msg);
+        return;
+    }
+    let reply = match methods.table.get(method) {
+        None => Reply::Error(Error::new(
+            Errno::ENOSYS,
+            format!("service '{}' has no method '{}'", h.name(), method),
+        )),
+        Some(m) if !m.guest && !msg.cred.is_owner() => Reply::Error(Error::new(
+            Errno::EPERM,
+            format!("{} is for the instance owner only", msg.topic),
+        )),
+        Some(m) => (m.handler)(actor, h, msg),
+    };
+    let sent = match reply {
+        Reply::Payload(p) => h.respond_raw(msg, p),
+        Reply::Error(e) => h.respond_error(msg, e.errnum, &e.text),
+        Reply::Done => Ok(()),
+    };
+    if let Err(e) = sent {
+        h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
+    }
+}

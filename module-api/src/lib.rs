@@ -1,0 +1,28 @@
+//! # switchboard-module-api
+//!
+//! Everything a Switchboard module author or client program depends on, and nothing of the
+//! broker itself:
+//!
+//! - [`proto`]: the message type, header codec and framing (RFC 1). No I/O.
+//! - [`abi`]: the native-module C ABI (RFC 2) as `#[repr(C)]` types; `include/switchboard.h`
+//!   is its C twin.
+//! - [`Handle`], [`Actor`], [`Methods`], [`export_module!`]: writing a module.
+//! - [`client`]: a blocking connector to a broker's local socket.
+//! - [`uri`]: where the broker's socket is.
+
+pub mod abi;
+mod actor;
+pub mod client;
+mod error;
+mod handle;
+mod link;
+pub mod native;
+pub mod proto;
+pub mod uri;
+
+pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
+pub use client::{Client, ClientError};
+pub use error::Error;
+pub use handle::{Handle, SHUTDOWN};
+pub use link::{Level, Link, LinkError};
+pub use proto::{Errno, Message};

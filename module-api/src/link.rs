@@ -1,0 +1,32 @@
+//! `Link`: how a `Handle` reaches its broker. One implementation per module kind (native: the
+//! C ABI host table; process and wasm kinds add theirs), so `Handle` and `Actor` are written once.
+
+use std::time::Duration;
+
+use crate::proto::Message;
+
+/// Log severities, numbered as syslog (and as the C ABI's `SB_LOG_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error = 3,
+    Warn = 4,
+    Info = 6,
+    Debug = 7,
+}
+
+/// Why a link stopped working: the broker is gone or refused what was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the broker closed the link")]
+    Closed,
+    #[error("the broker refused the message: {0}")]
+    Refused(String),
+}
+
+/// The module side of a module's connection to its broker.
+pub trait Link {
+    /// Next message, waiting up to `timeout` (None = forever); `Ok(None)` when it passed.
+    fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError>;
+    fn send(&self, msg: &Message) -> Result<(), LinkError>;
+    fn log(&self, level: Level, text: &str);
+}

@@ -1,0 +1,175 @@
+//! The module side of the native C ABI: a `Link` over the broker's `SbHost` table, and the
+//! entry glue `export_module!` expands to. Every call into Rust code from the broker goes
+//! through `run_native`, which catches panics so that none unwinds across `extern "C"`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::abi::{SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EXIT_PANIC, SB_OK, SB_ETIMEDOUT};
+use crate::actor::{run_actor, Actor};
+use crate::handle::Handle;
+use crate::link::{Level, Link, LinkError};
+use crate::proto::{Cred, Flags, Message, MsgType, Route};
+
+struct NativeLink {
+    host: *const SbHost,
+}
+
+impl NativeLink {
+    fn host(&self) -> &SbHost {
+        // SAFETY: the broker keeps the host table alive for as long as `main` runs.
+        unsafe { &*self.host }
+    }
+}
+
+/// Copy a message out of the host's views.
+///
+/// # Safety
+/// The views in `m` must be valid.
+pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
+    let text = |b: SbBytes| unsafe { std::str::from_utf8(b.as_slice()).ok().map(str::to_owned) };
+    let route: &[u64] = if m.route.is_null() || m.route_len == 0 {
+        &[]
+    } else {
+        unsafe { std::slice::from_raw_parts(m.route, m.route_len) }
+    };
+    Some(Message {
+        kind: MsgType::from_u8(m.msg_type)?,
+        flags: Flags(m.flags),
+        topic: text(m.topic)?,
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        cred: Cred { userid: m.userid, rolemask: m.rolemask },
+        errnum: m.errnum,
+        errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
+        seq: m.seq,
+        route: Route::from_slice(route),
+        payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
+    })
+}
+
+/// Borrowed views of `msg`, valid while `msg` lives.
+pub fn message_to_abi(msg: &Message) -> SbMsg {
+    SbMsg {
+        msg_type: msg.kind as u8,
+        flags: msg.flags.0,
+        reserved: 0,
+        matchtag: msg.matchtag,
+        nodeid: msg.nodeid,
+        userid: msg.cred.userid,
+        rolemask: msg.cred.rolemask,
+        errnum: msg.errnum,
+        seq: msg.seq,
+        topic: SbBytes::of(msg.topic.as_bytes()),
+        errstr: msg.errstr.as_deref().map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
+        route: msg.route.as_ptr(),
+        route_len: msg.route.len(),
+        payload: SbBytes::of(&msg.payload),
+    }
+}
+
+impl Link for NativeLink {
+    fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
+        let h = self.host();
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        let mut m = SbMsg::ZERO;
+        // SAFETY: host functions follow the ABI contract (RFC 2).
+        match unsafe { (h.recv)(h.ctx, &mut m, ms) } {
+            SB_OK => unsafe { message_from_abi(&m) }
+                .map(Some)
+                .ok_or_else(|| LinkError::Refused("the broker sent a malformed message".into())),
+            SB_ETIMEDOUT => Ok(None),
+            SB_ECONNRESET => Err(LinkError::Closed),
+            other => Err(LinkError::Refused(format!("recv returned {other}"))),
+        }
+    }
+
+    fn send(&self, msg: &Message) -> Result<(), LinkError> {
+        let h = self.host();
+        let m = message_to_abi(msg);
+        match unsafe { (h.send)(h.ctx, &m) } {
+            SB_OK => Ok(()),
+            SB_ECONNRESET => Err(LinkError::Closed),
+            other => Err(LinkError::Refused(format!("send returned errno {other}"))),
+        }
+    }
+
+    fn log(&self, level: Level, text: &str) {
+        let h = self.host();
+        unsafe { (h.log)(h.ctx, level as i32, text.as_ptr(), text.len()) }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
+}
+
+/// The body of a native module's `main`: check the host table, build the handle, run the
+/// actor. Never unwinds.
+///
+/// # Safety
+/// `host` must point to a valid `SbHost` for the duration of the call.
+pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
+    if host.is_null() {
+        return 1;
+    }
+    let link = NativeLink { host };
+    let h = link.host();
+    if h.abi_version != ABI_VERSION || (h.size as usize) < std::mem::size_of::<SbHost>() {
+        let text = format!(
+            "host speaks ABI {} (table of {} bytes), this module needs ABI {ABI_VERSION}",
+            h.abi_version, h.size
+        );
+        link.log(Level::Error, &text);
+        return 1;
+    }
+    let name = unsafe { String::from_utf8_lossy(h.name.as_slice()).into_owned() };
+    let args = (0..h.nargs)
+        .map(|i| unsafe { String::from_utf8_lossy((*h.args.add(i)).as_slice()).into_owned() })
+        .collect();
+    let config = Bytes::copy_from_slice(unsafe { h.config.as_slice() });
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let handle = Handle::new(Box::new(NativeLink { host }), name, args, config);
+        run_actor::<A>(&handle)
+    }));
+    match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            link.log(Level::Error, &e.to_string());
+            1
+        }
+        Err(p) => {
+            link.log(Level::Error, &format!("panicked: {}", panic_text(&*p)));
+            SB_EXIT_PANIC
+        }
+    }
+}
+
+/// Export an `Actor` as a Switchboard module under a default name.
+///
+/// ```ignore
+/// switchboard_module_api::export_module!(Kvs, name = "kvs");
+/// ```
+/// In a `cdylib` this defines the native entry symbol of RFC 2.
+#[macro_export]
+macro_rules! export_module {
+    ($actor:ty, name = $name:literal) => {
+        const _: () = {
+            unsafe extern "C" fn __switchboard_main(host: *const $crate::abi::SbHost) -> i32 {
+                unsafe { $crate::native::run_native::<$actor>(host) }
+            }
+            static __SWITCHBOARD_MODULE: $crate::abi::SbModule = $crate::abi::SbModule {
+                abi_version: $crate::abi::ABI_VERSION,
+                size: ::core::mem::size_of::<$crate::abi::SbModule>() as u32,
+                name: concat!($name, "\0").as_ptr() as *const ::core::ffi::c_char,
+                main: __switchboard_main,
+            };
+            #[no_mangle]
+            pub extern "C" fn switchboard_module_entry() -> *const $crate::abi::SbModule {
+                &__SWITCHBOARD_MODULE
+            }
+        };
+    };
+}
