@@ -1,0 +1,27 @@
+//! Content digest and size of a module file: how `list` and `info` identify what was loaded,
+//! and how the native loader tells a changed file from the one it already mapped.
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::LoadError;
+
+/// Hex SHA-256 and size in bytes of the file at `path`.
+pub fn file_digest(path: &Path) -> Result<(String, u64), LoadError> {
+    let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| LoadError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, size))
+}

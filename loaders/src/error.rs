@@ -1,0 +1,54 @@
+//! `LoadError`: why a file could not become a running module, in words an operator can act
+//! on, each with the errno the management protocol answers with.
+
+use std::path::PathBuf;
+
+use switchboard_module_api::Errno;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{path}: no such file")]
+    NotFound { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a module: {what}; no loader recognises it (native modules are ELF shared objects named *.so)")]
+    NotRecognized { path: PathBuf, what: String },
+    #[error("{path} could not be opened as a shared library: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("{path} is not a Switchboard module: it has no `{symbol}` symbol")]
+    NoEntry { path: PathBuf, symbol: &'static str },
+    #[error("{path} was built for native module ABI version {module}, but this broker speaks version {broker}; rebuild it against this switchboard-module-api")]
+    AbiMismatch { path: PathBuf, module: u32, broker: u32 },
+    #[error("{path} has a malformed module table: {detail}")]
+    BadTable { path: PathBuf, detail: String },
+    #[error("invalid module name: {0}")]
+    BadName(String),
+    #[error("could not start module {name}: {detail}")]
+    Start { name: String, detail: String },
+}
+
+impl LoadError {
+    /// The errno a `module.load` error response carries.
+    pub fn errno(&self) -> Errno {
+        match self {
+            LoadError::NotFound { .. } => Errno::ENOENT,
+            LoadError::Io { .. } => Errno::EIO,
+            LoadError::NotRecognized { .. }
+            | LoadError::Open { .. }
+            | LoadError::NoEntry { .. }
+            | LoadError::AbiMismatch { .. }
+            | LoadError::BadTable { .. } => Errno::ENOEXEC,
+            LoadError::BadName(_) => Errno::EINVAL,
+            LoadError::Start { .. } => Errno::EIO,
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::NotFound { path: path.to_owned() }
+        } else {
+            LoadError::Io { path: path.to_owned(), source }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! # switchboard-loaders
+//!
+//! Turns a file on disk into a running actor module, whatever its kind. The broker sees only
+//! the interface in [`module`]; each loader lives in its own folder and is found through the
+//! [`Registry`] by the file's first bytes, so a new kind never touches the broker.
+//!
+//! - [`module`]: `Loader`, `LoadedModule`, `RunningModule`, `ModuleLink`, `BrokerPort` and
+//!   the data they exchange (`ModuleInfo`, `ModuleState`, `ExitStatus`).
+//! - [`error`]: `LoadError`, each variant a sentence an operator can act on.
+//! - [`registry`]: picks the loader for a file.
+//! - [`digest`]: content digest and size of a module file.
+//! - [`native`]: ELF shared objects speaking the C ABI of RFC 2.
+
+pub mod digest;
+pub mod error;
+pub mod module;
+pub mod native;
+pub mod registry;
+
+pub use error::LoadError;
+pub use module::{
+    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
+    ModuleState, RunningModule,
+};
+pub use registry::Registry;

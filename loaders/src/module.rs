@@ -1,0 +1,165 @@
+//! The loader interface of the design brief (RFC 2 §1): what every module kind provides,
+//! and what the broker hands a module when it runs. Nothing here knows any particular kind.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use switchboard_module_api::{Level, Message};
+
+use crate::error::LoadError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    Native,
+    Wasm,
+    Process,
+}
+
+impl ModuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleKind::Native => "native",
+            ModuleKind::Wasm => "wasm",
+            ModuleKind::Process => "process",
+        }
+    }
+}
+
+impl fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle of a module instance (RFC 2 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleState {
+    Loading,
+    Init,
+    Running,
+    Finalizing,
+    Exited,
+    Failed,
+}
+
+impl ModuleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleState::Loading => "loading",
+            ModuleState::Init => "init",
+            ModuleState::Running => "running",
+            ModuleState::Finalizing => "finalizing",
+            ModuleState::Exited => "exited",
+            ModuleState::Failed => "failed",
+        }
+    }
+
+    /// Exited or failed: the module's thread of control has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, ModuleState::Exited | ModuleState::Failed)
+    }
+}
+
+/// How a module's thread of control ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Returned cleanly (after a shutdown request, or on its own).
+    Exited,
+    /// Panicked, trapped, crashed, returned an error, or failed its handshake.
+    Failed(String),
+}
+
+/// What `modctl load` asked for.
+#[derive(Debug, Clone, Default)]
+pub struct LoadRequest {
+    pub path: PathBuf,
+    /// Instance name; the module's default name when None.
+    pub name: Option<String>,
+    pub args: Vec<String>,
+    /// The module's configuration table, a msgpack map (empty = none).
+    pub config: Bytes,
+}
+
+/// What a loaded-but-not-started module is: `module.info` shows exactly this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Instance name (the request's `name`, else the module's default name).
+    pub name: String,
+    /// Services it will own; the first is its name.
+    pub services: Vec<String>,
+    pub kind: ModuleKind,
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file.
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The broker's side of a running module: where its output goes and where it reports.
+/// Implemented by the broker; a loader calls it from the module's own thread (or threads).
+pub trait BrokerPort: Send + Sync {
+    /// Route a message sent by the module. Never blocks. On the module's thread, output may be
+    /// held back after `hold` until `flush`.
+    fn send(&self, msg: Message);
+    /// Hold this thread's output to sockets until `flush` (more input is queued: batch).
+    fn hold(&self);
+    /// Push out held output and stop holding. Call before blocking.
+    fn flush(&self);
+    fn set_state(&self, state: ModuleState);
+    fn log(&self, level: Level, text: &str);
+    /// The module's thread of control ended. The last call a loader makes.
+    fn exited(&self, status: ExitStatus);
+}
+
+/// A module's connection to the broker, handed to `LoadedModule::run`.
+pub struct ModuleLink {
+    pub name: String,
+    pub args: Vec<String>,
+    pub config: Bytes,
+    /// Messages for the module, in order; a `shutdown` control message asks it to stop.
+    pub inbox: Receiver<Message>,
+    pub port: Arc<dyn BrokerPort>,
+}
+
+pub trait Loader: Send + Sync {
+    fn kind(&self) -> ModuleKind;
+    /// Cheap recognition from the file's name and first bytes (like binfmt_misc).
+    fn recognizes(&self, path: &std::path::Path, head: &[u8]) -> bool;
+    /// Open and inspect without starting.
+    fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError>;
+}
+
+pub trait LoadedModule: Send {
+    fn info(&self) -> &ModuleInfo;
+    /// Start the module's thread of control. It must end with `link.port.exited(..)`.
+    fn run(self: Box<Self>, link: ModuleLink) -> Result<Box<dyn RunningModule>, LoadError>;
+}
+
+/// A started module. The broker asks it to stop with a `shutdown` message in its inbox (the
+/// same for every kind); this trait is what remains kind-specific.
+pub trait RunningModule: Send + Sync {
+    /// The grace period passed: force the module to stop if this kind can (process: signal,
+    /// wasm: interrupt). Returns false when it cannot (native: a thread cannot be killed).
+    fn terminate(&self) -> bool;
+    /// OS process id, for process modules.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+    /// Reclaim what is left once the module has reported `exited` (join, reap).
+    fn wait(self: Box<Self>);
+}
+
+/// A module or service name: 1 to 64 of `[A-Za-z0-9_-]`. No dots: the service is the part
+/// of a topic before the first dot.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"))
+    }
+}

@@ -1,0 +1,72 @@
+//! The loader registry: reads a file's first bytes and hands it to the loader that
+//! recognises it. Adding a module kind means registering a loader here, nothing else.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::LoadError;
+use crate::module::{LoadRequest, LoadedModule, Loader};
+use crate::native::NativeLoader;
+
+/// How many leading bytes a loader gets to recognise a file.
+const HEAD: usize = 256;
+
+pub struct Registry {
+    loaders: Vec<Box<dyn Loader>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { loaders: vec![Box::new(NativeLoader::new())] }
+    }
+}
+
+impl Registry {
+    /// Every loader this build has.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a loader; earlier loaders win when two recognise a file.
+    pub fn register(&mut self, loader: Box<dyn Loader>) {
+        self.loaders.push(loader);
+    }
+
+    /// Recognise and open `request.path` without starting it.
+    pub fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
+        let path = &request.path;
+        let head = read_head(path)?;
+        let loader = self
+            .loaders
+            .iter()
+            .find(|l| l.recognizes(path, &head))
+            .ok_or_else(|| LoadError::NotRecognized { path: path.clone(), what: describe(&head) })?;
+        loader.load(request)
+    }
+}
+
+fn read_head(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(LoadError::NotRecognized { path: path.to_owned(), what: "it is a directory".into() });
+    }
+    let mut head = Vec::with_capacity(HEAD);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(HEAD as u64).read_to_end(&mut head))
+        .map_err(|e| LoadError::io(path, e))?;
+    Ok(head)
+}
+
+/// A few words on what a file that no loader took looks like.
+fn describe(head: &[u8]) -> String {
+    if head.is_empty() {
+        "it is empty".into()
+    } else if head.starts_with(b"\x7fELF") {
+        "it is an ELF file but not a shared object named *.so".into()
+    } else if std::str::from_utf8(head).is_ok() || head.iter().all(|b| b.is_ascii()) {
+        "it is a text file".into()
+    } else {
+        let hex: Vec<String> = head.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        format!("unknown data starting {}", hex.join(" "))
+    }
+}
