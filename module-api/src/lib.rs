@@ -8,6 +8,7 @@
 //!   is its C twin.
 //! - [`Handle`], [`Actor`], [`Methods`], [`export_module!`]: writing a module.
 //! - [`client`]: a blocking connector to a broker's local socket.
+//! - [`mgmt`]: payloads of the built-in services (RFC 3), shared by broker and clients.
 //! - [`uri`]: where the broker's socket is.
 
 pub mod abi;
@@ -16,6 +17,7 @@ pub mod client;
 mod error;
 mod handle;
 mod link;
+pub mod mgmt;
 pub mod native;
 pub mod proto;
 pub mod uri;

@@ -1,0 +1,226 @@
+//! The local connector: a Unix-domain socket with length-prefixed frames (RFC 1 §6). One
+//! reader thread per connection decodes frames and calls the router directly; replies go
+//! out through the connection's `ConnOut`. A malformed frame is answered with EPROTO; an
+//! oversized one closes the connection. On disconnect, every service the client used gets
+//! a `disconnect` request so its module can drop the client's state.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use switchboard_module_api::proto::{
+    decode_frame, encode_frame, Cred, Flags, FrameError, FrameReader, MsgType, ROLE_OWNER, ROLE_USER,
+};
+use switchboard_module_api::{Errno, Message};
+
+use super::peercred::peer_cred;
+use crate::router::{self, ConnOut, EndpointId, Router, Sink};
+
+/// Bytes a client may leave unread before it is disconnected.
+const MAX_UNREAD: usize = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub path: PathBuf,
+    pub allow_guests: bool,
+    pub max_frame: usize,
+}
+
+/// A listening socket and its accept thread.
+pub struct Listener {
+    socket: Arc<UnixListener>,
+    path: PathBuf,
+    stopping: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(router: Arc<Router>, opts: ListenOptions) -> std::io::Result<Listener> {
+        let socket = Arc::new(bind(&opts.path, opts.allow_guests)?);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let path = opts.path.clone();
+        let (s, stop) = (socket.clone(), stopping.clone());
+        // SAFETY: getuid cannot fail.
+        let owner = unsafe { libc::getuid() };
+        let thread = std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_loop(&s, &router, &opts, owner, &stop))?;
+        Ok(Listener { socket, path, stopping, thread: Some(thread) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stop accepting and remove the socket file. Connected clients stay connected.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // SAFETY: shutting down our own listening socket wakes the blocked accept().
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Bind the socket, refusing to steal one a live broker listens on and replacing a stale one.
+fn bind(path: &Path, allow_guests: bool) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The directory is the first gate: owner only, unless guests may connect.
+            let mode = if allow_guests { 0o711 } else { 0o700 };
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another broker is already listening at {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    // Anyone who can reach the file may connect; SO_PEERCRED decides what they may do.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+fn accept_loop(socket: &UnixListener, router: &Arc<Router>, opts: &ListenOptions, owner: u32, stopping: &AtomicBool) {
+    loop {
+        let stream = match socket.accept() {
+            Ok((s, _)) => s,
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        if let Err(e) = admit(router, stream, opts, owner) {
+            tracing::warn!("could not serve a new connection: {e}");
+        }
+    }
+}
+
+/// Check who connected, register the connection and start its reader.
+fn admit(router: &Arc<Router>, stream: UnixStream, opts: &ListenOptions, owner: u32) -> std::io::Result<()> {
+    let (pid, uid) = peer_cred(&stream)?;
+    let cred = if uid == owner {
+        Cred { userid: uid, rolemask: ROLE_OWNER | ROLE_USER }
+    } else if opts.allow_guests {
+        Cred { userid: uid, rolemask: ROLE_USER }
+    } else {
+        tracing::info!(uid, pid, "refused a guest connection: guests are not allowed");
+        let mut refusal = Message::control("refused", bytes::Bytes::new());
+        refusal.errnum = Errno::EPERM.0;
+        refusal.errstr = Some(format!(
+            "uid {uid} is not the instance owner (uid {owner}) and this broker does not allow guests"
+        ));
+        let _ = (&stream).write_all_frame(&refusal);
+        return Ok(());
+    };
+    let label = format!("client pid {pid} uid {uid}");
+    let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone())?;
+    let id = router.add_endpoint(Sink::Conn(out.clone()), cred, label);
+    tracing::debug!(id, pid, uid, "client connected");
+    let router = router.clone();
+    let max_frame = opts.max_frame;
+    std::thread::Builder::new()
+        .name("conn-reader".into())
+        .spawn(move || serve(&router, id, stream, cred, &out, max_frame))?;
+    Ok(())
+}
+
+trait WriteFrame {
+    fn write_all_frame(self, msg: &Message) -> std::io::Result<()>;
+}
+
+impl WriteFrame for &UnixStream {
+    fn write_all_frame(mut self, msg: &Message) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self, &encode_frame(msg))
+    }
+}
+
+/// A connection's reader: frames in, messages routed, until end of file.
+fn serve(router: &Router, id: EndpointId, mut stream: UnixStream, cred: Cred, out: &Arc<ConnOut>, max_frame: usize) {
+    let reader = FrameReader::new(max_frame);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Services this client sent requests to: each gets `disconnect` when it leaves.
+    let mut used: Vec<String> = Vec::new();
+    'conn: loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: read() only writes initialised bytes.
+        let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+        let n = match stream.read(spare) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        // SAFETY: `n` bytes were just written.
+        unsafe { buf.set_len(buf.len() + n) };
+        router::hold();
+        loop {
+            match reader.next_frame(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(body)) => match decode_frame(body) {
+                    Ok(mut msg) => {
+                        msg.cred = cred;
+                        let new_service = (msg.kind == MsgType::Request && !used.iter().any(|s| s == msg.service()))
+                            .then(|| msg.service().to_string());
+                        if let (Some(_), Some(s)) = (router.route(id, msg), new_service) {
+                            used.push(s);
+                        }
+                    }
+                    Err(e) => reject(router, id, out, &e),
+                },
+                Err(e) => {
+                    reject(router, id, out, &e);
+                    router::flush();
+                    out.close();
+                    break 'conn;
+                }
+            }
+        }
+        router::flush();
+    }
+    tracing::debug!(id, "client disconnected");
+    out.close();
+    router.remove_endpoint(id);
+    for service in used {
+        let mut bye = Message::request(format!("{service}.disconnect"), bytes::Bytes::new());
+        bye.flags = Flags::NO_RESPONSE;
+        bye.cred = cred;
+        router.route(id, bye);
+    }
+}
+
+/// Tell the client its frame was malformed. The broker cannot know the request's matchtag,
+/// so the error response carries matchtag 0 (RFC 1 §6.3).
+fn reject(router: &Router, id: EndpointId, out: &Arc<ConnOut>, e: &FrameError) {
+    let label = router.label(id).unwrap_or_default();
+    tracing::warn!(client = %label, "malformed frame: {e}");
+    let mut err = Message::request("", bytes::Bytes::new()).error_response(Errno::EPROTO, format!("malformed frame: {e}"));
+    err.route.clear();
+    out.enqueue(&err);
+}

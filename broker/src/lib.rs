@@ -1,0 +1,23 @@
+//! # switchboard
+//!
+//! The broker: routes messages by service name to actor modules loaded and removed at
+//! runtime. A library first (`Broker::builder()...start()`); the `switchboard` binary is a
+//! thin main around it.
+//!
+//! - [`broker`]: `Broker` and its builder, the embedding API.
+//! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.
+//! - [`connector`]: how clients reach the broker (the local Unix socket).
+//! - [`services`]: the built-in services `broker`, `service`, `event`, `module`.
+//! - [`supervisor`]: where a module is loaded, started, watched and removed.
+//! - [`config`]: the configuration file.
+
+pub mod broker;
+pub mod config;
+pub mod connector;
+pub mod router;
+pub mod services;
+pub mod supervisor;
+
+pub use broker::{Broker, BrokerBuilder, BrokerError};
+pub use config::Config;
+pub use switchboard_loaders::LoadRequest;

@@ -1,0 +1,313 @@
+//! Where a message is routed (RFC 1 §8). The routing table maps services to their owners
+//! and endpoints to their sinks; `Router::route` is called synchronously by whichever thread
+//! received the message (a connection reader, a module thread), so a message crosses no
+//! extra thread on its way. The router never blocks and never drops a request silently:
+//! an unroutable request gets an error response.
+
+mod batch;
+mod conn_out;
+mod mailbox;
+
+pub use batch::{flush, hold};
+pub use conn_out::ConnOut;
+pub use mailbox::Mailbox;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
+use switchboard_module_api::proto::{Cred, Flags, MsgType, NODEID_ANY};
+use switchboard_module_api::{Errno, Message};
+
+use crate::services::{self, Builtin};
+
+/// Identifies a connection or a module for the route stack. Never reused.
+pub type EndpointId = u64;
+
+/// This broker's rank. Without the overlay every broker is rank 0.
+pub const RANK: u32 = 0;
+
+/// Where messages for an endpoint go.
+#[derive(Clone)]
+pub enum Sink {
+    Conn(Arc<ConnOut>),
+    Module(Arc<Mailbox>),
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    sink: Sink,
+    cred: Cred,
+    label: String,
+}
+
+/// Who answers a service.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Owner {
+    Builtin(Builtin),
+    Endpoint(EndpointId),
+}
+
+#[derive(Default)]
+struct Table {
+    endpoints: HashMap<EndpointId, Endpoint>,
+    services: HashMap<String, Owner>,
+    /// (topic prefix, subscriber)
+    subscriptions: Vec<(String, EndpointId)>,
+}
+
+pub struct Router {
+    table: RwLock<Table>,
+    next_id: AtomicU64,
+    next_seq: AtomicU32,
+    /// The supervisor's queue, for `module.*` and `broker.info`.
+    management: OnceLock<Sender<Message>>,
+}
+
+/// Why a service could not be registered.
+#[derive(Debug, thiserror::Error)]
+#[error("service '{service}' is already provided by {owner}")]
+pub struct ServiceTaken {
+    pub service: String,
+    pub owner: String,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Router {
+    pub fn new() -> Self {
+        let mut table = Table::default();
+        for b in Builtin::ALL {
+            table.services.insert(b.service().to_string(), Owner::Builtin(b));
+        }
+        Router { table: RwLock::new(table), next_id: AtomicU64::new(1), next_seq: AtomicU32::new(1), management: OnceLock::new() }
+    }
+
+    pub(crate) fn set_management(&self, tx: Sender<Message>) {
+        let _ = self.management.set(tx);
+    }
+
+    // ------------------------------------------------------------ endpoints and services
+
+    pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String) -> EndpointId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.table.write().endpoints.insert(id, Endpoint { sink, cred, label });
+        id
+    }
+
+    /// Forget an endpoint with its services and subscriptions.
+    pub fn remove_endpoint(&self, id: EndpointId) {
+        let mut t = self.table.write();
+        t.endpoints.remove(&id);
+        t.services.retain(|_, o| *o != Owner::Endpoint(id));
+        t.subscriptions.retain(|(_, s)| *s != id);
+    }
+
+    /// Register all of `services` for `id`, or none of them.
+    pub fn add_services(&self, id: EndpointId, services: &[String]) -> Result<(), ServiceTaken> {
+        let mut t = self.table.write();
+        for s in services {
+            if let Some(owner) = t.services.get(s) {
+                return Err(ServiceTaken { service: s.clone(), owner: describe_owner(&t, *owner) });
+            }
+        }
+        for s in services {
+            t.services.insert(s.clone(), Owner::Endpoint(id));
+        }
+        Ok(())
+    }
+
+    /// Remove `service` if `id` owns it.
+    pub(crate) fn remove_service(&self, id: EndpointId, service: &str) -> Result<(), Errno> {
+        let mut t = self.table.write();
+        match t.services.get(service) {
+            None => Err(Errno::ENOENT),
+            Some(Owner::Endpoint(o)) if *o == id => {
+                t.services.remove(service);
+                Ok(())
+            }
+            Some(_) => Err(Errno::EPERM),
+        }
+    }
+
+    pub(crate) fn subscribe(&self, id: EndpointId, prefix: &str) {
+        let mut t = self.table.write();
+        if !t.subscriptions.iter().any(|(p, s)| *s == id && p == prefix) {
+            t.subscriptions.push((prefix.to_string(), id));
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, id: EndpointId, prefix: &str) -> bool {
+        let mut t = self.table.write();
+        let before = t.subscriptions.len();
+        t.subscriptions.retain(|(p, s)| !(*s == id && p == prefix));
+        t.subscriptions.len() != before
+    }
+
+    fn sink(&self, id: EndpointId) -> Option<Sink> {
+        self.table.read().endpoints.get(&id).map(|e| e.sink.clone())
+    }
+
+    // ------------------------------------------------------------ routing
+
+    /// Route a message that entered the broker from endpoint `from`, its credentials
+    /// already stamped. For a request delivered to an endpoint, returns that endpoint.
+    pub fn route(&self, from: EndpointId, mut msg: Message) -> Option<EndpointId> {
+        match msg.kind {
+            MsgType::Request => {
+                msg.route.push(from);
+                self.route_request(msg)
+            }
+            MsgType::Response => {
+                self.route_response(msg);
+                None
+            }
+            MsgType::Event => {
+                self.publish(msg);
+                None
+            }
+            MsgType::Control => {
+                tracing::debug!(topic = %msg.topic, "ignoring a control message from an endpoint");
+                None
+            }
+        }
+    }
+
+    fn route_request(&self, msg: Message) -> Option<EndpointId> {
+        if msg.nodeid != NODEID_ANY && msg.nodeid != RANK {
+            let text = format!("no broker of rank {}: this broker is rank {RANK} and has no overlay", msg.nodeid);
+            self.respond_error(&msg, Errno::EHOSTUNREACH, text);
+            return None;
+        }
+        if msg.flags.contains(Flags::UPSTREAM) {
+            self.respond_error(&msg, Errno::EHOSTUNREACH, "no upstream broker: this broker is the root");
+            return None;
+        }
+        let owner = {
+            let t = self.table.read();
+            match t.services.get(msg.service()) {
+                None => None,
+                Some(Owner::Builtin(b)) => Some(Err(*b)),
+                Some(Owner::Endpoint(id)) => t.endpoints.get(id).map(|e| Ok((*id, e.sink.clone()))),
+            }
+        };
+        match owner {
+            None => {
+                let text = format!("no service '{}' (topic '{}')", msg.service(), msg.topic);
+                self.respond_error(&msg, Errno::ENOSYS, text);
+                None
+            }
+            Some(Err(builtin)) => {
+                services::handle(self, builtin, msg);
+                None
+            }
+            Some(Ok((id, sink))) => {
+                self.deliver(&sink, msg);
+                Some(id)
+            }
+        }
+    }
+
+    /// Send a response back along its route stack.
+    pub fn route_response(&self, mut msg: Message) {
+        let Some(hop) = msg.route.pop() else {
+            tracing::debug!(topic = %msg.topic, "dropping a response with an empty route stack");
+            return;
+        };
+        match self.sink(hop) {
+            Some(sink) => self.deliver(&sink, msg),
+            // The requester is gone; nobody is waiting.
+            None => tracing::trace!(topic = %msg.topic, "dropping a response for a departed endpoint"),
+        }
+    }
+
+    /// Sequence an event and deliver it to every subscriber whose prefix matches.
+    pub fn publish(&self, mut msg: Message) -> u32 {
+        msg.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let sinks: Vec<Sink> = {
+            let t = self.table.read();
+            let mut ids: Vec<EndpointId> = t
+                .subscriptions
+                .iter()
+                .filter(|(p, _)| msg.topic.starts_with(p.as_str()))
+                .map(|(_, id)| *id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.iter()
+                .filter_map(|id| t.endpoints.get(id))
+                .filter(|e| {
+                    !msg.flags.contains(Flags::PRIVATE) || e.cred.is_owner() || e.cred.userid == msg.cred.userid
+                })
+                .map(|e| e.sink.clone())
+                .collect()
+        };
+        let seq = msg.seq;
+        if let Some((last, rest)) = sinks.split_last() {
+            for s in rest {
+                self.deliver(s, msg.clone());
+            }
+            self.deliver(last, msg);
+        }
+        seq
+    }
+
+    fn deliver(&self, sink: &Sink, msg: Message) {
+        match sink {
+            Sink::Conn(c) => c.enqueue(&msg),
+            Sink::Module(m) => {
+                for err in m.deliver(msg) {
+                    self.route_response(err);
+                }
+            }
+        }
+    }
+
+    /// Answer `req` (whose route already ends with its sender) with an error, if it wants one.
+    pub fn respond_error(&self, req: &Message, errnum: Errno, text: impl Into<String>) {
+        if req.wants_response() {
+            self.route_response(req.error_response(errnum, text));
+        }
+    }
+
+    /// Answer `req` with a payload, if it wants a response.
+    pub fn respond(&self, req: &Message, payload: bytes::Bytes) {
+        if req.wants_response() {
+            self.route_response(req.response(payload));
+        }
+    }
+
+    pub(crate) fn to_management(&self, msg: Message) {
+        match self.management.get() {
+            Some(tx) => {
+                if let Err(e) = tx.send(msg) {
+                    self.respond_error(&e.0, Errno::ENOSYS, "the module supervisor is not running");
+                }
+            }
+            None => self.respond_error(&msg, Errno::ENOSYS, "the module supervisor is not running"),
+        }
+    }
+
+    /// How many endpoints and services the table holds.
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.table.read();
+        (t.endpoints.len(), t.services.len())
+    }
+
+    pub(crate) fn label(&self, id: EndpointId) -> Option<String> {
+        self.table.read().endpoints.get(&id).map(|e| e.label.clone())
+    }
+}
+
+fn describe_owner(t: &Table, owner: Owner) -> String {
+    match owner {
+        Owner::Builtin(_) => "the broker itself".to_string(),
+        Owner::Endpoint(id) => t.endpoints.get(&id).map_or_else(|| format!("endpoint {id}"), |e| e.label.clone()),
+    }
+}

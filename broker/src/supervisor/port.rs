@@ -1,0 +1,75 @@
+//! `ModulePort`: the broker's implementation of a module's `BrokerPort`. Output from the
+//! module is stamped with the instance owner's credentials and routed on the module's own
+//! thread; the exit report retires the module's endpoint and answers what it left unanswered.
+
+use std::sync::{Arc, Weak};
+
+use switchboard_loaders::{BrokerPort, ExitStatus, ModuleState};
+use switchboard_module_api::proto::{Cred, ROLE_OWNER, ROLE_USER};
+use switchboard_module_api::{Level, Message};
+
+use super::record::ModuleRecord;
+use super::Supervisor;
+use crate::router::{self, Router};
+
+pub struct ModulePort {
+    pub router: Arc<Router>,
+    pub record: Arc<ModuleRecord>,
+    pub supervisor: Weak<Supervisor>,
+}
+
+impl BrokerPort for ModulePort {
+    fn send(&self, mut msg: Message) {
+        // Modules run as the broker: they are the instance owner.
+        // SAFETY: getuid cannot fail.
+        msg.cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
+        self.record.mailbox.sent(&msg);
+        self.router.route(self.record.endpoint, msg);
+    }
+
+    fn hold(&self) {
+        router::hold();
+    }
+
+    fn flush(&self) {
+        router::flush();
+    }
+
+    fn set_state(&self, state: ModuleState) {
+        self.record.set_state(state, None);
+        tracing::debug!(module = %self.record.name(), state = state.as_str(), "module state");
+    }
+
+    fn log(&self, level: Level, text: &str) {
+        let module = self.record.name();
+        match level {
+            Level::Error => tracing::error!(module, "{text}"),
+            Level::Warn => tracing::warn!(module, "{text}"),
+            Level::Info => tracing::info!(module, "{text}"),
+            Level::Debug => tracing::debug!(module, "{text}"),
+        }
+    }
+
+    fn exited(&self, status: ExitStatus) {
+        router::flush();
+        let rec = &self.record;
+        let (state, reason, verb) = match status {
+            ExitStatus::Exited => (ModuleState::Exited, None, "exited".to_string()),
+            ExitStatus::Failed(r) => (ModuleState::Failed, Some(r.clone()), format!("failed ({r})")),
+        };
+        match &reason {
+            Some(r) => tracing::error!(module = %rec.name(), "module failed: {r}"),
+            None => tracing::info!(module = %rec.name(), "module exited"),
+        }
+        // No new requests may reach it; then answer every one it did not.
+        self.router.remove_endpoint(rec.endpoint);
+        for err in rec.mailbox.close(&verb) {
+            self.router.route_response(err);
+        }
+        router::flush();
+        rec.set_state(state, reason);
+        if let Some(sup) = self.supervisor.upgrade() {
+            sup.on_exit(rec);
+        }
+    }
+}
