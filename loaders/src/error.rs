@@ -11,7 +11,10 @@ pub enum LoadError {
     #[error("{path}: no such file")]
     NotFound { path: PathBuf },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a module: {what}; no loader recognises it (native modules are ELF shared objects named *.so)")]
     NotRecognized { path: PathBuf, what: String },
     #[error("{path} could not be opened as a shared library: {detail}")]
@@ -19,7 +22,11 @@ pub enum LoadError {
     #[error("{path} is not a Switchboard module: it has no `{symbol}` symbol")]
     NoEntry { path: PathBuf, symbol: &'static str },
     #[error("{path} was built for native module ABI version {module}, but this broker speaks version {broker}; rebuild it against this switchboard-module-api")]
-    AbiMismatch { path: PathBuf, module: u32, broker: u32 },
+    AbiMismatch {
+        path: PathBuf,
+        module: u32,
+        broker: u32,
+    },
     #[error("{path} has a malformed module table: {detail}")]
     BadTable { path: PathBuf, detail: String },
     #[error("invalid module name: {0}")]
@@ -46,9 +53,14 @@ impl LoadError {
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound { path: path.to_owned() }
+            LoadError::NotFound {
+                path: path.to_owned(),
+            }
         } else {
-            LoadError::Io { path: path.to_owned(), source }
+            LoadError::Io {
+                path: path.to_owned(),
+                source,
+            }
         }
     }
 }

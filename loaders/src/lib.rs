@@ -19,7 +19,7 @@ pub mod registry;
 
 pub use error::LoadError;
 pub use module::{
-    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
-    ModuleState, RunningModule,
+    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind,
+    ModuleLink, ModuleState, RunningModule,
 };
 pub use registry::Registry;

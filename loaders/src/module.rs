@@ -156,10 +156,14 @@ pub trait RunningModule: Send + Sync {
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"))
+        Err(format!(
+            "invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"
+        ))
     }
 }

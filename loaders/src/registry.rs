@@ -17,7 +17,9 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { loaders: vec![Box::new(NativeLoader::new())] }
+        Registry {
+            loaders: vec![Box::new(NativeLoader::new())],
+        }
     }
 }
 
@@ -40,7 +42,10 @@ impl Registry {
             .loaders
             .iter()
             .find(|l| l.recognizes(path, &head))
-            .ok_or_else(|| LoadError::NotRecognized { path: path.clone(), what: describe(&head) })?;
+            .ok_or_else(|| LoadError::NotRecognized {
+                path: path.clone(),
+                what: describe(&head),
+            })?;
         loader.load(request)
     }
 }
@@ -48,7 +53,10 @@ impl Registry {
 fn read_head(path: &Path) -> Result<Vec<u8>, LoadError> {
     let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
     if meta.is_dir() {
-        return Err(LoadError::NotRecognized { path: path.to_owned(), what: "it is a directory".into() });
+        return Err(LoadError::NotRecognized {
+            path: path.to_owned(),
+            what: "it is a directory".into(),
+        });
     }
     let mut head = Vec::with_capacity(HEAD);
     std::fs::File::open(path)

@@ -53,11 +53,16 @@ struct Method<A> {
 /// An actor's method table: method name (the part of the topic after the service) to handler.
 pub struct Methods<A> {
     table: HashMap<String, Method<A>>,
+    /// Answers methods the table does not name.
+    otherwise: Option<Method<A>>,
 }
 
 impl<A> Default for Methods<A> {
     fn default() -> Self {
-        Methods { table: HashMap::new() }
+        Methods {
+            table: HashMap::new(),
+            otherwise: None,
+        }
     }
 }
 
@@ -84,13 +89,27 @@ impl<A: 'static> Methods<A> {
         self.add(name, f, true)
     }
 
+    /// Handle every method the table does not name (guests included: check `msg.cred`).
+    pub fn otherwise<R, F>(mut self, f: F) -> Self
+    where
+        R: IntoReply,
+        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
+    {
+        self.otherwise = Some(Method {
+            handler: Box::new(move |a, h, m| f(a, h, m).into_reply()),
+            guest: true,
+        });
+        self
+    }
+
     fn add<R, F>(mut self, name: &str, f: F, guest: bool) -> Self
     where
         R: IntoReply,
         F: Fn(&mut A, &Handle, &Message) -> R + 'static,
     {
         let handler: Handler<A> = Box::new(move |a, h, m| f(a, h, m).into_reply());
-        self.table.insert(name.to_string(), Method { handler, guest });
+        self.table
+            .insert(name.to_string(), Method { handler, guest });
         self
     }
 }
@@ -157,7 +176,9 @@ fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Mes
         actor.disconnect(h, msg);
         return;
     }
-    let reply = match methods.table.get(method) {
+    let reply = match methods.table.get(method).or(methods.otherwise.as_ref()) {
+        // Every module answers `ping` (as Flux's do) unless it defines its own.
+        None if method == "ping" => Reply::Payload(msg.payload.clone()),
         None => Reply::Error(Error::new(
             Errno::ENOSYS,
             format!("service '{}' has no method '{}'", h.name(), method),
@@ -174,6 +195,9 @@ fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Mes
         Reply::Done => Ok(()),
     };
     if let Err(e) = sent {
-        h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
+        h.log(
+            Level::Warn,
+            &format!("could not respond to {}: {e}", msg.topic),
+        );
     }
 }

@@ -28,3 +28,5 @@ pub use error::Error;
 pub use handle::{Handle, SHUTDOWN};
 pub use link::{Level, Link, LinkError};
 pub use proto::{Errno, Message};
+/// Any msgpack value, for payloads of no fixed shape.
+pub use rmpv::Value;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::abi::{SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EXIT_PANIC, SB_OK, SB_ETIMEDOUT};
+use crate::abi::{
+    SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK,
+};
 use crate::actor::{run_actor, Actor};
 use crate::handle::Handle;
 use crate::link::{Level, Link, LinkError};
@@ -41,9 +43,16 @@ pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
         topic: text(m.topic)?,
         matchtag: m.matchtag,
         nodeid: m.nodeid,
-        cred: Cred { userid: m.userid, rolemask: m.rolemask },
+        cred: Cred {
+            userid: m.userid,
+            rolemask: m.rolemask,
+        },
         errnum: m.errnum,
-        errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
+        errstr: if m.errstr.ptr.is_null() {
+            None
+        } else {
+            Some(text(m.errstr)?)
+        },
         seq: m.seq,
         route: Route::from_slice(route),
         payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
@@ -63,7 +72,10 @@ pub fn message_to_abi(msg: &Message) -> SbMsg {
         errnum: msg.errnum,
         seq: msg.seq,
         topic: SbBytes::of(msg.topic.as_bytes()),
-        errstr: msg.errstr.as_deref().map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
+        errstr: msg
+            .errstr
+            .as_deref()
+            .map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
         route: msg.route.as_ptr(),
         route_len: msg.route.len(),
         payload: SbBytes::of(&msg.payload),
@@ -103,7 +115,10 @@ impl Link for NativeLink {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
-    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
 }
 
 /// The body of a native module's `main`: check the host table, build the handle, run the

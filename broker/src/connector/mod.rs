@@ -6,4 +6,4 @@
 mod local;
 mod peercred;
 
-pub use local::{Listener, ListenOptions};
+pub use local::{ListenOptions, Listener};

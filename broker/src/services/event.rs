@@ -9,23 +9,35 @@ use super::{decode, empty, reply};
 use crate::router::Router;
 
 pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
-    let Some(&sender) = msg.route.last() else { return };
+    let Some(&sender) = msg.route.last() else {
+        return;
+    };
     match method {
         "subscribe" => {
-            let Some(args) = decode::<TopicArgs>(router, msg) else { return };
+            let Some(args) = decode::<TopicArgs>(router, msg) else {
+                return;
+            };
             router.subscribe(sender, &args.topic);
             router.respond(msg, empty());
         }
         "unsubscribe" => {
-            let Some(args) = decode::<TopicArgs>(router, msg) else { return };
+            let Some(args) = decode::<TopicArgs>(router, msg) else {
+                return;
+            };
             if router.unsubscribe(sender, &args.topic) {
                 router.respond(msg, empty());
             } else {
-                router.respond_error(msg, Errno::ENOENT, format!("not subscribed to '{}'", args.topic));
+                router.respond_error(
+                    msg,
+                    Errno::ENOENT,
+                    format!("not subscribed to '{}'", args.topic),
+                );
             }
         }
         "publish" => {
-            let Some(args) = decode::<PublishArgs>(router, msg) else { return };
+            let Some(args) = decode::<PublishArgs>(router, msg) else {
+                return;
+            };
             if args.topic.is_empty() {
                 return router.respond_error(msg, Errno::EINVAL, "an event needs a topic");
             }
@@ -38,6 +50,10 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             reply(router, msg, &PublishReply { seq });
         }
         "disconnect" => {}
-        m => router.respond_error(msg, Errno::ENOSYS, format!("service 'event' has no method '{m}'")),
+        m => router.respond_error(
+            msg,
+            Errno::ENOSYS,
+            format!("service 'event' has no method '{m}'"),
+        ),
     }
 }

@@ -9,10 +9,14 @@ use super::{decode, empty};
 use crate::router::Router;
 
 pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
-    let Some(&sender) = msg.route.last() else { return };
+    let Some(&sender) = msg.route.last() else {
+        return;
+    };
     match method {
         "add" => {
-            let Some(args) = decode::<ServiceArgs>(router, msg) else { return };
+            let Some(args) = decode::<ServiceArgs>(router, msg) else {
+                return;
+            };
             if let Err(e) = check_name(&args.service) {
                 return router.respond_error(msg, Errno::EINVAL, e);
             }
@@ -22,7 +26,9 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             }
         }
         "remove" => {
-            let Some(args) = decode::<ServiceArgs>(router, msg) else { return };
+            let Some(args) = decode::<ServiceArgs>(router, msg) else {
+                return;
+            };
             match router.remove_service(sender, &args.service) {
                 Ok(()) => router.respond(msg, empty()),
                 Err(Errno::ENOENT) => {
@@ -35,6 +41,10 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
                 ),
             }
         }
-        m => router.respond_error(msg, Errno::ENOSYS, format!("service 'service' has no method '{m}'")),
+        m => router.respond_error(
+            msg,
+            Errno::ENOSYS,
+            format!("service 'service' has no method '{m}'"),
+        ),
     }
 }

@@ -9,20 +9,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use switchboard_loaders::{LoadRequest, ModuleInfo};
-use switchboard_module_api::mgmt::{BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
+use switchboard_module_api::mgmt::{
+    BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs,
+};
 use switchboard_module_api::{Errno, Error, Message};
 
 use super::Supervisor;
 use crate::router::{Router, RANK};
 use crate::services::{decode, empty, reply};
 
-pub fn spawn_management(sup: Arc<Supervisor>, router: Arc<Router>, rx: Receiver<Message>, uri: String) -> std::io::Result<()> {
+pub fn spawn_management(
+    sup: Arc<Supervisor>,
+    router: Arc<Router>,
+    rx: Receiver<Message>,
+    uri: String,
+) -> std::io::Result<()> {
     let started = Instant::now();
-    std::thread::Builder::new().name("management".into()).spawn(move || {
-        for msg in rx {
-            handle(&sup, &router, msg, started, &uri);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("management".into())
+        .spawn(move || {
+            for msg in rx {
+                handle(&sup, &router, msg, started, &uri);
+            }
+        })?;
     Ok(())
 }
 
@@ -59,7 +68,9 @@ pub fn config_bytes(config: Option<&rmpv::Value>) -> Bytes {
 fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: Instant, uri: &str) {
     match msg.topic.as_str() {
         "module.load" => {
-            let Some(a) = decode::<LoadArgs>(router, &msg) else { return };
+            let Some(a) = decode::<LoadArgs>(router, &msg) else {
+                return;
+            };
             if let Some(c) = &a.config {
                 if !c.is_map() {
                     return router.respond_error(&msg, Errno::EINVAL, "config must be a map");
@@ -74,25 +85,40 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
             answer(router, &msg, sup.load(request).map(|i| describe(&i)));
         }
         "module.info" => {
-            let Some(a) = decode::<InfoArgs>(router, &msg) else { return };
-            let request = LoadRequest { path: PathBuf::from(&a.path), ..Default::default() };
+            let Some(a) = decode::<InfoArgs>(router, &msg) else {
+                return;
+            };
+            let request = LoadRequest {
+                path: PathBuf::from(&a.path),
+                ..Default::default()
+            };
             answer(router, &msg, sup.info(&request).map(|i| describe(&i)));
         }
         "module.remove" => {
-            let Some(a) = decode::<RemoveArgs>(router, &msg) else { return };
+            let Some(a) = decode::<RemoveArgs>(router, &msg) else {
+                return;
+            };
             let (sup, router) = (sup.clone(), router.clone());
-            let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
-                let result = sup.remove(&a.name, a.grace_ms.map(Duration::from_millis));
-                match result {
-                    Ok(()) => router.respond(&msg, empty()),
-                    Err(e) => router.respond_error(&msg, e.errnum, e.text),
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name("remove".into())
+                .spawn(move || {
+                    let result = sup.remove(&a.name, a.grace_ms.map(Duration::from_millis));
+                    match result {
+                        Ok(()) => router.respond(&msg, empty()),
+                        Err(e) => router.respond_error(&msg, e.errnum, e.text),
+                    }
+                });
             if let Err(e) = spawned {
                 tracing::error!("could not start a remove: {e}");
             }
         }
-        "module.list" => reply(router, &msg, &ModuleList { modules: sup.list() }),
+        "module.list" => reply(
+            router,
+            &msg,
+            &ModuleList {
+                modules: sup.list(),
+            },
+        ),
         "broker.info" => reply(
             router,
             &msg,

@@ -50,7 +50,11 @@ impl Supervisor {
     }
 
     fn find(&self, name: &str) -> Option<Arc<ModuleRecord>> {
-        self.modules.lock().iter().find(|r| r.name() == name).cloned()
+        self.modules
+            .lock()
+            .iter()
+            .find(|r| r.name() == name)
+            .cloned()
     }
 
     fn forget(&self, rec: &Arc<ModuleRecord>) {
@@ -59,14 +63,20 @@ impl Supervisor {
 
     /// Inspect a module file without starting it.
     pub fn info(&self, request: &LoadRequest) -> Result<ModuleInfo, Error> {
-        let loaded = self.registry.load(request).map_err(|e| Error::new(e.errno(), e.to_string()))?;
+        let loaded = self
+            .registry
+            .load(request)
+            .map_err(|e| Error::new(e.errno(), e.to_string()))?;
         Ok(loaded.info().clone())
     }
 
     /// Load and start a module; returns once it is running (or failed to start).
     pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
         let _serial = self.loading.lock();
-        let loaded = self.registry.load(&request).map_err(|e| Error::new(e.errno(), e.to_string()))?;
+        let loaded = self
+            .registry
+            .load(&request)
+            .map_err(|e| Error::new(e.errno(), e.to_string()))?;
         let info = loaded.info().clone();
         if let Some(old) = self.find(&info.name) {
             if !old.state().is_final() {
@@ -85,9 +95,14 @@ impl Supervisor {
         }
         let mailbox = Arc::new(Mailbox::new(&info.name));
         // SAFETY: getuid cannot fail.
-        let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
+        let cred = Cred {
+            userid: unsafe { libc::getuid() },
+            rolemask: ROLE_OWNER | ROLE_USER,
+        };
         let label = format!("module '{}'", info.name);
-        let endpoint = self.router.add_endpoint(Sink::Module(mailbox.clone()), cred, label);
+        let endpoint = self
+            .router
+            .add_endpoint(Sink::Module(mailbox.clone()), cred, label);
         if let Err(taken) = self.router.add_services(endpoint, &info.services) {
             self.router.remove_endpoint(endpoint);
             return Err(Error::new(Errno::EEXIST, taken.to_string()));
@@ -99,7 +114,11 @@ impl Supervisor {
             args: request.args.clone(),
             config: request.config.clone(),
             inbox: mailbox.receiver(),
-            port: Arc::new(ModulePort { router: self.router.clone(), record: rec.clone(), supervisor: self.me.clone() }),
+            port: Arc::new(ModulePort {
+                router: self.router.clone(),
+                record: rec.clone(),
+                supervisor: self.me.clone(),
+            }),
         };
         match loaded.run(link) {
             Ok(running) => *rec.running.lock() = Some(running),
@@ -124,11 +143,17 @@ impl Supervisor {
             }
         }
         if life.state.is_final() {
-            let reason = life.reason.clone().unwrap_or_else(|| "it exited while starting".to_string());
+            let reason = life
+                .reason
+                .clone()
+                .unwrap_or_else(|| "it exited while starting".to_string());
             drop(life);
             self.forget(rec);
             rec.reclaim();
-            return Err(Error::new(Errno::EIO, format!("module '{}' failed to start: {reason}", rec.name())));
+            return Err(Error::new(
+                Errno::EIO,
+                format!("module '{}' failed to start: {reason}", rec.name()),
+            ));
         }
         Ok(())
     }
@@ -136,7 +161,9 @@ impl Supervisor {
     /// Ask a module to stop and wait for it to finalize, up to `grace` (default: the
     /// broker's). A module that outlives it is reported stuck and left detached.
     pub fn remove(&self, name: &str, grace: Option<Duration>) -> Result<(), Error> {
-        let rec = self.find(name).ok_or_else(|| Error::new(Errno::ENOENT, format!("no module named '{name}'")))?;
+        let rec = self
+            .find(name)
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no module named '{name}'")))?;
         let grace = grace.unwrap_or(self.grace);
         {
             let mut life = rec.life.lock();
@@ -184,7 +211,13 @@ impl Supervisor {
 
     /// Remove every module, last loaded first.
     pub fn remove_all(&self) {
-        let names: Vec<String> = self.modules.lock().iter().rev().map(|r| r.name().to_string()).collect();
+        let names: Vec<String> = self
+            .modules
+            .lock()
+            .iter()
+            .rev()
+            .map(|r| r.name().to_string())
+            .collect();
         for name in names {
             if let Err(e) = self.remove(&name, None) {
                 tracing::warn!(module = %name, "{e}");

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
-use switchboard_loaders::{ModuleInfo, ModuleState, RunningModule};
-use switchboard_module_api::mgmt::ModuleStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use switchboard_loaders::{ModuleInfo, ModuleState, RunningModule};
+use switchboard_module_api::mgmt::ModuleStatus;
 
 use crate::router::{EndpointId, Mailbox};
 
@@ -35,7 +35,12 @@ impl ModuleRecord {
             info,
             endpoint,
             mailbox,
-            life: Mutex::new(Life { state: ModuleState::Init, reason: None, removing: false, stuck: false }),
+            life: Mutex::new(Life {
+                state: ModuleState::Init,
+                reason: None,
+                removing: false,
+                stuck: false,
+            }),
             changed: Condvar::new(),
             running: Mutex::new(None),
         }

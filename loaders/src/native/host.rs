@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use parking_lot::Mutex;
-use switchboard_module_api::abi::{SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EINVAL, SB_ETIMEDOUT, SB_LOG_ERR, SB_OK};
+use switchboard_module_api::abi::{
+    SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EINVAL, SB_ETIMEDOUT, SB_LOG_ERR, SB_OK,
+};
 use switchboard_module_api::native::{message_from_abi, message_to_abi};
 use switchboard_module_api::proto::{Flags, MsgType};
 use switchboard_module_api::{Level, Message, SHUTDOWN};
@@ -33,10 +35,20 @@ struct RecvState {
 
 /// The module thread's body: call `main`, then report the exit.
 pub(super) fn run(main: MainFn, link: ModuleLink) {
-    let ModuleLink { name, args, config, inbox, port } = link;
+    let ModuleLink {
+        name,
+        args,
+        config,
+        inbox,
+        port,
+    } = link;
     let ctx = HostCtx {
         port: port.clone(),
-        recv: Mutex::new(RecvState { inbox, current: None, running: false }),
+        recv: Mutex::new(RecvState {
+            inbox,
+            current: None,
+            running: false,
+        }),
         last_error: Mutex::new(None),
     };
     let arg_views: Vec<SbBytes> = args.iter().map(|a| SbBytes::of(a.as_bytes())).collect();
@@ -58,7 +70,11 @@ pub(super) fn run(main: MainFn, link: ModuleLink) {
     let status = if code == 0 {
         ExitStatus::Exited
     } else {
-        let reason = ctx.last_error.lock().take().unwrap_or_else(|| format!("main returned {code}"));
+        let reason = ctx
+            .last_error
+            .lock()
+            .take()
+            .unwrap_or_else(|| format!("main returned {code}"));
         ExitStatus::Failed(reason)
     };
     port.exited(status);
@@ -86,7 +102,8 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
                 let got = if timeout_ms < 0 {
                     st.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
                 } else {
-                    st.inbox.recv_timeout(Duration::from_millis(timeout_ms as u64))
+                    st.inbox
+                        .recv_timeout(Duration::from_millis(timeout_ms as u64))
                 };
                 match got {
                     Ok(m) => m,
@@ -119,7 +136,9 @@ unsafe extern "C" fn host_send(p: *mut c_void, msg: *const SbMsg) -> i32 {
             return SB_EINVAL;
         }
         // SAFETY: the module promises valid views for the duration of the call.
-        let Some(m) = (unsafe { message_from_abi(&*msg) }) else { return SB_EINVAL };
+        let Some(m) = (unsafe { message_from_abi(&*msg) }) else {
+            return SB_EINVAL;
+        };
         if m.flags.0 & !Flags::ALL.0 != 0 {
             return SB_EINVAL;
         }

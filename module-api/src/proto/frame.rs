@@ -116,7 +116,10 @@ mod tests {
                 topic,
                 matchtag: n[0],
                 nodeid: n[1],
-                cred: Cred { userid: n[2], rolemask: n[3] },
+                cred: Cred {
+                    userid: n[2],
+                    rolemask: n[3],
+                },
                 errnum: n[4],
                 errstr,
                 seq: n[5],
@@ -178,7 +181,10 @@ mod tests {
         let mut buf = BytesMut::from(&(4096u32.to_be_bytes())[..]);
         assert_eq!(
             reader.next_frame(&mut buf),
-            Err(FrameError::Oversized { len: 4096, max: 1024 })
+            Err(FrameError::Oversized {
+                len: 4096,
+                max: 1024
+            })
         );
     }
 

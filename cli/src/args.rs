@@ -1,0 +1,91 @@
+//! Where `modctl` parses its arguments: the command line, and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "modctl",
+    version,
+    about = "Drive a Switchboard broker",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Broker socket (default: SWITCHBOARD_URI, else the per-user default path).
+    #[arg(long, global = true)]
+    pub uri: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load a module and start it.
+    Load {
+        path: PathBuf,
+        /// Instance name (default: the module's own name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Configuration table for the module, as a JSON object.
+        #[arg(long)]
+        config: Option<String>,
+        /// Arguments handed to the module.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Stop a module and unload it.
+    Remove {
+        name: String,
+        /// Milliseconds the module has to finalize (default: the broker's, 5000).
+        #[arg(long)]
+        grace: Option<u64>,
+    },
+    /// List loaded modules.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a module file without starting it.
+    Info {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time round trips to a service's `ping` method (default: the broker).
+    Ping {
+        #[arg(default_value = "broker")]
+        service: String,
+        /// Number of pings.
+        #[arg(long, short, default_value_t = 1)]
+        count: u32,
+    },
+    /// Call TOPIC with a JSON payload (default `{}`) and print the JSON response.
+    Rpc {
+        topic: String,
+        json: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Publish or watch events.
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventCommand {
+    /// Publish an event with a JSON payload (default `{}`).
+    Pub { topic: String, json: Option<String> },
+    /// Print events whose topic starts with any of TOPICS until interrupted.
+    Sub {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}

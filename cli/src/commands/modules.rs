@@ -1,0 +1,116 @@
+//! `load`, `remove`, `list`, `info`: the `module` service.
+
+use std::path::{Path, PathBuf};
+
+use switchboard_module_api::mgmt::{InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
+use switchboard_module_api::{Client, Message};
+
+use crate::{json, table, CliError, Context};
+
+/// The broker runs elsewhere: hand it an absolute path.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(msg: &Message, what: &str) -> Result<T, CliError> {
+    msg.decode()
+        .map_err(|e| CliError::Usage(format!("{what}: the broker sent an unexpected reply: {e}")))
+}
+
+pub fn load(
+    client: &mut Client,
+    path: &Path,
+    name: Option<String>,
+    config: Option<&str>,
+    args: Vec<String>,
+) -> Result<(), CliError> {
+    let request = LoadArgs {
+        path: absolute(path).display().to_string(),
+        name,
+        args,
+        config: config.map(json::value).transpose()?,
+    };
+    let what = format!("load {}", path.display());
+    let reply = client.rpc("module.load", &request).doing(&what)?;
+    let d: ModuleDescription = decode(&reply, &what)?;
+    println!(
+        "loaded {} ({}, services: {})",
+        d.name,
+        d.kind,
+        d.services.join(",")
+    );
+    Ok(())
+}
+
+pub fn remove(client: &mut Client, name: &str, grace_ms: Option<u64>) -> Result<(), CliError> {
+    client
+        .rpc(
+            "module.remove",
+            &RemoveArgs {
+                name: name.to_string(),
+                grace_ms,
+            },
+        )
+        .doing(format!("remove {name}"))?;
+    Ok(())
+}
+
+pub fn list(client: &mut Client, as_json: bool) -> Result<(), CliError> {
+    let reply = client.rpc("module.list", &()).doing("list")?;
+    let list: ModuleList = decode(&reply, "list")?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list.modules).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .modules
+        .iter()
+        .map(|m| {
+            let state = match (&m.reason, m.stuck) {
+                (_, true) => format!("{} (stuck)", m.state),
+                (Some(r), _) => format!("{}: {r}", m.state),
+                (None, _) => m.state.clone(),
+            };
+            vec![
+                m.name.clone(),
+                m.kind.clone(),
+                m.services.join(","),
+                m.digest.chars().take(12).collect(),
+                table::size(m.size),
+                table::duration_ms(m.idle_ms),
+                m.msgs_in.to_string(),
+                m.msgs_out.to_string(),
+                state,
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "NAME", "KIND", "SERVICES", "DIGEST", "SIZE", "IDLE", "IN", "OUT", "STATE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliError> {
+    let what = format!("info {}", path.display());
+    let reply = client
+        .rpc(
+            "module.info",
+            &InfoArgs {
+                path: absolute(path).display().to_string(),
+            },
+        )
+        .doing(&what)?;
+    let d: ModuleDescription = decode(&reply, &what)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+    } else {
+        println!("name:     {}\nkind:     {}\nservices: {}\npath:     {}\ndigest:   {}\nsize:     {} ({} bytes)", d.name, d.kind, d.services.join(","), d.path, d.digest, table::size(d.size), d.size);
+    }
+    Ok(())
+}
