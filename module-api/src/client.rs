@@ -100,7 +100,15 @@ impl Client {
         if !self.wbuf.is_empty() {
             let r = self.stream.write_all(&self.wbuf);
             self.wbuf.clear();
-            r.map_err(|e| self.closed_or(e))?;
+            if let Err(e) = r {
+                // A broker that refused us wrote why before closing: report that.
+                if let Err(refused @ ClientError::Refused(_)) =
+                    self.read_message(Some(Duration::from_millis(100)))
+                {
+                    return Err(refused);
+                }
+                return Err(self.closed_or(e));
+            }
         }
         Ok(())
     }

@@ -68,13 +68,14 @@ impl BrokerPort for ModulePort {
             Some(r) => tracing::error!(module = %rec.name(), "module failed: {r}"),
             None => tracing::info!(module = %rec.name(), "module exited"),
         }
-        // No new requests may reach it; then answer every one it did not.
+        // Record the outcome first, so a requester that hears of it finds it in `list`; then
+        // no new requests may reach it; then answer every one it did not.
+        rec.set_state(state, reason);
         self.router.remove_endpoint(rec.endpoint);
         for err in rec.mailbox.close(&verb) {
             self.router.route_response(err);
         }
         router::flush();
-        rec.set_state(state, reason);
         if let Some(sup) = self.supervisor.upgrade() {
             sup.on_exit(rec);
         }

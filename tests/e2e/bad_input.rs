@@ -1,0 +1,336 @@
+//! Bad input, each case against a real broker: it gets a clear error, changes nothing, and
+//! the broker keeps serving everyone else.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_module_api::proto::{encode_frame, MsgType};
+use switchboard_module_api::Message;
+use switchboard_tests::{
+    c_module, errno_of, errtext, json, list, module, payload, row, rpc, wait_until, Broker, WAIT,
+};
+
+fn load_err(b: &Broker, path: &std::path::Path, extra: &[&str]) -> (String, String) {
+    let mut c = b.client();
+    let mut body = json!({"path": path.display().to_string()});
+    if let Some(name) = extra.first() {
+        body["name"] = json!(name);
+    }
+    let r = rpc(&mut c, "module.load", body);
+    (errno_of(&r), errtext(&r))
+}
+
+#[test]
+fn a_missing_file_is_enoent_and_changes_nothing() {
+    let b = Broker::start();
+    let (errno, text) = load_err(&b, std::path::Path::new("/nonexistent/libmod.so"), &[]);
+    assert_eq!(errno, "ENOENT");
+    assert!(
+        text.contains("/nonexistent/libmod.so") && text.contains("no such file"),
+        "{text}"
+    );
+    assert!(list(&mut b.client()).is_empty());
+}
+
+#[test]
+fn files_that_are_not_modules_are_refused_by_name() {
+    let b = Broker::start();
+    let dir = b.dir.path();
+    let random = dir.join("random.so");
+    std::fs::write(
+        &random,
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let text = dir.join("notes.so");
+    std::fs::write(&text, "just some text\n").unwrap();
+    let empty = dir.join("empty.so");
+    std::fs::write(&empty, "").unwrap();
+    for (path, why) in [
+        (&random, "unknown data"),
+        (&text, "text file"),
+        (&empty, "empty"),
+    ] {
+        let (errno, msg) = load_err(&b, path, &[]);
+        assert_eq!(errno, "ENOEXEC", "{path:?}");
+        assert!(
+            msg.contains("is not a module") && msg.contains(why),
+            "{msg}"
+        );
+    }
+    let (errno, msg) = load_err(&b, dir, &[]);
+    assert_eq!(errno, "ENOEXEC");
+    assert!(msg.contains("directory"), "{msg}");
+    assert!(list(&mut b.client()).is_empty());
+}
+
+#[test]
+fn a_shared_object_without_the_entry_symbol_is_refused() {
+    let b = Broker::start();
+    let lib = c_module("noentry", b.dir.path());
+    let (errno, msg) = load_err(&b, &lib, &[]);
+    assert_eq!(errno, "ENOEXEC");
+    assert!(msg.contains("switchboard_module_entry"), "{msg}");
+}
+
+#[test]
+fn an_abi_version_mismatch_names_both_versions() {
+    let b = Broker::start();
+    let lib = c_module("badabi", b.dir.path());
+    let (errno, msg) = load_err(&b, &lib, &[]);
+    assert_eq!(errno, "ENOEXEC");
+    assert!(
+        msg.contains("ABI version 2") && msg.contains("speaks version 1"),
+        "{msg}"
+    );
+    assert!(list(&mut b.client()).is_empty());
+}
+
+#[test]
+fn duplicate_names_and_taken_services_are_eexist() {
+    let b = Broker::start();
+    b.load(&module("echo"), None, &[]);
+    let (errno, msg) = load_err(&b, &module("echo"), &[]);
+    assert_eq!(errno, "EEXIST");
+    assert!(msg.contains("'echo' is already loaded"), "{msg}");
+    // A service a client registered cannot be taken by a module.
+    let mut provider = b.client();
+    rpc(&mut provider, "service.add", json!({"service": "taken"})).unwrap();
+    let (errno, msg) = load_err(&b, &module("echo"), &["taken"]);
+    assert_eq!(errno, "EEXIST");
+    assert!(
+        msg.contains("service 'taken' is already provided by client"),
+        "{msg}"
+    );
+    let (errno, _) = load_err(&b, &module("echo"), &["module"]);
+    assert_eq!(errno, "EEXIST");
+    let (errno, _) = load_err(&b, &module("echo"), &["bad.name"]);
+    assert_eq!(errno, "EINVAL");
+    // Nothing changed: one echo, serving.
+    let mut c = b.client();
+    assert_eq!(list(&mut c).len(), 1);
+    rpc(&mut c, "echo.x", json!({})).unwrap();
+}
+
+#[test]
+fn a_module_that_panics_fails_alone_and_its_requesters_get_errors() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    b.load(&module("echo"), None, &[]);
+    let mut c = b.client();
+    // The panicking request and two queued behind it: all three get error responses.
+    for (tag, topic) in [
+        (1, "faulty.panic"),
+        (2, "faulty.whoami"),
+        (3, "faulty.whoami"),
+    ] {
+        let mut req = Message::request(topic, payload(json!({})));
+        req.matchtag = tag;
+        c.queue(&req);
+    }
+    c.flush().unwrap();
+    let mut errs = Vec::new();
+    for _ in 0..3 {
+        let r = c.recv_timeout(Some(WAIT)).unwrap();
+        assert_eq!(r.kind, MsgType::Response);
+        errs.push((r.matchtag, r.errnum, r.errstr.unwrap_or_default()));
+    }
+    errs.sort();
+    for (i, (tag, errnum, text)) in errs.iter().enumerate() {
+        assert_eq!(*tag, i as u32 + 1);
+        assert_eq!(*errnum, 113, "EHOSTUNREACH: {text}");
+        assert!(
+            text.contains("module 'faulty' failed") && text.contains("told to panic"),
+            "{text}"
+        );
+    }
+    let r = row(&mut c, "faulty").expect("listed");
+    assert_eq!(r["state"], "failed");
+    assert!(r["reason"].as_str().unwrap().contains("told to panic"));
+    // Its service is gone; everyone else is served.
+    assert_eq!(errno_of(&rpc(&mut c, "faulty.whoami", json!({}))), "ENOSYS");
+    rpc(&mut c, "echo.x", json!({})).unwrap();
+    // The dead instance can be replaced by a new load under its name.
+    b.load(&module("faulty"), None, &[]);
+    assert_eq!(
+        json(&rpc(&mut c, "faulty.whoami", json!({})).unwrap())["name"],
+        "faulty"
+    );
+}
+
+#[test]
+fn a_module_whose_init_fails_fails_the_load() {
+    let b = Broker::start();
+    let out = b.modctl(&["load", module("faulty").to_str().unwrap(), "fail-init"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed to start") && err.contains("told to fail in init"),
+        "{err}"
+    );
+    assert!(list(&mut b.client()).is_empty());
+}
+
+fn raw_connect(b: &Broker) -> UnixStream {
+    let s = UnixStream::connect(&b.socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn read_frame(s: &mut UnixStream) -> Option<Message> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    switchboard_module_api::proto::decode_frame(body.into()).ok()
+}
+
+#[test]
+fn a_malformed_frame_gets_eproto_and_the_connection_keeps_working() {
+    let b = Broker::start();
+    let mut s = raw_connect(&b);
+    // Well framed, garbage inside: length 6, header length 2, two bytes that are not a header.
+    s.write_all(&[0, 0, 0, 6, 0, 0, 0, 2, 0xc1, 0xc1]).unwrap();
+    let err = read_frame(&mut s).expect("an error response");
+    assert_eq!(
+        (err.kind, err.errnum, err.matchtag),
+        (MsgType::Response, 71, 0)
+    );
+    assert!(err.errstr.unwrap().contains("malformed"));
+    // Header length past the frame's end.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 99]).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().errnum, 71);
+    let mut ping = Message::request("broker.ping", payload(json!({"ok": 1})));
+    ping.matchtag = 4;
+    s.write_all(&encode_frame(&ping)).unwrap();
+    let r = read_frame(&mut s).unwrap();
+    assert_eq!((r.matchtag, r.errnum), (4, 0));
+}
+
+#[test]
+fn an_oversized_frame_gets_eproto_then_disconnect_and_others_are_unaffected() {
+    let b = Broker::start_with(&["--max-frame", "4096"]);
+    let mut bystander = b.client();
+    let mut s = raw_connect(&b);
+    s.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+    let err = read_frame(&mut s).expect("an error before the disconnect");
+    assert_eq!(err.errnum, 71);
+    assert!(err.errstr.unwrap().contains("exceeds the limit of 4096"));
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "the broker closed the connection"
+    );
+    // A frame just under the limit is fine for a well-behaved client.
+    let big = "x".repeat(3000);
+    let r = rpc(&mut bystander, "broker.ping", json!({"big": big})).unwrap();
+    assert_eq!(json(&r)["big"].as_str().unwrap().len(), 3000);
+}
+
+#[test]
+fn modules_a_client_used_hear_of_its_disconnect() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    let mut leaver = b.client();
+    // A request still in flight when it leaves.
+    rpc(&mut leaver, "faulty.whoami", json!({})).unwrap();
+    let mut req = Message::request("faulty.sleep", payload(json!({"ms": 200})));
+    req.matchtag = 99;
+    leaver.send(&req).unwrap();
+    drop(leaver);
+    let mut c = b.client();
+    assert!(wait_until(|| json(
+        &rpc(&mut c, "faulty.disconnects", json!({})).unwrap()
+    ) == json!(1)));
+    // The broker is fine and the module owes nothing: its answer to the departed client was dropped.
+    assert!(wait_until(|| row(&mut c, "faulty").unwrap()["queue"] == 0));
+    b.modctl_ok(&["remove", "faulty"]);
+}
+
+#[test]
+fn guests_are_refused_unless_allowed() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to connect as another uid");
+        return;
+    }
+    for allow in [false, true] {
+        let b = if allow {
+            Broker::start_with(&["--allow-guests"])
+        } else {
+            Broker::start()
+        };
+        // The temporary directory is the owner's; let the guest reach the socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(switchboard_tests::bin("modctl"))
+            .args(["rpc", "broker.ping"])
+            .env("SWITCHBOARD_URI", b.socket.display().to_string())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if allow {
+            assert!(out.status.success(), "{err}");
+            // A guest may ping, but not manage modules.
+            let out = std::process::Command::new(switchboard_tests::bin("modctl"))
+                .args(["list"])
+                .env("SWITCHBOARD_URI", b.socket.display().to_string())
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("EPERM"), "{err}");
+        } else {
+            assert!(!out.status.success());
+            assert!(
+                err.contains("refused")
+                    && err.contains("EPERM")
+                    && err.contains("does not allow guests"),
+                "{err}"
+            );
+        }
+        // The owner is unaffected.
+        rpc(&mut b.client(), "broker.ping", json!({})).unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_without_stalling_others() {
+    let b = Broker::start();
+    b.load(&module("echo"), None, &[]);
+    let mut hog = raw_connect(&b);
+    let big = payload(json!({"fill": "y".repeat(60_000)}));
+    let mut c = b.client();
+    // Send far more than the broker buffers for one client (64 MiB) without reading.
+    let mut frame = Vec::new();
+    for i in 0..100 {
+        let mut m = Message::request("echo.x", big.clone());
+        m.matchtag = i;
+        frame.extend_from_slice(&encode_frame(&m));
+    }
+    hog.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sent = 0;
+    while sent < 1500 {
+        if hog.write_all(&frame).is_err() {
+            break;
+        }
+        sent += 100;
+        // Meanwhile others are served.
+        rpc(&mut c, "echo.ping", json!({})).unwrap();
+    }
+    assert!(
+        b.wait_log("not reading its messages"),
+        "the hog was never disconnected"
+    );
+    rpc(&mut c, "echo.x", json!({"still": "fine"})).unwrap();
+}

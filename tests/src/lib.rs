@@ -1,0 +1,287 @@
+//! The end-to-end test harness: builds the real binaries and modules once, starts real
+//! `switchboard` processes on temporary sockets, runs the real `modctl`, and compiles C
+//! modules with the system compiler. No mocks: every test talks to a broker over its socket.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use switchboard_module_api::{Client, ClientError, Message};
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Where the build puts binaries and libraries (target/debug).
+pub fn target_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // This test binary lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        build_artifacts();
+        dir
+    })
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Build the broker, modctl and the modules these tests load, once per test binary. Cargo
+/// waits on its own lock if another test binary is building at the same moment.
+fn build_artifacts() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "-p",
+            "switchboard",
+            "-p",
+            "modctl",
+            "-p",
+            "switchboard-echo",
+            "-p",
+            "switchboard-kvs",
+            "-p",
+            "switchboard-heartbeat",
+            "-p",
+            "switchboard-test-faulty",
+            "--examples",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of the test artifacts failed");
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    target_dir().join(name)
+}
+
+/// The path of a module library built by this workspace, e.g. `module("echo")`.
+pub fn module(name: &str) -> PathBuf {
+    target_dir().join(format!("lib{name}.so"))
+}
+
+/// Compile `tests/c/<name>.c` into a shared object in `dir` with the system C compiler.
+pub fn c_module(name: &str, dir: &Path) -> PathBuf {
+    let root = repo_root();
+    let out = dir.join(format!("lib{name}.so"));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(root.join("module-api/include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(root.join(format!("tests/c/{name}.c")))
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling tests/c/{name}.c failed");
+    out
+}
+
+/// A `switchboard` process on a socket in its own temporary directory.
+pub struct Broker {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra command-line arguments; returns once the broker is listening.
+    pub fn start_with(args: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("broker.sock");
+        let log = dir.path().join("broker.log");
+        let mut child = Command::new(bin("switchboard"))
+            .arg("--listen")
+            .arg(&socket)
+            .args(args)
+            .env("SWITCHBOARD_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start switchboard");
+        // The broker prints its URI on stdout once it listens.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(WAIT).unwrap_or_default();
+        let mut broker = Broker {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        if !line.starts_with("local://") {
+            let _ = broker.child.kill();
+            panic!(
+                "switchboard did not start: stdout {line:?}, log:\n{}",
+                broker.log()
+            );
+        }
+        broker
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect to the broker")
+    }
+
+    /// Run `modctl` against this broker.
+    pub fn modctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("modctl"))
+            .args(args)
+            .env(
+                "SWITCHBOARD_URI",
+                format!("local://{}", self.socket.display()),
+            )
+            .output()
+            .expect("run modctl")
+    }
+
+    /// Run `modctl`, require success, return its stdout.
+    pub fn modctl_ok(&self, args: &[&str]) -> String {
+        let out = self.modctl(args);
+        assert!(
+            out.status.success(),
+            "modctl {args:?} failed: {}\nbroker log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Load a module through the management protocol.
+    pub fn load(&self, path: &Path, name: Option<&str>, args: &[&str]) {
+        let mut cmd = vec!["load".to_string(), path.display().to_string()];
+        if let Some(n) = name {
+            cmd.push(format!("--name={n}"));
+        }
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        self.modctl_ok(&refs);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the broker's log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        wait_until(|| self.log().contains(needle))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the broker process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `cond` until it holds or `WAIT` passes.
+pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// msgpack payload of a JSON value.
+pub fn payload(v: serde_json::Value) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(&v).expect("encode"))
+}
+
+/// Decode a msgpack payload as JSON.
+pub fn json(msg: &Message) -> serde_json::Value {
+    rmp_serde::from_slice(&msg.payload).expect("payload is msgpack")
+}
+
+/// rpc with a JSON payload and a deadline, so no test can hang on a lost response.
+pub fn rpc(
+    client: &mut Client,
+    topic: &str,
+    body: serde_json::Value,
+) -> Result<Message, ClientError> {
+    client.rpc_raw(topic, payload(body), Some(WAIT))
+}
+
+/// The errno name of a failed rpc ("ENOSYS"), for assertions.
+pub fn errno_of(r: &Result<Message, ClientError>) -> String {
+    match r {
+        Err(ClientError::Remote(e)) => e.errnum.name(),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+/// The error text of a failed rpc.
+pub fn errtext(r: &Result<Message, ClientError>) -> String {
+    match r {
+        Err(ClientError::Remote(e)) => e.text.clone(),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+/// `module.list` as JSON rows.
+pub fn list(client: &mut Client) -> Vec<serde_json::Value> {
+    let r = rpc(client, "module.list", serde_json::json!({})).expect("module.list");
+    json(&r)["modules"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `module.list` row of `name`.
+pub fn row(client: &mut Client, name: &str) -> Option<serde_json::Value> {
+    list(client).into_iter().find(|m| m["name"] == name)
+}
+
+#[derive(Serialize)]
+pub struct Empty {}
