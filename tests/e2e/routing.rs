@@ -62,7 +62,7 @@ fn echo_module_answers_with_the_payload_and_matchtags_pair_pipelined_responses()
         c.queue(&req);
     }
     c.flush().unwrap();
-    let mut seen = vec![false; 200];
+    let mut seen = [false; 200];
     for _ in 0..200 {
         let r = c.recv_timeout(Some(WAIT)).unwrap();
         let i = (r.matchtag - 1000) as usize;
