@@ -66,6 +66,9 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+            if let Ok(c) = std::fs::canonicalize(&*p) {
+                *p = c;
+            }
         };
         if let Some(l) = config.broker.listen.as_mut() {
             rebase(l);
