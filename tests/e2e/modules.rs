@@ -230,6 +230,7 @@ fn a_module_written_in_c_loads_and_answers() {
 fn remove_of_a_module_that_ignores_shutdown_reports_it_stuck() {
     let b = Broker::start();
     b.load(&module("faulty"), None, &["hang-on-shutdown=3"]);
+    let mut waiting = b.client();
     let out = b.modctl(&["remove", "faulty", "--grace", "300"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -239,6 +240,11 @@ fn remove_of_a_module_that_ignores_shutdown_reports_it_stuck() {
     assert_eq!(r["state"], "finalizing");
     assert_eq!(r["stuck"], true);
     assert!(b.modctl_ok(&["list"]).contains("finalizing (stuck)"));
+    // Its service is withdrawn: nobody can end up waiting on it.
+    assert_eq!(
+        errno_of(&rpc(&mut waiting, "faulty.whoami", json!({}))),
+        "ENOSYS"
+    );
     // Once it does return, it is gone.
     assert!(wait_until(|| row(&mut c, "faulty").is_none()));
 }
@@ -307,9 +313,18 @@ fn the_bundled_configuration_starts_the_example_modules() {
     let config = switchboard_tests::repo_root().join("etc/switchboard.toml");
     let b = Broker::start_with(&["--config", config.to_str().unwrap()]);
     let mut c = b.client();
-    let names: Vec<String> =
-        switchboard_tests::list(&mut c).iter().map(|m| format!("{}:{}", m["name"], m["state"])).collect();
-    assert_eq!(names, vec![r#""echo":"running""#, r#""kvs":"running""#, r#""heartbeat":"running""#]);
+    let names: Vec<String> = switchboard_tests::list(&mut c)
+        .iter()
+        .map(|m| format!("{}:{}", m["name"], m["state"]))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            r#""echo":"running""#,
+            r#""kvs":"running""#,
+            r#""heartbeat":"running""#
+        ]
+    );
     rpc(&mut c, "kvs.put", json!({"key": "k", "value": 1})).unwrap();
 }
 
@@ -318,20 +333,34 @@ fn configuration_errors_name_the_file_and_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("b.sock");
     let cases = [
-        ("[broker]\nallow_guest = true\n", "unknown field `allow_guest`"),
+        (
+            "[broker]\nallow_guest = true\n",
+            "unknown field `allow_guest`",
+        ),
         ("[[module]]\nname = \"x\"\n", "missing field `path`"),
-        ("[[module]]\npath = \"missing.so\"\n", "missing.so: no such file"),
+        (
+            "[[module]]\npath = \"missing.so\"\n",
+            "missing.so: no such file",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&file, text).unwrap();
         let out = std::process::Command::new(switchboard_tests::bin("switchboard"))
-            .args(["--config", file.to_str().unwrap(), "--listen", socket.to_str().unwrap()])
+            .args([
+                "--config",
+                file.to_str().unwrap(),
+                "--listen",
+                socket.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(file.file_name().unwrap().to_str().unwrap()) || err.contains("missing.so"), "{err}");
+        assert!(
+            err.contains(file.file_name().unwrap().to_str().unwrap()) || err.contains("missing.so"),
+            "{err}"
+        );
         assert!(err.contains(expect), "{err}");
         assert!(!socket.exists(), "a failed start leaves no socket behind");
     }

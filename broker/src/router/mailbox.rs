@@ -56,6 +56,11 @@ impl Mailbox {
         self.rx.clone()
     }
 
+    /// The module left running or was detached: nothing more is delivered to or from it.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.rx.len()
     }

@@ -183,12 +183,19 @@ impl Supervisor {
             tracing::info!(module = %name, "module removed");
             return Ok(());
         }
+        // Detach it: no requester may wait on it forever. Its services are withdrawn, what it
+        // owes is answered with an error, and whatever it sends from now on is dropped.
         rec.life.lock().stuck = true;
+        self.router.remove_endpoint(rec.endpoint);
+        for err in rec.mailbox.close("is stuck finalizing") {
+            self.router.route_response(err);
+        }
         Err(Error::new(
             Errno::ETIMEDOUT,
             format!(
                 "module '{name}' is stuck: it did not finish finalizing within {} ms of the shutdown request; \
-                 a native module's thread cannot be killed, so it stays detached and keeps its services until it returns",
+                 its services are withdrawn and its pending requests failed, but a native module's thread \
+                 cannot be killed, so it stays listed until it returns",
                 grace.as_millis()
             ),
         ))

@@ -26,6 +26,11 @@ impl BrokerPort for ModulePort {
             userid: unsafe { libc::getuid() },
             rolemask: ROLE_OWNER | ROLE_USER,
         };
+        if self.record.mailbox.is_closed() {
+            // Detached as stuck: its requesters were already answered.
+            tracing::debug!(module = %self.record.name(), topic = %msg.topic, "dropping output of a detached module");
+            return;
+        }
         self.record.mailbox.sent(&msg);
         self.router.route(self.record.endpoint, msg);
     }
