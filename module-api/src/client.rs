@@ -56,6 +56,8 @@ pub struct Client {
     pending: VecDeque<Message>,
     next_tag: u32,
     path: PathBuf,
+    /// The socket's read timeout as last set, to skip redundant setsockopt calls.
+    read_timeout: Option<Duration>,
 }
 
 impl Client {
@@ -77,6 +79,7 @@ impl Client {
             pending: VecDeque::new(),
             next_tag: 1,
             path: path.to_owned(),
+            read_timeout: None,
         })
     }
 
@@ -142,7 +145,12 @@ impl Client {
                 }
                 return Ok(msg);
             }
-            self.stream.set_read_timeout(timeout)?;
+            // The socket API has no zero timeout: the shortest it takes is a microsecond.
+            let timeout = timeout.map(|t| t.max(Duration::from_micros(1)));
+            if timeout != self.read_timeout {
+                self.stream.set_read_timeout(timeout)?;
+                self.read_timeout = timeout;
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(64 * 1024);
             }
