@@ -169,6 +169,17 @@ impl Handle {
             .map(drop)
     }
 
+    /// Answer `service` too (its requests reach this module's methods as usual). EEXIST
+    /// when another endpoint owns it.
+    pub fn add_service(&self, service: &str) -> Result<(), Error> {
+        self.rpc("service.add", &ServiceArg { service }).map(drop)
+    }
+
+    pub fn remove_service(&self, service: &str) -> Result<(), Error> {
+        self.rpc("service.remove", &ServiceArg { service })
+            .map(drop)
+    }
+
     /// Send a request that wants no response.
     pub fn notify<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
         let mut req = Message::request(topic, Message::encode_payload(value)?);
@@ -186,6 +197,11 @@ impl Handle {
 #[derive(Serialize)]
 struct TopicArg<'a> {
     topic: &'a str,
+}
+
+#[derive(Serialize)]
+struct ServiceArg<'a> {
+    service: &'a str,
 }
 
 fn link_err(e: LinkError) -> Error {

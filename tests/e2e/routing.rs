@@ -248,3 +248,38 @@ fn streaming_responses_end_with_enodata() {
     // The stream is over for the broker too: the module owes nothing, so removing it is clean.
     b.modctl_ok(&["remove", "faulty"]);
 }
+
+#[test]
+fn broker_info_reports_the_process_and_its_modules() {
+    let b = Broker::start();
+    b.load(&module("echo"), None, &[]);
+    let mut c = b.client();
+    let info = json(&rpc(&mut c, "broker.info", json!({})).unwrap());
+    assert_eq!(info["pid"], b.pid());
+    assert_eq!(info["modules"], 1);
+    assert_eq!(info["rank"], 0);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["uri"], format!("local://{}", b.socket.display()));
+}
+
+#[test]
+fn a_module_can_answer_an_extra_service_until_it_leaves() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    let mut c = b.client();
+    rpc(&mut c, "faulty.add_service", json!({"topic": "helper"})).unwrap();
+    assert_eq!(
+        json(&rpc(&mut c, "helper.whoami", json!({})).unwrap())["name"],
+        "faulty"
+    );
+    assert_eq!(
+        errno_of(
+            &rpc(&mut c, "faulty.add_service", json!({"topic": "kvs2"}))
+                .map(|_| ())
+                .and_then(|_| rpc(&mut c, "faulty.add_service", json!({"topic": "kvs2"})))
+        ),
+        "EEXIST"
+    );
+    b.modctl_ok(&["remove", "faulty"]);
+    assert_eq!(errno_of(&rpc(&mut c, "helper.whoami", json!({}))), "ENOSYS");
+}

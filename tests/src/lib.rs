@@ -58,6 +58,8 @@ fn build_artifacts() {
             "switchboard-heartbeat",
             "-p",
             "switchboard-test-faulty",
+            "--lib",
+            "--bins",
             "--examples",
         ])
         .status()
