@@ -14,30 +14,16 @@ use switchboard_module_api::Client;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // target/<profile>/examples/embed -> target/<profile>/libecho.so
     let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .ok_or("no target directory")?;
+    let target = exe.parent().and_then(|p| p.parent()).ok_or("no target directory")?;
     let echo = target.join("libecho.so");
 
     let dir = std::env::temp_dir().join(format!("switchboard-embed-{}", std::process::id()));
     let broker = Broker::builder().listen(dir.join("broker.sock")).start()?;
-    let info = broker.load(LoadRequest {
-        path: echo,
-        ..Default::default()
-    })?;
-    println!(
-        "loaded {} ({}) from {}",
-        info.name,
-        info.kind,
-        info.path.display()
-    );
+    let info = broker.load(LoadRequest { path: echo, ..Default::default() })?;
+    println!("loaded {} ({}) from {}", info.name, info.kind, info.path.display());
 
     let mut client = Client::connect(broker.socket_path())?;
-    let reply = client.rpc(
-        "echo.hello",
-        &serde_json::json!({"hello": "from the agent"}),
-    )?;
+    let reply = client.rpc("echo.hello", &serde_json::json!({"hello": "from the agent"}))?;
     let answer: serde_json::Value = reply.decode()?;
     println!("echo answered: {answer}");
 

@@ -22,10 +22,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen on {path}: {source}")]
-    Listen {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Listen { path: PathBuf, source: std::io::Error },
     #[error("cannot start the broker: {0}")]
     Start(std::io::Error),
     #[error("module {module} from the configuration: {source}")]
@@ -109,31 +106,15 @@ impl BrokerBuilder {
         let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
         let (tx, rx) = crossbeam_channel::unbounded();
         router.set_management(tx);
-        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path))
-            .map_err(BrokerError::Start)?;
+        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path)).map_err(BrokerError::Start)?;
         let listener = Listener::start(
             router.clone(),
-            ListenOptions {
-                path: path.clone(),
-                allow_guests: self.allow_guests,
-                max_frame: self.max_frame,
-            },
+            ListenOptions { path: path.clone(), allow_guests: self.allow_guests, max_frame: self.max_frame },
         )
-        .map_err(|source| BrokerError::Listen {
-            path: path.clone(),
-            source,
-        })?;
-        let broker = Broker {
-            router,
-            supervisor,
-            listener: Some(listener),
-            path,
-        };
+        .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
+        let broker = Broker { router, supervisor, listener: Some(listener), path };
         for request in self.modules {
-            let module = request
-                .name
-                .clone()
-                .unwrap_or_else(|| request.path.display().to_string());
+            let module = request.name.clone().unwrap_or_else(|| request.path.display().to_string());
             if let Err(source) = broker.load(request) {
                 broker.shutdown();
                 return Err(BrokerError::Module { module, source });
@@ -144,16 +125,13 @@ impl BrokerBuilder {
 }
 
 fn request_of(m: &ModuleEntry) -> LoadRequest {
-    let config = m
-        .config
-        .as_ref()
-        .and_then(|t| rmp_serde::to_vec_named(t).ok())
-        .unwrap_or_else(|| vec![0x80]);
+    let config = m.config.as_ref().and_then(|t| rmp_serde::to_vec_named(t).ok()).unwrap_or_else(|| vec![0x80]);
     LoadRequest {
         path: m.path.clone(),
         name: m.name.clone(),
         args: m.args.clone(),
         config: config.into(),
+        ..Default::default()
     }
 }
 

@@ -30,9 +30,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -55,16 +53,14 @@ fn main() -> ExitCode {
     if let Some(m) = args.max_frame {
         builder = builder.max_frame(m);
     }
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("switchboard: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut signals =
+        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchboard: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let broker = match builder.start() {
         Ok(b) => b,
         Err(e) => {

@@ -5,12 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "modctl",
-    version,
-    about = "Drive a Switchboard broker",
-    propagate_version = true
-)]
+#[command(name = "modctl", version, about = "Drive a Switchboard broker", propagate_version = true)]
 pub struct Cli {
     /// Broker socket (default: SWITCHBOARD_URI, else the per-user default path).
     #[arg(long, global = true)]
@@ -30,6 +25,9 @@ pub enum Command {
         /// Configuration table for the module, as a JSON object.
         #[arg(long)]
         config: Option<String>,
+        /// Process modules: milliseconds the child has to say hello (default 10000).
+        #[arg(long, value_name = "MS")]
+        hello_timeout: Option<u64>,
         /// Arguments handed to the module.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

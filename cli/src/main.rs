@@ -27,10 +27,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for Result<T, ClientError> {
     fn doing(self, what: impl Into<String>) -> Result<T, CliError> {
-        self.map_err(|source| CliError::Broker {
-            what: what.into(),
-            source,
-        })
+        self.map_err(|source| CliError::Broker { what: what.into(), source })
     }
 }
 
@@ -41,8 +38,7 @@ fn connect(cli_uri: Option<&str>) -> Result<Client, CliError> {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let result =
-        connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command));
+    let result = connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,13 +13,7 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
         let text: Vec<String> = cells
             .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                if i == last {
-                    c
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
+            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
             .collect();
         println!("{}", text.join("  "));
     };

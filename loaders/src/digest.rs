@@ -22,10 +22,6 @@ pub fn file_digest(path: &Path) -> Result<(String, u64), LoadError> {
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, size))
 }

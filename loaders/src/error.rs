@@ -11,24 +11,23 @@ pub enum LoadError {
     #[error("{path}: no such file")]
     NotFound { path: PathBuf },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a module: {what}; no loader recognises it (native modules are ELF shared objects named *.so)")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path} is not a module: {what}; no loader recognises it (native modules are ELF shared objects named *.so)"
+    )]
     NotRecognized { path: PathBuf, what: String },
     #[error("{path} could not be opened as a shared library: {detail}")]
     Open { path: PathBuf, detail: String },
     #[error("{path} is not a Switchboard module: it has no `{symbol}` symbol")]
     NoEntry { path: PathBuf, symbol: &'static str },
     #[error("{path} was built for native module ABI version {module}, but this broker speaks version {broker}; rebuild it against this switchboard-module-api")]
-    AbiMismatch {
-        path: PathBuf,
-        module: u32,
-        broker: u32,
-    },
+    AbiMismatch { path: PathBuf, module: u32, broker: u32 },
     #[error("{path} has a malformed module table: {detail}")]
     BadTable { path: PathBuf, detail: String },
+    #[error("{path} did not say hello within {ms} ms of starting; it was killed{}", tail_text(tail))]
+    HelloTimeout { path: PathBuf, ms: u64, tail: String },
+    #[error("{path}: {detail}")]
+    Handshake { path: PathBuf, detail: String },
     #[error("invalid module name: {0}")]
     BadName(String),
     #[error("could not start module {name}: {detail}")]
@@ -47,20 +46,26 @@ impl LoadError {
             | LoadError::AbiMismatch { .. }
             | LoadError::BadTable { .. } => Errno::ENOEXEC,
             LoadError::BadName(_) => Errno::EINVAL,
+            LoadError::HelloTimeout { .. } => Errno::ETIMEDOUT,
+            LoadError::Handshake { .. } => Errno::EPROTO,
             LoadError::Start { .. } => Errno::EIO,
         }
     }
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound {
-                path: path.to_owned(),
-            }
+            LoadError::NotFound { path: path.to_owned() }
         } else {
-            LoadError::Io {
-                path: path.to_owned(),
-                source,
-            }
+            LoadError::Io { path: path.to_owned(), source }
         }
+    }
+}
+
+/// " (its last output: ...)" when the child printed something, else "".
+fn tail_text(tail: &str) -> String {
+    if tail.is_empty() {
+        " (expected a 'hello' control message on fd 3; it printed nothing)".to_string()
+    } else {
+        format!(" (expected a 'hello' control message on fd 3; its last output: {tail})")
     }
 }

@@ -10,16 +10,18 @@
 //! - [`registry`]: picks the loader for a file.
 //! - [`digest`]: content digest and size of a module file.
 //! - [`native`]: ELF shared objects speaking the C ABI of RFC 2.
+//! - [`process`]: executables and scripts run as child processes (RFC 5).
 
 pub mod digest;
 pub mod error;
 pub mod module;
 pub mod native;
+pub mod process;
 pub mod registry;
 
 pub use error::LoadError;
 pub use module::{
-    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind,
-    ModuleLink, ModuleState, RunningModule,
+    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
+    ModuleState, RunningModule,
 };
 pub use registry::Registry;

@@ -81,6 +81,10 @@ pub struct LoadRequest {
     pub args: Vec<String>,
     /// The module's configuration table, a msgpack map (empty = none).
     pub config: Bytes,
+    /// Only describe the module (`module.info`): a loader may skip what running needs.
+    pub inspect_only: bool,
+    /// Process modules: how long the child has to say hello (default 10 s).
+    pub hello_timeout: Option<std::time::Duration>,
 }
 
 /// What a loaded-but-not-started module is: `module.info` shows exactly this.
@@ -140,9 +144,10 @@ pub trait LoadedModule: Send {
 /// A started module. The broker asks it to stop with a `shutdown` message in its inbox (the
 /// same for every kind); this trait is what remains kind-specific.
 pub trait RunningModule: Send + Sync {
-    /// The grace period passed: force the module to stop if this kind can (process: signal,
-    /// wasm: interrupt). Returns false when it cannot (native: a thread cannot be killed).
-    fn terminate(&self) -> bool;
+    /// The grace period passed: force the module to stop if this kind can (process: SIGTERM,
+    /// then SIGKILL after `grace`; wasm: interrupt). Returns false when it cannot (native: a
+    /// thread cannot be killed).
+    fn terminate(&self, grace: std::time::Duration) -> bool;
     /// OS process id, for process modules.
     fn pid(&self) -> Option<u32> {
         None
@@ -156,14 +161,10 @@ pub trait RunningModule: Send + Sync {
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"
-        ))
+        Err(format!("invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"))
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader};
 use crate::native::NativeLoader;
+use crate::process::ProcessLoader;
 
 /// How many leading bytes a loader gets to recognise a file.
 const HEAD: usize = 256;
@@ -17,9 +18,8 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            loaders: vec![Box::new(NativeLoader::new())],
-        }
+        // Native first: a shared object has an execute bit too.
+        Registry { loaders: vec![Box::new(NativeLoader::new()), Box::new(ProcessLoader::new())] }
     }
 }
 
@@ -42,10 +42,7 @@ impl Registry {
             .loaders
             .iter()
             .find(|l| l.recognizes(path, &head))
-            .ok_or_else(|| LoadError::NotRecognized {
-                path: path.clone(),
-                what: describe(&head),
-            })?;
+            .ok_or_else(|| LoadError::NotRecognized { path: path.clone(), what: describe(&head) })?;
         loader.load(request)
     }
 }
@@ -53,10 +50,7 @@ impl Registry {
 fn read_head(path: &Path) -> Result<Vec<u8>, LoadError> {
     let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
     if meta.is_dir() {
-        return Err(LoadError::NotRecognized {
-            path: path.to_owned(),
-            what: "it is a directory".into(),
-        });
+        return Err(LoadError::NotRecognized { path: path.to_owned(), what: "it is a directory".into() });
     }
     let mut head = Vec::with_capacity(HEAD);
     std::fs::File::open(path)

@@ -37,16 +37,10 @@ pub struct SbBytes {
 }
 
 impl SbBytes {
-    pub const EMPTY: SbBytes = SbBytes {
-        ptr: std::ptr::null(),
-        len: 0,
-    };
+    pub const EMPTY: SbBytes = SbBytes { ptr: std::ptr::null(), len: 0 };
 
     pub fn of(s: &[u8]) -> Self {
-        SbBytes {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        SbBytes { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// # Safety

@@ -59,10 +59,7 @@ pub struct Methods<A> {
 
 impl<A> Default for Methods<A> {
     fn default() -> Self {
-        Methods {
-            table: HashMap::new(),
-            otherwise: None,
-        }
+        Methods { table: HashMap::new(), otherwise: None }
     }
 }
 
@@ -95,10 +92,7 @@ impl<A: 'static> Methods<A> {
         R: IntoReply,
         F: Fn(&mut A, &Handle, &Message) -> R + 'static,
     {
-        self.otherwise = Some(Method {
-            handler: Box::new(move |a, h, m| f(a, h, m).into_reply()),
-            guest: true,
-        });
+        self.otherwise = Some(Method { handler: Box::new(move |a, h, m| f(a, h, m).into_reply()), guest: true });
         self
     }
 
@@ -108,8 +102,7 @@ impl<A: 'static> Methods<A> {
         F: Fn(&mut A, &Handle, &Message) -> R + 'static,
     {
         let handler: Handler<A> = Box::new(move |a, h, m| f(a, h, m).into_reply());
-        self.table
-            .insert(name.to_string(), Method { handler, guest });
+        self.table.insert(name.to_string(), Method { handler, guest });
         self
     }
 }
@@ -179,14 +172,10 @@ fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Mes
     let reply = match methods.table.get(method).or(methods.otherwise.as_ref()) {
         // Every module answers `ping` (as Flux's do) unless it defines its own.
         None if method == "ping" => Reply::Payload(msg.payload.clone()),
-        None => Reply::Error(Error::new(
-            Errno::ENOSYS,
-            format!("service '{}' has no method '{}'", h.name(), method),
-        )),
-        Some(m) if !m.guest && !msg.cred.is_owner() => Reply::Error(Error::new(
-            Errno::EPERM,
-            format!("{} is for the instance owner only", msg.topic),
-        )),
+        None => Reply::Error(Error::new(Errno::ENOSYS, format!("service '{}' has no method '{}'", h.name(), method))),
+        Some(m) if !m.guest && !msg.cred.is_owner() => {
+            Reply::Error(Error::new(Errno::EPERM, format!("{} is for the instance owner only", msg.topic)))
+        }
         Some(m) => (m.handler)(actor, h, msg),
     };
     let sent = match reply {
@@ -195,9 +184,6 @@ fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Mes
         Reply::Done => Ok(()),
     };
     if let Err(e) = sent {
-        h.log(
-            Level::Warn,
-            &format!("could not respond to {}: {e}", msg.topic),
-        );
+        h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
     }
 }

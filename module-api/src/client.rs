@@ -13,9 +13,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::error::Error as RemoteError;
-use crate::proto::{
-    decode_frame, encode_frame_into, FrameError, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME,
-};
+use crate::proto::{decode_frame, encode_frame_into, FrameError, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
 use crate::uri;
 
 #[derive(Debug, Error)]
@@ -67,10 +65,8 @@ impl Client {
     }
 
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::NoBroker {
-            path: path.to_owned(),
-            source,
-        })?;
+        let stream =
+            UnixStream::connect(path).map_err(|source| ClientError::NoBroker { path: path.to_owned(), source })?;
         Ok(Client {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -105,9 +101,7 @@ impl Client {
             self.wbuf.clear();
             if let Err(e) = r {
                 // A broker that refused us wrote why before closing: report that.
-                if let Err(refused @ ClientError::Refused(_)) =
-                    self.read_message(Some(Duration::from_millis(100)))
-                {
+                if let Err(refused @ ClientError::Refused(_)) = self.read_message(Some(Duration::from_millis(100))) {
                     return Err(refused);
                 }
                 return Err(self.closed_or(e));
@@ -157,16 +151,10 @@ impl Client {
             let n = {
                 let spare = self.rbuf.spare_capacity_mut();
                 // SAFETY: read() only writes initialised bytes into the slice it is given.
-                let spare =
-                    unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+                let spare = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
                 match self.stream.read(spare) {
                     Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                         return Err(ClientError::Timeout)
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -183,20 +171,15 @@ impl Client {
 
     fn closed_or(&self, e: io::Error) -> ClientError {
         match e.kind() {
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::UnexpectedEof => ClientError::Closed,
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                ClientError::Closed
+            }
             _ => ClientError::Io(e),
         }
     }
 
     /// Send a request and wait for its response; an error response is `Err(Remote)`.
-    pub fn rpc_raw(
-        &mut self,
-        topic: &str,
-        payload: Bytes,
-        timeout: Option<Duration>,
-    ) -> Result<Message, ClientError> {
+    pub fn rpc_raw(&mut self, topic: &str, payload: Bytes, timeout: Option<Duration>) -> Result<Message, ClientError> {
         let mut req = Message::request(topic, payload);
         req.matchtag = self.next_matchtag();
         self.send(&req)?;
@@ -204,27 +187,14 @@ impl Client {
     }
 
     /// `rpc_raw` with a msgpack payload made from `value`.
-    pub fn rpc<T: Serialize + ?Sized>(
-        &mut self,
-        topic: &str,
-        value: &T,
-    ) -> Result<Message, ClientError> {
-        let payload =
-            Message::encode_payload(value).map_err(|e| ClientError::Payload(e.to_string()))?;
+    pub fn rpc<T: Serialize + ?Sized>(&mut self, topic: &str, value: &T) -> Result<Message, ClientError> {
+        let payload = Message::encode_payload(value).map_err(|e| ClientError::Payload(e.to_string()))?;
         self.rpc_raw(topic, payload, None)
     }
 
     /// Wait for the response with `matchtag`, keeping other messages for `recv`.
-    pub fn wait_response(
-        &mut self,
-        matchtag: u32,
-        timeout: Option<Duration>,
-    ) -> Result<Message, ClientError> {
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|m| m.kind == MsgType::Response && m.matchtag == matchtag)
-        {
+    pub fn wait_response(&mut self, matchtag: u32, timeout: Option<Duration>) -> Result<Message, ClientError> {
+        if let Some(i) = self.pending.iter().position(|m| m.kind == MsgType::Response && m.matchtag == matchtag) {
             return into_result(self.pending.remove(i).ok_or(ClientError::Closed)?);
         }
         loop {

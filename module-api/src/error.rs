@@ -13,10 +13,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(errnum: Errno, text: impl Into<String>) -> Self {
-        Error {
-            errnum,
-            text: text.into(),
-        }
+        Error { errnum, text: text.into() }
     }
     pub fn invalid(text: impl Into<String>) -> Self {
         Self::new(Errno::EINVAL, text)
@@ -32,10 +29,7 @@ impl Error {
     pub fn from_response(msg: &Message) -> Option<Self> {
         msg.is_error().then(|| Error {
             errnum: Errno(msg.errnum),
-            text: msg
-                .errstr
-                .clone()
-                .unwrap_or_else(|| Errno(msg.errnum).description().to_string()),
+            text: msg.errstr.clone().unwrap_or_else(|| Errno(msg.errnum).description().to_string()),
         })
     }
 }

@@ -51,9 +51,7 @@ impl Handle {
 
     /// The `key=value` argument named `key`, if given.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+        self.args.iter().find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// The raw configuration table (a msgpack map).
@@ -108,8 +106,7 @@ impl Handle {
         if !req.wants_response() {
             return Ok(());
         }
-        self.send(&req.error_response(errnum, text))
-            .map_err(link_err)
+        self.send(&req.error_response(errnum, text)).map_err(link_err)
     }
 
     /// Send a request to `topic` and wait for its response; other messages that arrive
@@ -119,12 +116,7 @@ impl Handle {
     }
 
     /// `rpc` with a raw payload and an optional deadline (ETIMEDOUT when it passes).
-    pub fn rpc_raw(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        timeout: Option<Duration>,
-    ) -> Result<Message, Error> {
+    pub fn rpc_raw(&self, topic: &str, payload: Bytes, timeout: Option<Duration>) -> Result<Message, Error> {
         let tag = self.next_matchtag();
         let mut req = Message::request(topic, payload);
         req.matchtag = tag;
@@ -133,10 +125,7 @@ impl Handle {
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Err(Error::new(
-                    Errno::ETIMEDOUT,
-                    format!("no response from {topic}"),
-                ));
+                return Err(Error::new(Errno::ETIMEDOUT, format!("no response from {topic}")));
             }
             // Read the link directly: deferred messages were already seen.
             let Some(msg) = self.link.borrow_mut().recv(left).map_err(link_err)? else {
@@ -154,19 +143,16 @@ impl Handle {
 
     /// Publish an event (fire and forget; the broker assigns its sequence number).
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<(), Error> {
-        self.send(&Message::event(topic, Message::encode_payload(value)?))
-            .map_err(link_err)
+        self.send(&Message::event(topic, Message::encode_payload(value)?)).map_err(link_err)
     }
 
     /// Receive events whose topic starts with `prefix`.
     pub fn subscribe(&self, prefix: &str) -> Result<(), Error> {
-        self.rpc("event.subscribe", &TopicArg { topic: prefix })
-            .map(drop)
+        self.rpc("event.subscribe", &TopicArg { topic: prefix }).map(drop)
     }
 
     pub fn unsubscribe(&self, prefix: &str) -> Result<(), Error> {
-        self.rpc("event.unsubscribe", &TopicArg { topic: prefix })
-            .map(drop)
+        self.rpc("event.unsubscribe", &TopicArg { topic: prefix }).map(drop)
     }
 
     /// Answer `service` too (its requests reach this module's methods as usual). EEXIST
@@ -176,8 +162,7 @@ impl Handle {
     }
 
     pub fn remove_service(&self, service: &str) -> Result<(), Error> {
-        self.rpc("service.remove", &ServiceArg { service })
-            .map(drop)
+        self.rpc("service.remove", &ServiceArg { service }).map(drop)
     }
 
     /// Send a request that wants no response.

@@ -14,6 +14,9 @@ pub struct LoadArgs {
     /// The module's configuration table (a msgpack map); absent = empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<rmpv::Value>,
+    /// Process modules: milliseconds the child has to say hello (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_timeout_ms: Option<u64>,
 }
 
 /// `module.remove` request.

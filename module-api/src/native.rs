@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::abi::{
-    SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK,
-};
+use crate::abi::{SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK};
 use crate::actor::{run_actor, Actor};
 use crate::handle::Handle;
 use crate::link::{Level, Link, LinkError};
@@ -43,16 +41,9 @@ pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
         topic: text(m.topic)?,
         matchtag: m.matchtag,
         nodeid: m.nodeid,
-        cred: Cred {
-            userid: m.userid,
-            rolemask: m.rolemask,
-        },
+        cred: Cred { userid: m.userid, rolemask: m.rolemask },
         errnum: m.errnum,
-        errstr: if m.errstr.ptr.is_null() {
-            None
-        } else {
-            Some(text(m.errstr)?)
-        },
+        errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
         seq: m.seq,
         route: Route::from_slice(route),
         payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
@@ -72,10 +63,7 @@ pub fn message_to_abi(msg: &Message) -> SbMsg {
         errnum: msg.errnum,
         seq: msg.seq,
         topic: SbBytes::of(msg.topic.as_bytes()),
-        errstr: msg
-            .errstr
-            .as_deref()
-            .map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
+        errstr: msg.errstr.as_deref().map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
         route: msg.route.as_ptr(),
         route_len: msg.route.len(),
         payload: SbBytes::of(&msg.payload),
@@ -115,10 +103,7 @@ impl Link for NativeLink {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
-    p.downcast_ref::<&str>()
-        .copied()
-        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
+    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str)).unwrap_or("panic")
 }
 
 /// The body of a native module's `main`: check the host table, build the handle, run the
@@ -141,9 +126,8 @@ pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
         return 1;
     }
     let name = unsafe { String::from_utf8_lossy(h.name.as_slice()).into_owned() };
-    let args = (0..h.nargs)
-        .map(|i| unsafe { String::from_utf8_lossy((*h.args.add(i)).as_slice()).into_owned() })
-        .collect();
+    let args =
+        (0..h.nargs).map(|i| unsafe { String::from_utf8_lossy((*h.args.add(i)).as_slice()).into_owned() }).collect();
     let config = Bytes::copy_from_slice(unsafe { h.config.as_slice() });
     let result = catch_unwind(AssertUnwindSafe(|| {
         let handle = Handle::new(Box::new(NativeLink { host }), name, args, config);
@@ -167,10 +151,17 @@ pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
 /// ```ignore
 /// switchboard_module_api::export_module!(Kvs, name = "kvs");
 /// ```
-/// In a `cdylib` this defines the native entry symbol of RFC 2.
+/// In a `cdylib` this defines the native entry symbol of RFC 2; it also defines
+/// `switchboard_process_main()`, which a binary target calls from its `main` to run the same
+/// actor as a process module (RFC 5).
 #[macro_export]
 macro_rules! export_module {
     ($actor:ty, name = $name:literal) => {
+        /// Run this module as a process module (call it from a binary's `main`).
+        pub fn switchboard_process_main() -> ::std::process::ExitCode {
+            $crate::process::run::<$actor>($name)
+        }
+
         const _: () = {
             unsafe extern "C" fn __switchboard_main(host: *const $crate::abi::SbHost) -> i32 {
                 unsafe { $crate::native::run_native::<$actor>(host) }

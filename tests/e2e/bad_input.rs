@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_module_api::proto::{encode_frame, MsgType};
 use switchboard_module_api::Message;
-use switchboard_tests::{
-    c_module, errno_of, errtext, json, list, module, payload, row, rpc, wait_until, Broker, WAIT,
-};
+use switchboard_tests::{c_module, errno_of, errtext, json, list, module, payload, row, rpc, wait_until, Broker, WAIT};
 
 fn load_err(b: &Broker, path: &std::path::Path, extra: &[&str]) -> (String, String) {
     let mut c = b.client();
@@ -28,10 +26,7 @@ fn a_missing_file_is_enoent_and_changes_nothing() {
     let b = Broker::start();
     let (errno, text) = load_err(&b, std::path::Path::new("/nonexistent/libmod.so"), &[]);
     assert_eq!(errno, "ENOENT");
-    assert!(
-        text.contains("/nonexistent/libmod.so") && text.contains("no such file"),
-        "{text}"
-    );
+    assert!(text.contains("/nonexistent/libmod.so") && text.contains("no such file"), "{text}");
     assert!(list(&mut b.client()).is_empty());
 }
 
@@ -40,28 +35,16 @@ fn files_that_are_not_modules_are_refused_by_name() {
     let b = Broker::start();
     let dir = b.dir.path();
     let random = dir.join("random.so");
-    std::fs::write(
-        &random,
-        (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    std::fs::write(&random, (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>())
+        .unwrap();
     let text = dir.join("notes.so");
     std::fs::write(&text, "just some text\n").unwrap();
     let empty = dir.join("empty.so");
     std::fs::write(&empty, "").unwrap();
-    for (path, why) in [
-        (&random, "unknown data"),
-        (&text, "text file"),
-        (&empty, "empty"),
-    ] {
+    for (path, why) in [(&random, "unknown data"), (&text, "text file"), (&empty, "empty")] {
         let (errno, msg) = load_err(&b, path, &[]);
         assert_eq!(errno, "ENOEXEC", "{path:?}");
-        assert!(
-            msg.contains("is not a module") && msg.contains(why),
-            "{msg}"
-        );
+        assert!(msg.contains("is not a module") && msg.contains(why), "{msg}");
     }
     let (errno, msg) = load_err(&b, dir, &[]);
     assert_eq!(errno, "ENOEXEC");
@@ -84,10 +67,7 @@ fn an_abi_version_mismatch_names_both_versions() {
     let lib = c_module("badabi", b.dir.path());
     let (errno, msg) = load_err(&b, &lib, &[]);
     assert_eq!(errno, "ENOEXEC");
-    assert!(
-        msg.contains("ABI version 2") && msg.contains("speaks version 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("ABI version 2") && msg.contains("speaks version 1"), "{msg}");
     assert!(list(&mut b.client()).is_empty());
 }
 
@@ -103,10 +83,7 @@ fn duplicate_names_and_taken_services_are_eexist() {
     rpc(&mut provider, "service.add", json!({"service": "taken"})).unwrap();
     let (errno, msg) = load_err(&b, &module("echo"), &["taken"]);
     assert_eq!(errno, "EEXIST");
-    assert!(
-        msg.contains("service 'taken' is already provided by client"),
-        "{msg}"
-    );
+    assert!(msg.contains("service 'taken' is already provided by client"), "{msg}");
     let (errno, _) = load_err(&b, &module("echo"), &["module"]);
     assert_eq!(errno, "EEXIST");
     let (errno, _) = load_err(&b, &module("echo"), &["bad.name"]);
@@ -124,11 +101,7 @@ fn a_module_that_panics_fails_alone_and_its_requesters_get_errors() {
     b.load(&module("echo"), None, &[]);
     let mut c = b.client();
     // The panicking request and two queued behind it: all three get error responses.
-    for (tag, topic) in [
-        (1, "faulty.panic"),
-        (2, "faulty.whoami"),
-        (3, "faulty.whoami"),
-    ] {
+    for (tag, topic) in [(1, "faulty.panic"), (2, "faulty.whoami"), (3, "faulty.whoami")] {
         let mut req = Message::request(topic, payload(json!({})));
         req.matchtag = tag;
         c.queue(&req);
@@ -144,10 +117,7 @@ fn a_module_that_panics_fails_alone_and_its_requesters_get_errors() {
     for (i, (tag, errnum, text)) in errs.iter().enumerate() {
         assert_eq!(*tag, i as u32 + 1);
         assert_eq!(*errnum, 113, "EHOSTUNREACH: {text}");
-        assert!(
-            text.contains("module 'faulty' failed") && text.contains("told to panic"),
-            "{text}"
-        );
+        assert!(text.contains("module 'faulty' failed") && text.contains("told to panic"), "{text}");
     }
     let r = row(&mut c, "faulty").expect("listed");
     assert_eq!(r["state"], "failed");
@@ -157,10 +127,7 @@ fn a_module_that_panics_fails_alone_and_its_requesters_get_errors() {
     rpc(&mut c, "echo.x", json!({})).unwrap();
     // The dead instance can be replaced by a new load under its name.
     b.load(&module("faulty"), None, &[]);
-    assert_eq!(
-        json(&rpc(&mut c, "faulty.whoami", json!({})).unwrap())["name"],
-        "faulty"
-    );
+    assert_eq!(json(&rpc(&mut c, "faulty.whoami", json!({})).unwrap())["name"], "faulty");
 }
 
 #[test]
@@ -169,10 +136,7 @@ fn a_module_whose_init_fails_fails_the_load() {
     let out = b.modctl(&["load", module("faulty").to_str().unwrap(), "fail-init"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("failed to start") && err.contains("told to fail in init"),
-        "{err}"
-    );
+    assert!(err.contains("failed to start") && err.contains("told to fail in init"), "{err}");
     assert!(list(&mut b.client()).is_empty());
 }
 
@@ -197,10 +161,7 @@ fn a_malformed_frame_gets_eproto_and_the_connection_keeps_working() {
     // Well framed, garbage inside: length 6, header length 2, two bytes that are not a header.
     s.write_all(&[0, 0, 0, 6, 0, 0, 0, 2, 0xc1, 0xc1]).unwrap();
     let err = read_frame(&mut s).expect("an error response");
-    assert_eq!(
-        (err.kind, err.errnum, err.matchtag),
-        (MsgType::Response, 71, 0)
-    );
+    assert_eq!((err.kind, err.errnum, err.matchtag), (MsgType::Response, 71, 0));
     assert!(err.errstr.unwrap().contains("malformed"));
     // Header length past the frame's end.
     s.write_all(&[0, 0, 0, 4, 0, 0, 0, 99]).unwrap();
@@ -222,11 +183,7 @@ fn an_oversized_frame_gets_eproto_then_disconnect_and_others_are_unaffected() {
     assert_eq!(err.errnum, 71);
     assert!(err.errstr.unwrap().contains("exceeds the limit of 4096"));
     let mut rest = Vec::new();
-    assert_eq!(
-        s.read_to_end(&mut rest).unwrap_or(0),
-        0,
-        "the broker closed the connection"
-    );
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "the broker closed the connection");
     // A frame just under the limit is fine for a well-behaved client.
     let big = "x".repeat(3000);
     let r = rpc(&mut bystander, "broker.ping", json!({"big": big})).unwrap();
@@ -245,9 +202,7 @@ fn modules_a_client_used_hear_of_its_disconnect() {
     leaver.send(&req).unwrap();
     drop(leaver);
     let mut c = b.client();
-    assert!(wait_until(|| json(
-        &rpc(&mut c, "faulty.disconnects", json!({})).unwrap()
-    ) == json!(1)));
+    assert!(wait_until(|| json(&rpc(&mut c, "faulty.disconnects", json!({})).unwrap()) == json!(1)));
     // The broker is fine and the module owes nothing: its answer to the departed client was dropped.
     assert!(wait_until(|| row(&mut c, "faulty").unwrap()["queue"] == 0));
     b.modctl_ok(&["remove", "faulty"]);
@@ -261,11 +216,7 @@ fn guests_are_refused_unless_allowed() {
         return;
     }
     for allow in [false, true] {
-        let b = if allow {
-            Broker::start_with(&["--allow-guests"])
-        } else {
-            Broker::start()
-        };
+        let b = if allow { Broker::start_with(&["--allow-guests"]) } else { Broker::start() };
         // The temporary directory is the owner's; let the guest reach the socket.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -291,12 +242,7 @@ fn guests_are_refused_unless_allowed() {
             assert!(!out.status.success() && err.contains("EPERM"), "{err}");
         } else {
             assert!(!out.status.success());
-            assert!(
-                err.contains("refused")
-                    && err.contains("EPERM")
-                    && err.contains("does not allow guests"),
-                "{err}"
-            );
+            assert!(err.contains("refused") && err.contains("EPERM") && err.contains("does not allow guests"), "{err}");
         }
         // The owner is unaffected.
         rpc(&mut b.client(), "broker.ping", json!({})).unwrap();
@@ -317,8 +263,7 @@ fn a_client_that_stops_reading_is_cut_off_without_stalling_others() {
         m.matchtag = i;
         frame.extend_from_slice(&encode_frame(&m));
     }
-    hog.set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    hog.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut sent = 0;
     while sent < 1500 {
         if hog.write_all(&frame).is_err() {
@@ -328,9 +273,6 @@ fn a_client_that_stops_reading_is_cut_off_without_stalling_others() {
         // Meanwhile others are served.
         rpc(&mut c, "echo.ping", json!({})).unwrap();
     }
-    assert!(
-        b.wait_log("not reading its messages"),
-        "the hog was never disconnected"
-    );
+    assert!(b.wait_log("not reading its messages"), "the hog was never disconnected");
     rpc(&mut c, "echo.x", json!({"still": "fine"})).unwrap();
 }

@@ -11,11 +11,7 @@ use switchboard_tests::{bin, module, Broker, WAIT};
 fn rpc_takes_json_and_prints_json() {
     let b = Broker::start();
     b.load(&module("kvs"), None, &[]);
-    b.modctl_ok(&[
-        "rpc",
-        "kvs.put",
-        r#"{"key": "k", "value": {"a": [1, 2.5, null, "s"]}}"#,
-    ]);
+    b.modctl_ok(&["rpc", "kvs.put", r#"{"key": "k", "value": {"a": [1, 2.5, null, "s"]}}"#]);
     let out = b.modctl_ok(&["rpc", "kvs.get", r#"{"key": "k"}"#]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v, json!({"a": [1, 2.5, null, "s"]}));
@@ -44,17 +40,11 @@ fn errors_are_one_line_on_stderr_with_a_failing_status() {
 #[test]
 fn without_a_broker_modctl_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("modctl"))
-        .arg("list")
-        .env("SWITCHBOARD_URI", dir.path().join("none.sock"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(bin("modctl")).arg("list").env("SWITCHBOARD_URI", dir.path().join("none.sock")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no broker is listening") && err.contains("start one with `switchboard`"),
-        "{err}"
-    );
+    assert!(err.contains("no broker is listening") && err.contains("start one with `switchboard`"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1);
 }
 
@@ -83,9 +73,7 @@ fn event_sub_streams_what_event_pub_publishes() {
             break;
         }
     }
-    let got = got
-        .or_else(|| rx.recv_timeout(WAIT).ok())
-        .expect("the subscriber printed events");
+    let got = got.or_else(|| rx.recv_timeout(WAIT).ok()).expect("the subscriber printed events");
     assert_eq!(got.len(), 2);
     for line in &got {
         assert!(line.starts_with("weather.rain {\"mm\":"), "{line}");

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_tests::{
-    c_module, errno_of, errtext, json, module, row, rpc, wait_until, Broker, WAIT,
-};
+use switchboard_tests::{c_module, errno_of, errtext, json, module, row, rpc, wait_until, Broker, WAIT};
 
 #[test]
 fn load_list_call_remove() {
@@ -31,15 +29,10 @@ fn load_list_call_remove() {
 
     let table = b.modctl_ok(&["list"]);
     let header = table.lines().next().unwrap();
-    for col in [
-        "NAME", "KIND", "SERVICES", "DIGEST", "SIZE", "IDLE", "IN", "OUT", "STATE",
-    ] {
+    for col in ["NAME", "KIND", "SERVICES", "DIGEST", "SIZE", "IDLE", "IN", "OUT", "STATE"] {
         assert!(header.contains(col), "{header}");
     }
-    assert!(
-        table.lines().nth(1).unwrap().starts_with("echo "),
-        "{table}"
-    );
+    assert!(table.lines().nth(1).unwrap().starts_with("echo "), "{table}");
 
     b.modctl_ok(&["remove", "echo"]);
     assert!(row(&mut c, "echo").is_none());
@@ -54,16 +47,12 @@ fn load_list_call_remove() {
 fn info_describes_a_module_without_starting_it() {
     let b = Broker::start();
     let info: serde_json::Value =
-        serde_json::from_str(&b.modctl_ok(&["info", "--json", module("kvs").to_str().unwrap()]))
-            .unwrap();
+        serde_json::from_str(&b.modctl_ok(&["info", "--json", module("kvs").to_str().unwrap()])).unwrap();
     assert_eq!(info["name"], "kvs");
     assert_eq!(info["kind"], "native");
     assert_eq!(info["services"], json!(["kvs"]));
     let mut c = b.client();
-    assert!(
-        row(&mut c, "kvs").is_none(),
-        "info must not load the module"
-    );
+    assert!(row(&mut c, "kvs").is_none(), "info must not load the module");
     assert_eq!(errno_of(&rpc(&mut c, "kvs.list", json!({}))), "ENOSYS");
 }
 
@@ -72,48 +61,25 @@ fn kvs_stores_values_and_announces_every_write() {
     let b = Broker::start();
     b.load(&module("kvs"), None, &[]);
     let mut watcher = b.client();
-    rpc(
-        &mut watcher,
-        "event.subscribe",
-        json!({"topic": "kvs.changed"}),
-    )
-    .unwrap();
+    rpc(&mut watcher, "event.subscribe", json!({"topic": "kvs.changed"})).unwrap();
     let mut c = b.client();
     let value = json!({"nested": [1, "two", {"three": 3.5}], "flag": true});
     rpc(&mut c, "kvs.put", json!({"key": "a", "value": value})).unwrap();
     rpc(&mut c, "kvs.put", json!({"key": "b", "value": 7})).unwrap();
-    assert_eq!(
-        json(&rpc(&mut c, "kvs.get", json!({"key": "a"})).unwrap()),
-        value
-    );
-    assert_eq!(
-        json(&rpc(&mut c, "kvs.list", json!({})).unwrap()),
-        json!({"keys": ["a", "b"]})
-    );
+    assert_eq!(json(&rpc(&mut c, "kvs.get", json!({"key": "a"})).unwrap()), value);
+    assert_eq!(json(&rpc(&mut c, "kvs.list", json!({})).unwrap()), json!({"keys": ["a", "b"]}));
     rpc(&mut c, "kvs.delete", json!({"key": "a"})).unwrap();
     let missing = rpc(&mut c, "kvs.get", json!({"key": "a"}));
     assert_eq!(errno_of(&missing), "ENOENT");
     assert!(errtext(&missing).contains("no key 'a'"));
-    assert_eq!(
-        errno_of(&rpc(&mut c, "kvs.delete", json!({"key": "a"}))),
-        "ENOENT"
-    );
-    assert_eq!(
-        errno_of(&rpc(&mut c, "kvs.put", json!({"nokey": 1}))),
-        "EPROTO"
-    );
+    assert_eq!(errno_of(&rpc(&mut c, "kvs.delete", json!({"key": "a"}))), "ENOENT");
+    assert_eq!(errno_of(&rpc(&mut c, "kvs.put", json!({"nokey": 1}))), "EPROTO");
     assert_eq!(errno_of(&rpc(&mut c, "kvs.nomethod", json!({}))), "ENOSYS");
 
-    let events: Vec<serde_json::Value> = (0..3)
-        .map(|_| json(&watcher.recv_timeout(Some(WAIT)).unwrap()))
-        .collect();
+    let events: Vec<serde_json::Value> = (0..3).map(|_| json(&watcher.recv_timeout(Some(WAIT)).unwrap())).collect();
     assert_eq!(
         events,
-        vec![
-            json!({"key": "a", "op": "put"}),
-            json!({"key": "b", "op": "put"}),
-            json!({"key": "a", "op": "delete"})
-        ]
+        vec![json!({"key": "a", "op": "put"}), json!({"key": "b", "op": "put"}), json!({"key": "a", "op": "delete"})]
     );
 }
 
@@ -121,34 +87,15 @@ fn kvs_stores_values_and_announces_every_write() {
 fn heartbeat_publishes_at_the_period_it_was_given() {
     let b = Broker::start();
     let mut sub = b.client();
-    rpc(
-        &mut sub,
-        "event.subscribe",
-        json!({"topic": "heartbeat.pulse"}),
-    )
-    .unwrap();
+    rpc(&mut sub, "event.subscribe", json!({"topic": "heartbeat.pulse"})).unwrap();
     b.load(&module("heartbeat"), None, &["period=0.05"]);
-    let counts: Vec<u64> = (0..3)
-        .map(|_| {
-            json(&sub.recv_timeout(Some(WAIT)).unwrap())["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let counts: Vec<u64> =
+        (0..3).map(|_| json(&sub.recv_timeout(Some(WAIT)).unwrap())["count"].as_u64().unwrap()).collect();
     assert_eq!(counts, vec![1, 2, 3]);
-    let bad = b.modctl(&[
-        "load",
-        module("heartbeat").to_str().unwrap(),
-        "--name",
-        "hb2",
-        "period=never",
-    ]);
+    let bad = b.modctl(&["load", module("heartbeat").to_str().unwrap(), "--name", "hb2", "period=never"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        err.contains("failed to start") && err.contains("period=never"),
-        "{err}"
-    );
+    assert!(err.contains("failed to start") && err.contains("period=never"), "{err}");
 }
 
 #[test]
@@ -157,34 +104,15 @@ fn one_file_runs_as_independent_instances_under_different_names() {
     b.load(&module("faulty"), Some("left"), &["side=l"]);
     b.load(&module("faulty"), Some("right"), &["side=r"]);
     let mut c = b.client();
-    assert_eq!(
-        json(&rpc(&mut c, "left.whoami", json!({})).unwrap()),
-        json!({"name": "left", "args": ["side=l"]})
-    );
-    assert_eq!(
-        json(&rpc(&mut c, "right.whoami", json!({})).unwrap()),
-        json!({"name": "right", "args": ["side=r"]})
-    );
+    assert_eq!(json(&rpc(&mut c, "left.whoami", json!({})).unwrap()), json!({"name": "left", "args": ["side=l"]}));
+    assert_eq!(json(&rpc(&mut c, "right.whoami", json!({})).unwrap()), json!({"name": "right", "args": ["side=r"]}));
     // Independent state: only `left` subscribes.
     rpc(&mut c, "left.subscribe", json!({"topic": "news"})).unwrap();
-    rpc(
-        &mut c,
-        "event.publish",
-        json!({"topic": "news.today", "payload": []}),
-    )
-    .unwrap();
-    assert!(wait_until(|| json(
-        &rpc(&mut c, "left.events", json!({})).unwrap()
-    ) == json!(["news.today"])));
-    assert_eq!(
-        json(&rpc(&mut c, "right.events", json!({})).unwrap()),
-        json!([])
-    );
+    rpc(&mut c, "event.publish", json!({"topic": "news.today", "payload": []})).unwrap();
+    assert!(wait_until(|| json(&rpc(&mut c, "left.events", json!({})).unwrap()) == json!(["news.today"])));
+    assert_eq!(json(&rpc(&mut c, "right.events", json!({})).unwrap()), json!([]));
     b.modctl_ok(&["remove", "left"]);
-    assert_eq!(
-        json(&rpc(&mut c, "right.whoami", json!({})).unwrap())["name"],
-        "right"
-    );
+    assert_eq!(json(&rpc(&mut c, "right.whoami", json!({})).unwrap())["name"], "right");
 }
 
 #[test]
@@ -204,13 +132,7 @@ fn every_module_answers_ping() {
     let b = Broker::start();
     b.load(&module("kvs"), None, &[]);
     let out = b.modctl_ok(&["ping", "kvs", "--count", "2"]);
-    assert_eq!(
-        out.lines()
-            .filter(|l| l.starts_with("kvs.ping: seq="))
-            .count(),
-        2,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("kvs.ping: seq=")).count(), 2, "{out}");
 }
 
 #[test]
@@ -241,10 +163,7 @@ fn remove_of_a_module_that_ignores_shutdown_reports_it_stuck() {
     assert_eq!(r["stuck"], true);
     assert!(b.modctl_ok(&["list"]).contains("finalizing (stuck)"));
     // Its service is withdrawn: nobody can end up waiting on it.
-    assert_eq!(
-        errno_of(&rpc(&mut waiting, "faulty.whoami", json!({}))),
-        "ENOSYS"
-    );
+    assert_eq!(errno_of(&rpc(&mut waiting, "faulty.whoami", json!({}))), "ENOSYS");
     // Once it does return, it is gone.
     assert!(wait_until(|| row(&mut c, "faulty").is_none()));
 }
@@ -258,14 +177,9 @@ fn shutdown_removes_modules_in_reverse_load_order() {
     let status = b.terminate();
     assert!(status.success());
     let log = b.log();
-    let pos = |m: &str| {
-        log.find(&format!("module removed module={m}"))
-            .unwrap_or_else(|| panic!("{m} not removed:\n{log}"))
-    };
-    assert!(
-        pos("faulty") < pos("kvs") && pos("kvs") < pos("echo"),
-        "{log}"
-    );
+    let pos =
+        |m: &str| log.find(&format!("module removed module={m}")).unwrap_or_else(|| panic!("{m} not removed:\n{log}"));
+    assert!(pos("faulty") < pos("kvs") && pos("kvs") < pos("echo"), "{log}");
 }
 
 #[test]
@@ -273,16 +187,9 @@ fn the_embedding_example_runs() {
     let out = std::process::Command::new(switchboard_tests::target_dir().join("examples/embed"))
         .output()
         .expect("run the embed example");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("echo answered: {\"hello\":\"from the agent\"}"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("echo answered: {\"hello\":\"from the agent\"}"), "{stdout}");
 }
 
 #[test]
@@ -291,20 +198,14 @@ fn a_slow_handler_delays_only_its_own_module() {
     b.load(&module("faulty"), None, &[]);
     b.load(&module("echo"), None, &[]);
     let mut slow = b.client();
-    let req = switchboard_module_api::Message::request(
-        "faulty.sleep",
-        switchboard_tests::payload(json!({"ms": 3000})),
-    );
+    let req = switchboard_module_api::Message::request("faulty.sleep", switchboard_tests::payload(json!({"ms": 3000})));
     let mut req = req;
     req.matchtag = 3;
     slow.send(&req).unwrap();
     let mut c = b.client();
     rpc(&mut c, "echo.x", json!({})).unwrap();
     // echo answered while faulty's handler is still sleeping.
-    assert!(
-        slow.recv_timeout(Some(Duration::from_millis(1))).is_err(),
-        "faulty answered before echo"
-    );
+    assert!(slow.recv_timeout(Some(Duration::from_millis(1))).is_err(), "faulty answered before echo");
     slow.wait_response(3, Some(WAIT)).unwrap();
 }
 
@@ -313,18 +214,9 @@ fn the_bundled_configuration_starts_the_example_modules() {
     let config = switchboard_tests::repo_root().join("etc/switchboard.toml");
     let b = Broker::start_with(&["--config", config.to_str().unwrap()]);
     let mut c = b.client();
-    let names: Vec<String> = switchboard_tests::list(&mut c)
-        .iter()
-        .map(|m| format!("{}:{}", m["name"], m["state"]))
-        .collect();
-    assert_eq!(
-        names,
-        vec![
-            r#""echo":"running""#,
-            r#""kvs":"running""#,
-            r#""heartbeat":"running""#
-        ]
-    );
+    let names: Vec<String> =
+        switchboard_tests::list(&mut c).iter().map(|m| format!("{}:{}", m["name"], m["state"])).collect();
+    assert_eq!(names, vec![r#""echo":"running""#, r#""kvs":"running""#, r#""heartbeat":"running""#]);
     rpc(&mut c, "kvs.put", json!({"key": "k", "value": 1})).unwrap();
 }
 
@@ -333,34 +225,20 @@ fn configuration_errors_name_the_file_and_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("b.sock");
     let cases = [
-        (
-            "[broker]\nallow_guest = true\n",
-            "unknown field `allow_guest`",
-        ),
+        ("[broker]\nallow_guest = true\n", "unknown field `allow_guest`"),
         ("[[module]]\nname = \"x\"\n", "missing field `path`"),
-        (
-            "[[module]]\npath = \"missing.so\"\n",
-            "missing.so: no such file",
-        ),
+        ("[[module]]\npath = \"missing.so\"\n", "missing.so: no such file"),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&file, text).unwrap();
         let out = std::process::Command::new(switchboard_tests::bin("switchboard"))
-            .args([
-                "--config",
-                file.to_str().unwrap(),
-                "--listen",
-                socket.to_str().unwrap(),
-            ])
+            .args(["--config", file.to_str().unwrap(), "--listen", socket.to_str().unwrap()])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(file.file_name().unwrap().to_str().unwrap()) || err.contains("missing.so"),
-            "{err}"
-        );
+        assert!(err.contains(file.file_name().unwrap().to_str().unwrap()) || err.contains("missing.so"), "{err}");
         assert!(err.contains(expect), "{err}");
         assert!(!socket.exists(), "a failed start leaves no socket behind");
     }

@@ -32,10 +32,7 @@ fn unknown_service_gets_enosys_naming_it() {
 fn unknown_method_of_a_builtin_gets_enosys() {
     let b = Broker::start();
     let mut c = b.client();
-    assert_eq!(
-        errno_of(&rpc(&mut c, "broker.frobnicate", json!({}))),
-        "ENOSYS"
-    );
+    assert_eq!(errno_of(&rpc(&mut c, "broker.frobnicate", json!({}))), "ENOSYS");
 }
 
 #[test]
@@ -97,16 +94,9 @@ fn events_reach_every_subscriber_whose_prefix_matches_once() {
     rpc(&mut sub2, "event.subscribe", json!({"topic": "alpha.beta"})).unwrap();
     rpc(&mut other, "event.subscribe", json!({"topic": "gamma"})).unwrap();
     let mut publisher = b.client();
-    let p1 = rpc(
-        &mut publisher,
-        "event.publish",
-        json!({"topic": "alpha.beta", "payload": []}),
-    )
-    .unwrap();
+    let p1 = rpc(&mut publisher, "event.publish", json!({"topic": "alpha.beta", "payload": []})).unwrap();
     // An event message needs no service: the broker sequences and fans it out.
-    publisher
-        .send(&Message::event("alpha.zeta", payload(json!({"n": 2}))))
-        .unwrap();
+    publisher.send(&Message::event("alpha.zeta", payload(json!({"n": 2})))).unwrap();
     let e1 = sub1.recv_timeout(Some(WAIT)).unwrap();
     assert_eq!((e1.kind, e1.topic.as_str()), (MsgType::Event, "alpha.beta"));
     assert_eq!(e1.seq, json(&p1)["seq"].as_u64().unwrap() as u32);
@@ -119,30 +109,11 @@ fn events_reach_every_subscriber_whose_prefix_matches_once() {
     // sub1 subscribed twice with matching prefixes but got each event once; `other` got none.
     assert!(sub1.recv_timeout(Some(Duration::from_millis(200))).is_err());
     assert!(sub2.recv_timeout(Some(Duration::from_millis(100))).is_err());
-    assert!(other
-        .recv_timeout(Some(Duration::from_millis(100)))
-        .is_err());
+    assert!(other.recv_timeout(Some(Duration::from_millis(100))).is_err());
     // Unsubscribing stops delivery; unsubscribing again is ENOENT.
-    rpc(
-        &mut sub2,
-        "event.unsubscribe",
-        json!({"topic": "alpha.beta"}),
-    )
-    .unwrap();
-    assert_eq!(
-        errno_of(&rpc(
-            &mut sub2,
-            "event.unsubscribe",
-            json!({"topic": "alpha.beta"})
-        )),
-        "ENOENT"
-    );
-    rpc(
-        &mut publisher,
-        "event.publish",
-        json!({"topic": "alpha.beta", "payload": []}),
-    )
-    .unwrap();
+    rpc(&mut sub2, "event.unsubscribe", json!({"topic": "alpha.beta"})).unwrap();
+    assert_eq!(errno_of(&rpc(&mut sub2, "event.unsubscribe", json!({"topic": "alpha.beta"}))), "ENOENT");
+    rpc(&mut publisher, "event.publish", json!({"topic": "alpha.beta", "payload": []})).unwrap();
     assert!(sub2.recv_timeout(Some(Duration::from_millis(200))).is_err());
 }
 
@@ -152,70 +123,30 @@ fn a_client_can_provide_a_service_and_only_it_can_remove_it() {
     let mut provider = b.client();
     let mut caller = b.client();
     rpc(&mut provider, "service.add", json!({"service": "calc"})).unwrap();
-    assert_eq!(
-        errno_of(&rpc(&mut caller, "service.add", json!({"service": "calc"}))),
-        "EEXIST"
-    );
-    assert_eq!(
-        errno_of(&rpc(
-            &mut caller,
-            "service.add",
-            json!({"service": "module"})
-        )),
-        "EEXIST"
-    );
-    assert_eq!(
-        errno_of(&rpc(
-            &mut caller,
-            "service.remove",
-            json!({"service": "calc"})
-        )),
-        "EPERM"
-    );
-    assert_eq!(
-        errno_of(&rpc(
-            &mut caller,
-            "service.add",
-            json!({"service": "bad.name"})
-        )),
-        "EINVAL"
-    );
+    assert_eq!(errno_of(&rpc(&mut caller, "service.add", json!({"service": "calc"}))), "EEXIST");
+    assert_eq!(errno_of(&rpc(&mut caller, "service.add", json!({"service": "module"}))), "EEXIST");
+    assert_eq!(errno_of(&rpc(&mut caller, "service.remove", json!({"service": "calc"}))), "EPERM");
+    assert_eq!(errno_of(&rpc(&mut caller, "service.add", json!({"service": "bad.name"}))), "EINVAL");
 
     let mut req = Message::request("calc.double", payload(json!({"x": 21})));
     req.matchtag = 5;
     caller.send(&req).unwrap();
     let got = provider.recv_timeout(Some(WAIT)).unwrap();
-    assert_eq!(
-        (got.kind, got.topic.as_str()),
-        (MsgType::Request, "calc.double")
-    );
-    assert!(
-        got.cred.is_owner(),
-        "the broker stamped the caller's credentials"
-    );
-    provider
-        .send(&got.response(payload(json!({"y": 42}))))
-        .unwrap();
+    assert_eq!((got.kind, got.topic.as_str()), (MsgType::Request, "calc.double"));
+    assert!(got.cred.is_owner(), "the broker stamped the caller's credentials");
+    provider.send(&got.response(payload(json!({"y": 42})))).unwrap();
     let r = caller.wait_response(5, Some(WAIT)).unwrap();
     assert_eq!(json(&r), json!({"y": 42}));
 
     rpc(&mut provider, "service.remove", json!({"service": "calc"})).unwrap();
-    assert_eq!(
-        errno_of(&rpc(&mut caller, "calc.double", json!({}))),
-        "ENOSYS"
-    );
+    assert_eq!(errno_of(&rpc(&mut caller, "calc.double", json!({}))), "ENOSYS");
 }
 
 #[test]
 fn a_providers_services_go_away_when_it_disconnects() {
     let b = Broker::start();
     let mut provider = b.client();
-    rpc(
-        &mut provider,
-        "service.add",
-        json!({"service": "ephemeral"}),
-    )
-    .unwrap();
+    rpc(&mut provider, "service.add", json!({"service": "ephemeral"})).unwrap();
     drop(provider);
     let mut c = b.client();
     assert!(switchboard_tests::wait_until(|| {
@@ -240,11 +171,7 @@ fn streaming_responses_end_with_enodata() {
         assert_eq!(json(&r), json!({"seq": seq}));
     }
     let end = c.recv_timeout(Some(WAIT)).unwrap();
-    assert_eq!(
-        (end.matchtag, end.errnum),
-        (77, 61),
-        "ENODATA ends the stream"
-    );
+    assert_eq!((end.matchtag, end.errnum), (77, 61), "ENODATA ends the stream");
     // The stream is over for the broker too: the module owes nothing, so removing it is clean.
     b.modctl_ok(&["remove", "faulty"]);
 }
@@ -268,16 +195,13 @@ fn a_module_can_answer_an_extra_service_until_it_leaves() {
     b.load(&module("faulty"), None, &[]);
     let mut c = b.client();
     rpc(&mut c, "faulty.add_service", json!({"topic": "helper"})).unwrap();
+    assert_eq!(json(&rpc(&mut c, "helper.whoami", json!({})).unwrap())["name"], "faulty");
     assert_eq!(
-        json(&rpc(&mut c, "helper.whoami", json!({})).unwrap())["name"],
-        "faulty"
-    );
-    assert_eq!(
-        errno_of(
-            &rpc(&mut c, "faulty.add_service", json!({"topic": "kvs2"}))
-                .map(|_| ())
-                .and_then(|_| rpc(&mut c, "faulty.add_service", json!({"topic": "kvs2"})))
-        ),
+        errno_of(&rpc(&mut c, "faulty.add_service", json!({"topic": "kvs2"})).map(|_| ()).and_then(|_| rpc(
+            &mut c,
+            "faulty.add_service",
+            json!({"topic": "kvs2"})
+        ))),
         "EEXIST"
     );
     b.modctl_ok(&["remove", "faulty"]);

@@ -21,21 +21,14 @@ pub fn target_dir() -> &'static Path {
     DIR.get_or_init(|| {
         // This test binary lives in target/<profile>/deps/.
         let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
         build_artifacts();
         dir
     })
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
 /// Build the broker, modctl and the modules these tests load, once per test binary. Cargo
@@ -128,18 +121,10 @@ impl Broker {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(WAIT).unwrap_or_default();
-        let mut broker = Broker {
-            child,
-            dir,
-            socket,
-            log,
-        };
+        let mut broker = Broker { child, dir, socket, log };
         if !line.starts_with("local://") {
             let _ = broker.child.kill();
-            panic!(
-                "switchboard did not start: stdout {line:?}, log:\n{}",
-                broker.log()
-            );
+            panic!("switchboard did not start: stdout {line:?}, log:\n{}", broker.log());
         }
         broker
     }
@@ -152,10 +137,7 @@ impl Broker {
     pub fn modctl(&self, args: &[&str]) -> Output {
         Command::new(bin("modctl"))
             .args(args)
-            .env(
-                "SWITCHBOARD_URI",
-                format!("local://{}", self.socket.display()),
-            )
+            .env("SWITCHBOARD_URI", format!("local://{}", self.socket.display()))
             .output()
             .expect("run modctl")
     }
@@ -210,11 +192,7 @@ impl Broker {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not exit after SIGTERM; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "broker did not exit after SIGTERM; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -250,11 +228,7 @@ pub fn json(msg: &Message) -> serde_json::Value {
 }
 
 /// rpc with a JSON payload and a deadline, so no test can hang on a lost response.
-pub fn rpc(
-    client: &mut Client,
-    topic: &str,
-    body: serde_json::Value,
-) -> Result<Message, ClientError> {
+pub fn rpc(client: &mut Client, topic: &str, body: serde_json::Value) -> Result<Message, ClientError> {
     client.rpc_raw(topic, payload(body), Some(WAIT))
 }
 

@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use switchboard_module_api::proto::{
-    decode_frame, encode_frame, Cred, Flags, FrameError, FrameReader, MsgType, ROLE_OWNER,
-    ROLE_USER,
+    decode_frame, encode_frame, Cred, Flags, FrameError, FrameReader, MsgType, ROLE_OWNER, ROLE_USER,
 };
 use switchboard_module_api::{Errno, Message};
 
@@ -51,12 +50,7 @@ impl Listener {
         let thread = std::thread::Builder::new()
             .name("accept".into())
             .spawn(move || accept_loop(&s, &router, &opts, owner, &stop))?;
-        Ok(Listener {
-            socket,
-            path,
-            stopping,
-            thread: Some(thread),
-        })
+        Ok(Listener { socket, path, stopping, thread: Some(thread) })
     }
 
     pub fn path(&self) -> &Path {
@@ -108,13 +102,7 @@ fn bind(path: &Path, allow_guests: bool) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-fn accept_loop(
-    socket: &UnixListener,
-    router: &Arc<Router>,
-    opts: &ListenOptions,
-    owner: u32,
-    stopping: &AtomicBool,
-) {
+fn accept_loop(socket: &UnixListener, router: &Arc<Router>, opts: &ListenOptions, owner: u32, stopping: &AtomicBool) {
     loop {
         let stream = match socket.accept() {
             Ok((s, _)) => s,
@@ -132,34 +120,18 @@ fn accept_loop(
 }
 
 /// Check who connected, register the connection and start its reader.
-fn admit(
-    router: &Arc<Router>,
-    stream: UnixStream,
-    opts: &ListenOptions,
-    owner: u32,
-) -> std::io::Result<()> {
+fn admit(router: &Arc<Router>, stream: UnixStream, opts: &ListenOptions, owner: u32) -> std::io::Result<()> {
     let (pid, uid) = peer_cred(&stream)?;
     let cred = if uid == owner {
-        Cred {
-            userid: uid,
-            rolemask: ROLE_OWNER | ROLE_USER,
-        }
+        Cred { userid: uid, rolemask: ROLE_OWNER | ROLE_USER }
     } else if opts.allow_guests {
-        Cred {
-            userid: uid,
-            rolemask: ROLE_USER,
-        }
+        Cred { userid: uid, rolemask: ROLE_USER }
     } else {
-        tracing::info!(
-            uid,
-            pid,
-            "refused a guest connection: guests are not allowed"
-        );
+        tracing::info!(uid, pid, "refused a guest connection: guests are not allowed");
         let mut refusal = Message::control("refused", bytes::Bytes::new());
         refusal.errnum = Errno::EPERM.0;
-        refusal.errstr = Some(format!(
-            "uid {uid} is not the instance owner (uid {owner}) and this broker does not allow guests"
-        ));
+        refusal.errstr =
+            Some(format!("uid {uid} is not the instance owner (uid {owner}) and this broker does not allow guests"));
         let _ = (&stream).write_all_frame(&refusal);
         return Ok(());
     };
@@ -186,14 +158,7 @@ impl WriteFrame for &UnixStream {
 }
 
 /// A connection's reader: frames in, messages routed, until end of file.
-fn serve(
-    router: &Router,
-    id: EndpointId,
-    mut stream: UnixStream,
-    cred: Cred,
-    out: &Arc<ConnOut>,
-    max_frame: usize,
-) {
+fn serve(router: &Router, id: EndpointId, mut stream: UnixStream, cred: Cred, out: &Arc<ConnOut>, max_frame: usize) {
     let reader = FrameReader::new(max_frame);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Services this client sent requests to: each gets `disconnect` when it leaves.
@@ -220,9 +185,8 @@ fn serve(
                 Ok(Some(body)) => match decode_frame(body) {
                     Ok(mut msg) => {
                         msg.cred = cred;
-                        let new_service = (msg.kind == MsgType::Request
-                            && !used.iter().any(|s| s == msg.service()))
-                        .then(|| msg.service().to_string());
+                        let new_service = (msg.kind == MsgType::Request && !used.iter().any(|s| s == msg.service()))
+                            .then(|| msg.service().to_string());
                         if let (Some(_), Some(s)) = (router.route(id, msg), new_service) {
                             used.push(s);
                         }
@@ -255,8 +219,8 @@ fn serve(
 fn reject(router: &Router, id: EndpointId, out: &Arc<ConnOut>, e: &FrameError) {
     let label = router.label(id).unwrap_or_default();
     tracing::warn!(client = %label, "malformed frame: {e}");
-    let mut err = Message::request("", bytes::Bytes::new())
-        .error_response(Errno::EPROTO, format!("malformed frame: {e}"));
+    let mut err =
+        Message::request("", bytes::Bytes::new()).error_response(Errno::EPROTO, format!("malformed frame: {e}"));
     err.route.clear();
     out.enqueue(&err);
 }

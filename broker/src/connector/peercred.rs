@@ -6,11 +6,7 @@ use std::os::unix::net::UnixStream;
 
 /// The peer's (pid, uid).
 pub fn peer_cred(stream: &UnixStream) -> std::io::Result<(i32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for getsockopt to write.
     let rc = unsafe {

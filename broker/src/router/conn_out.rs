@@ -31,23 +31,10 @@ struct OutState {
 
 impl ConnOut {
     /// Wrap the write side of `stream` and start its writer thread.
-    pub fn start(
-        stream: UnixStream,
-        max_buffer: usize,
-        label: String,
-    ) -> std::io::Result<Arc<ConnOut>> {
-        let conn = Arc::new(ConnOut {
-            stream,
-            state: Mutex::default(),
-            wake: Condvar::new(),
-            max_buffer,
-            label,
-        });
+    pub fn start(stream: UnixStream, max_buffer: usize, label: String) -> std::io::Result<Arc<ConnOut>> {
+        let conn = Arc::new(ConnOut { stream, state: Mutex::default(), wake: Condvar::new(), max_buffer, label });
         let c = conn.clone();
-        std::thread::Builder::new()
-            .name("conn-writer".into())
-            .stack_size(64 * 1024)
-            .spawn(move || c.writer())?;
+        std::thread::Builder::new().name("conn-writer".into()).stack_size(64 * 1024).spawn(move || c.writer())?;
         Ok(conn)
     }
 
@@ -155,14 +142,7 @@ impl ConnOut {
 
 fn send(fd: RawFd, buf: &[u8], flags: i32) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for its length; MSG_NOSIGNAL turns a closed peer into EPIPE.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_NOSIGNAL,
-        )
-    };
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(std::io::Error::last_os_error())
     } else {

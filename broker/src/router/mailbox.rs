@@ -66,22 +66,18 @@ impl Mailbox {
     }
 
     pub fn idle_ms(&self) -> u64 {
-        (self.epoch.elapsed().as_millis() as u64)
-            .saturating_sub(self.last_active.load(Ordering::Relaxed))
+        (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.last_active.load(Ordering::Relaxed))
     }
 
     fn touch(&self) {
-        self.last_active
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_active.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Queue `msg` for the module. Returns the error responses owed if the module had
     /// already left (the caller routes them).
     pub fn deliver(&self, msg: Message) -> Vec<Message> {
         if msg.wants_response() {
-            self.inflight
-                .lock()
-                .insert((msg.route.clone(), msg.matchtag), msg.topic.clone());
+            self.inflight.lock().insert((msg.route.clone(), msg.matchtag), msg.topic.clone());
         }
         self.msgs_in.fetch_add(1, Ordering::Relaxed);
         self.touch();
@@ -101,18 +97,13 @@ impl Mailbox {
         self.touch();
         let last_of_stream = !msg.flags.contains(Flags::STREAMING) || msg.is_error();
         if msg.kind == MsgType::Response && last_of_stream {
-            self.inflight
-                .lock()
-                .remove(&(msg.route.clone(), msg.matchtag));
+            self.inflight.lock().remove(&(msg.route.clone(), msg.matchtag));
         }
     }
 
     /// Ask the module to stop.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Message::control(
-            switchboard_module_api::SHUTDOWN,
-            bytes::Bytes::new(),
-        ));
+        let _ = self.tx.send(Message::control(switchboard_module_api::SHUTDOWN, bytes::Bytes::new()));
     }
 
     /// The module left running: nothing more will be delivered. Returns an error response
@@ -135,10 +126,7 @@ impl Mailbox {
                 req.matchtag = matchtag;
                 req.error_response(
                     Errno::EHOSTUNREACH,
-                    format!(
-                        "module '{}' {reason} before answering {}",
-                        self.name, req.topic
-                    ),
+                    format!("module '{}' {reason} before answering {}", self.name, req.topic),
                 )
             })
             .collect()

@@ -84,9 +84,7 @@ impl Router {
     pub fn new() -> Self {
         let mut table = Table::default();
         for b in Builtin::ALL {
-            table
-                .services
-                .insert(b.service().to_string(), Owner::Builtin(b));
+            table.services.insert(b.service().to_string(), Owner::Builtin(b));
         }
         Router {
             table: RwLock::new(table),
@@ -104,10 +102,7 @@ impl Router {
 
     pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String) -> EndpointId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.table
-            .write()
-            .endpoints
-            .insert(id, Endpoint { sink, cred, label });
+        self.table.write().endpoints.insert(id, Endpoint { sink, cred, label });
         id
     }
 
@@ -124,10 +119,7 @@ impl Router {
         let mut t = self.table.write();
         for s in services {
             if let Some(owner) = t.services.get(s) {
-                return Err(ServiceTaken {
-                    service: s.clone(),
-                    owner: describe_owner(&t, *owner),
-                });
+                return Err(ServiceTaken { service: s.clone(), owner: describe_owner(&t, *owner) });
             }
         }
         for s in services {
@@ -194,19 +186,12 @@ impl Router {
 
     fn route_request(&self, msg: Message) -> Option<EndpointId> {
         if msg.nodeid != NODEID_ANY && msg.nodeid != RANK {
-            let text = format!(
-                "no broker of rank {}: this broker is rank {RANK} and has no overlay",
-                msg.nodeid
-            );
+            let text = format!("no broker of rank {}: this broker is rank {RANK} and has no overlay", msg.nodeid);
             self.respond_error(&msg, Errno::EHOSTUNREACH, text);
             return None;
         }
         if msg.flags.contains(Flags::UPSTREAM) {
-            self.respond_error(
-                &msg,
-                Errno::EHOSTUNREACH,
-                "no upstream broker: this broker is the root",
-            );
+            self.respond_error(&msg, Errno::EHOSTUNREACH, "no upstream broker: this broker is the root");
             return None;
         }
         let owner = {
@@ -254,20 +239,14 @@ impl Router {
         msg.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let sinks: Vec<Sink> = {
             let t = self.table.read();
-            let mut ids: Vec<EndpointId> = t
-                .subscriptions
-                .iter()
-                .filter(|(p, _)| msg.topic.starts_with(p.as_str()))
-                .map(|(_, id)| *id)
-                .collect();
+            let mut ids: Vec<EndpointId> =
+                t.subscriptions.iter().filter(|(p, _)| msg.topic.starts_with(p.as_str())).map(|(_, id)| *id).collect();
             ids.sort_unstable();
             ids.dedup();
             ids.iter()
                 .filter_map(|id| t.endpoints.get(id))
                 .filter(|e| {
-                    !msg.flags.contains(Flags::PRIVATE)
-                        || e.cred.is_owner()
-                        || e.cred.userid == msg.cred.userid
+                    !msg.flags.contains(Flags::PRIVATE) || e.cred.is_owner() || e.cred.userid == msg.cred.userid
                 })
                 .map(|e| e.sink.clone())
                 .collect()
@@ -325,20 +304,13 @@ impl Router {
     }
 
     pub(crate) fn label(&self, id: EndpointId) -> Option<String> {
-        self.table
-            .read()
-            .endpoints
-            .get(&id)
-            .map(|e| e.label.clone())
+        self.table.read().endpoints.get(&id).map(|e| e.label.clone())
     }
 }
 
 fn describe_owner(t: &Table, owner: Owner) -> String {
     match owner {
         Owner::Builtin(_) => "the broker itself".to_string(),
-        Owner::Endpoint(id) => t
-            .endpoints
-            .get(&id)
-            .map_or_else(|| format!("endpoint {id}"), |e| e.label.clone()),
+        Owner::Endpoint(id) => t.endpoints.get(&id).map_or_else(|| format!("endpoint {id}"), |e| e.label.clone()),
     }
 }

@@ -27,11 +27,7 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             if router.unsubscribe(sender, &args.topic) {
                 router.respond(msg, empty());
             } else {
-                router.respond_error(
-                    msg,
-                    Errno::ENOENT,
-                    format!("not subscribed to '{}'", args.topic),
-                );
+                router.respond_error(msg, Errno::ENOENT, format!("not subscribed to '{}'", args.topic));
             }
         }
         "publish" => {
@@ -50,10 +46,6 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             reply(router, msg, &PublishReply { seq });
         }
         "disconnect" => {}
-        m => router.respond_error(
-            msg,
-            Errno::ENOSYS,
-            format!("service 'event' has no method '{m}'"),
-        ),
+        m => router.respond_error(msg, Errno::ENOSYS, format!("service 'event' has no method '{m}'")),
     }
 }

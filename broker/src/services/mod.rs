@@ -22,12 +22,7 @@ pub enum Builtin {
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 4] = [
-        Builtin::Broker,
-        Builtin::Service,
-        Builtin::Event,
-        Builtin::Module,
-    ];
+    pub const ALL: [Builtin; 4] = [Builtin::Broker, Builtin::Service, Builtin::Event, Builtin::Module];
 
     pub fn service(self) -> &'static str {
         match self {
@@ -41,8 +36,8 @@ impl Builtin {
 
 /// Answer (or forward) a request addressed to a built-in service.
 pub(crate) fn handle(router: &Router, builtin: Builtin, msg: Message) {
-    let owner_only = matches!(builtin, Builtin::Module)
-        || (builtin == Builtin::Service && msg.method() != "disconnect");
+    let owner_only =
+        matches!(builtin, Builtin::Module) || (builtin == Builtin::Service && msg.method() != "disconnect");
     if owner_only && !msg.cred.is_owner() {
         let text = format!("{} is for the instance owner only", msg.topic);
         return router.respond_error(&msg, Errno::EPERM, text);
@@ -65,11 +60,7 @@ pub(crate) fn decode<T: DeserializeOwned>(router: &Router, msg: &Message) -> Opt
     match msg.decode::<T>() {
         Ok(v) => Some(v),
         Err(e) => {
-            router.respond_error(
-                msg,
-                Errno::EPROTO,
-                format!("{}: malformed request payload: {e}", msg.topic),
-            );
+            router.respond_error(msg, Errno::EPROTO, format!("{}: malformed request payload: {e}", msg.topic));
             None
         }
     }
@@ -79,11 +70,7 @@ pub(crate) fn decode<T: DeserializeOwned>(router: &Router, msg: &Message) -> Opt
 pub(crate) fn reply<T: Serialize>(router: &Router, msg: &Message, value: &T) {
     match Message::encode_payload(value) {
         Ok(p) => router.respond(msg, p),
-        Err(e) => router.respond_error(
-            msg,
-            Errno::EPROTO,
-            format!("could not encode the response: {e}"),
-        ),
+        Err(e) => router.respond_error(msg, Errno::EPROTO, format!("could not encode the response: {e}")),
     }
 }
 

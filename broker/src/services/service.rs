@@ -37,14 +37,13 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
                 Err(e) => router.respond_error(
                     msg,
                     e,
-                    format!("service '{}' belongs to another endpoint; only its registrant may remove it", args.service),
+                    format!(
+                        "service '{}' belongs to another endpoint; only its registrant may remove it",
+                        args.service
+                    ),
                 ),
             }
         }
-        m => router.respond_error(
-            msg,
-            Errno::ENOSYS,
-            format!("service 'service' has no method '{m}'"),
-        ),
+        m => router.respond_error(msg, Errno::ENOSYS, format!("service 'service' has no method '{m}'")),
     }
 }

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use switchboard_loaders::{LoadRequest, ModuleInfo};
-use switchboard_module_api::mgmt::{
-    BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs,
-};
+use switchboard_module_api::mgmt::{BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
 use switchboard_module_api::{Errno, Error, Message};
 
 use super::Supervisor;
@@ -25,13 +23,11 @@ pub fn spawn_management(
     uri: String,
 ) -> std::io::Result<()> {
     let started = Instant::now();
-    std::thread::Builder::new()
-        .name("management".into())
-        .spawn(move || {
-            for msg in rx {
-                handle(&sup, &router, msg, started, &uri);
-            }
-        })?;
+    std::thread::Builder::new().name("management".into()).spawn(move || {
+        for msg in rx {
+            handle(&sup, &router, msg, started, &uri);
+        }
+    })?;
     Ok(())
 }
 
@@ -81,6 +77,8 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 name: a.name,
                 args: a.args,
                 config: config_bytes(a.config.as_ref()),
+                inspect_only: false,
+                hello_timeout: a.hello_timeout_ms.map(Duration::from_millis),
             };
             answer(router, &msg, sup.load(request).map(|i| describe(&i)));
         }
@@ -88,10 +86,7 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
             let Some(a) = decode::<InfoArgs>(router, &msg) else {
                 return;
             };
-            let request = LoadRequest {
-                path: PathBuf::from(&a.path),
-                ..Default::default()
-            };
+            let request = LoadRequest { path: PathBuf::from(&a.path), inspect_only: true, ..Default::default() };
             answer(router, &msg, sup.info(&request).map(|i| describe(&i)));
         }
         "module.remove" => {
@@ -99,26 +94,18 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 return;
             };
             let (sup, router) = (sup.clone(), router.clone());
-            let spawned = std::thread::Builder::new()
-                .name("remove".into())
-                .spawn(move || {
-                    let result = sup.remove(&a.name, a.grace_ms.map(Duration::from_millis));
-                    match result {
-                        Ok(()) => router.respond(&msg, empty()),
-                        Err(e) => router.respond_error(&msg, e.errnum, e.text),
-                    }
-                });
+            let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
+                let result = sup.remove(&a.name, a.grace_ms.map(Duration::from_millis));
+                match result {
+                    Ok(()) => router.respond(&msg, empty()),
+                    Err(e) => router.respond_error(&msg, e.errnum, e.text),
+                }
+            });
             if let Err(e) = spawned {
                 tracing::error!("could not start a remove: {e}");
             }
         }
-        "module.list" => reply(
-            router,
-            &msg,
-            &ModuleList {
-                modules: sup.list(),
-            },
-        ),
+        "module.list" => reply(router, &msg, &ModuleList { modules: sup.list() }),
         "broker.info" => reply(
             router,
             &msg,

@@ -50,11 +50,7 @@ impl Supervisor {
     }
 
     fn find(&self, name: &str) -> Option<Arc<ModuleRecord>> {
-        self.modules
-            .lock()
-            .iter()
-            .find(|r| r.name() == name)
-            .cloned()
+        self.modules.lock().iter().find(|r| r.name() == name).cloned()
     }
 
     fn forget(&self, rec: &Arc<ModuleRecord>) {
@@ -63,20 +59,14 @@ impl Supervisor {
 
     /// Inspect a module file without starting it.
     pub fn info(&self, request: &LoadRequest) -> Result<ModuleInfo, Error> {
-        let loaded = self
-            .registry
-            .load(request)
-            .map_err(|e| Error::new(e.errno(), e.to_string()))?;
+        let loaded = self.registry.load(request).map_err(|e| Error::new(e.errno(), e.to_string()))?;
         Ok(loaded.info().clone())
     }
 
     /// Load and start a module; returns once it is running (or failed to start).
     pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
         let _serial = self.loading.lock();
-        let loaded = self
-            .registry
-            .load(&request)
-            .map_err(|e| Error::new(e.errno(), e.to_string()))?;
+        let loaded = self.registry.load(&request).map_err(|e| Error::new(e.errno(), e.to_string()))?;
         let info = loaded.info().clone();
         if let Some(old) = self.find(&info.name) {
             if !old.state().is_final() {
@@ -95,14 +85,9 @@ impl Supervisor {
         }
         let mailbox = Arc::new(Mailbox::new(&info.name));
         // SAFETY: getuid cannot fail.
-        let cred = Cred {
-            userid: unsafe { libc::getuid() },
-            rolemask: ROLE_OWNER | ROLE_USER,
-        };
+        let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
         let label = format!("module '{}'", info.name);
-        let endpoint = self
-            .router
-            .add_endpoint(Sink::Module(mailbox.clone()), cred, label);
+        let endpoint = self.router.add_endpoint(Sink::Module(mailbox.clone()), cred, label);
         if let Err(taken) = self.router.add_services(endpoint, &info.services) {
             self.router.remove_endpoint(endpoint);
             return Err(Error::new(Errno::EEXIST, taken.to_string()));
@@ -143,17 +128,11 @@ impl Supervisor {
             }
         }
         if life.state.is_final() {
-            let reason = life
-                .reason
-                .clone()
-                .unwrap_or_else(|| "it exited while starting".to_string());
+            let reason = life.reason.clone().unwrap_or_else(|| "it exited while starting".to_string());
             drop(life);
             self.forget(rec);
             rec.reclaim();
-            return Err(Error::new(
-                Errno::EIO,
-                format!("module '{}' failed to start: {reason}", rec.name()),
-            ));
+            return Err(Error::new(Errno::EIO, format!("module '{}' failed to start: {reason}", rec.name())));
         }
         Ok(())
     }
@@ -161,9 +140,7 @@ impl Supervisor {
     /// Ask a module to stop and wait for it to finalize, up to `grace` (default: the
     /// broker's). A module that outlives it is reported stuck and left detached.
     pub fn remove(&self, name: &str, grace: Option<Duration>) -> Result<(), Error> {
-        let rec = self
-            .find(name)
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no module named '{name}'")))?;
+        let rec = self.find(name).ok_or_else(|| Error::new(Errno::ENOENT, format!("no module named '{name}'")))?;
         let grace = grace.unwrap_or(self.grace);
         {
             let mut life = rec.life.lock();
@@ -174,8 +151,9 @@ impl Supervisor {
         }
         let mut stopped = rec.wait_final(grace);
         if !stopped {
-            let forced = rec.running.lock().as_ref().is_some_and(|r| r.terminate());
-            stopped = forced && rec.wait_final(grace);
+            let forced = rec.running.lock().as_ref().is_some_and(|r| r.terminate(grace));
+            // It escalates to SIGKILL after `grace`; allow for the reaping after that.
+            stopped = forced && rec.wait_final(grace + Duration::from_secs(2));
         }
         if stopped {
             self.forget(&rec);
@@ -218,13 +196,7 @@ impl Supervisor {
 
     /// Remove every module, last loaded first.
     pub fn remove_all(&self) {
-        let names: Vec<String> = self
-            .modules
-            .lock()
-            .iter()
-            .rev()
-            .map(|r| r.name().to_string())
-            .collect();
+        let names: Vec<String> = self.modules.lock().iter().rev().map(|r| r.name().to_string()).collect();
         for name in names {
             if let Err(e) = self.remove(&name, None) {
                 tracing::warn!(module = %name, "{e}");

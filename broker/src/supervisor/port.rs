@@ -22,10 +22,7 @@ impl BrokerPort for ModulePort {
     fn send(&self, mut msg: Message) {
         // Modules run as the broker: they are the instance owner.
         // SAFETY: getuid cannot fail.
-        msg.cred = Cred {
-            userid: unsafe { libc::getuid() },
-            rolemask: ROLE_OWNER | ROLE_USER,
-        };
+        msg.cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
         if self.record.mailbox.is_closed() {
             // Detached as stuck: its requesters were already answered.
             tracing::debug!(module = %self.record.name(), topic = %msg.topic, "dropping output of a detached module");
@@ -63,11 +60,7 @@ impl BrokerPort for ModulePort {
         let rec = &self.record;
         let (state, reason, verb) = match status {
             ExitStatus::Exited => (ModuleState::Exited, None, "exited".to_string()),
-            ExitStatus::Failed(r) => (
-                ModuleState::Failed,
-                Some(r.clone()),
-                format!("failed ({r})"),
-            ),
+            ExitStatus::Failed(r) => (ModuleState::Failed, Some(r.clone()), format!("failed ({r})")),
         };
         match &reason {
             Some(r) => tracing::error!(module = %rec.name(), "module failed: {r}"),

@@ -35,12 +35,7 @@ impl ModuleRecord {
             info,
             endpoint,
             mailbox,
-            life: Mutex::new(Life {
-                state: ModuleState::Init,
-                reason: None,
-                removing: false,
-                stuck: false,
-            }),
+            life: Mutex::new(Life { state: ModuleState::Init, reason: None, removing: false, stuck: false }),
             changed: Condvar::new(),
             running: Mutex::new(None),
         }

@@ -9,29 +9,17 @@ use switchboard_module_api::Client;
 use crate::{json, CliError, Context};
 
 pub fn publish(client: &mut Client, topic: &str, payload: Option<&str>) -> Result<(), CliError> {
-    let args = PublishArgs {
-        topic: topic.to_string(),
-        payload: json::payload(payload)?.to_vec(),
-        private: false,
-    };
-    let reply = client
-        .rpc("event.publish", &args)
-        .doing(format!("publish {topic}"))?;
+    let args = PublishArgs { topic: topic.to_string(), payload: json::payload(payload)?.to_vec(), private: false };
+    let reply = client.rpc("event.publish", &args).doing(format!("publish {topic}"))?;
     if let Ok(r) = reply.decode::<PublishReply>() {
         println!("published {topic} seq={}", r.seq);
     }
     Ok(())
 }
 
-pub fn subscribe(
-    client: &mut Client,
-    topics: &[String],
-    count: Option<u64>,
-) -> Result<(), CliError> {
+pub fn subscribe(client: &mut Client, topics: &[String], count: Option<u64>) -> Result<(), CliError> {
     for t in topics {
-        client
-            .rpc("event.subscribe", &TopicArgs { topic: t.clone() })
-            .doing(format!("subscribe {t}"))?;
+        client.rpc("event.subscribe", &TopicArgs { topic: t.clone() }).doing(format!("subscribe {t}"))?;
     }
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();

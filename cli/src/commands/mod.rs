@@ -4,6 +4,7 @@ mod event;
 mod modules;
 mod rpc;
 
+use switchboard_module_api::mgmt::LoadArgs;
 use switchboard_module_api::Client;
 
 use crate::args::{Command, EventCommand};
@@ -11,26 +12,19 @@ use crate::CliError;
 
 pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
     match command {
-        Command::Load {
-            path,
-            name,
-            config,
-            args,
-        } => modules::load(client, &path, name, config.as_deref(), args),
+        Command::Load { path, name, config, hello_timeout, args } => {
+            let config = config.as_deref().map(crate::json::value).transpose()?;
+            let request = LoadArgs { path: String::new(), name, args, config, hello_timeout_ms: hello_timeout };
+            modules::load(client, &path, request)
+        }
         Command::Remove { name, grace } => modules::remove(client, &name, grace),
         Command::List { json } => modules::list(client, json),
         Command::Info { path, json } => modules::info(client, &path, json),
         Command::Ping { service, count } => rpc::ping(client, &service, count),
-        Command::Rpc {
-            topic,
-            json,
-            timeout,
-        } => rpc::rpc(client, &topic, json.as_deref(), timeout),
-        Command::Event {
-            command: EventCommand::Pub { topic, json },
-        } => event::publish(client, &topic, json.as_deref()),
-        Command::Event {
-            command: EventCommand::Sub { topics, count },
-        } => event::subscribe(client, &topics, count),
+        Command::Rpc { topic, json, timeout } => rpc::rpc(client, &topic, json.as_deref(), timeout),
+        Command::Event { command: EventCommand::Pub { topic, json } } => {
+            event::publish(client, &topic, json.as_deref())
+        }
+        Command::Event { command: EventCommand::Sub { topics, count } } => event::subscribe(client, &topics, count),
     }
 }

@@ -35,20 +35,10 @@ struct RecvState {
 
 /// The module thread's body: call `main`, then report the exit.
 pub(super) fn run(main: MainFn, link: ModuleLink) {
-    let ModuleLink {
-        name,
-        args,
-        config,
-        inbox,
-        port,
-    } = link;
+    let ModuleLink { name, args, config, inbox, port } = link;
     let ctx = HostCtx {
         port: port.clone(),
-        recv: Mutex::new(RecvState {
-            inbox,
-            current: None,
-            running: false,
-        }),
+        recv: Mutex::new(RecvState { inbox, current: None, running: false }),
         last_error: Mutex::new(None),
     };
     let arg_views: Vec<SbBytes> = args.iter().map(|a| SbBytes::of(a.as_bytes())).collect();
@@ -70,11 +60,7 @@ pub(super) fn run(main: MainFn, link: ModuleLink) {
     let status = if code == 0 {
         ExitStatus::Exited
     } else {
-        let reason = ctx
-            .last_error
-            .lock()
-            .take()
-            .unwrap_or_else(|| format!("main returned {code}"));
+        let reason = ctx.last_error.lock().take().unwrap_or_else(|| format!("main returned {code}"));
         ExitStatus::Failed(reason)
     };
     port.exited(status);
@@ -102,8 +88,7 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
                 let got = if timeout_ms < 0 {
                     st.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
                 } else {
-                    st.inbox
-                        .recv_timeout(Duration::from_millis(timeout_ms as u64))
+                    st.inbox.recv_timeout(Duration::from_millis(timeout_ms as u64))
                 };
                 match got {
                     Ok(m) => m,

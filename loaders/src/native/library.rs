@@ -40,11 +40,7 @@ pub(super) fn open(path: &Path) -> Result<OpenedLibrary, LoadError> {
         return Ok(lib.clone());
     }
     // A new file, or a changed one at a known path: the latter must be opened from a copy.
-    let open_path = if versions.is_empty() {
-        canonical.clone()
-    } else {
-        copy_for_reload(&canonical, &digest)?
-    };
+    let open_path = if versions.is_empty() { canonical.clone() } else { copy_for_reload(&canonical, &digest)? };
     let lib = open_entry(path, &open_path, digest, size)?;
     versions.push(lib.clone());
     Ok(lib)
@@ -53,41 +49,22 @@ pub(super) fn open(path: &Path) -> Result<OpenedLibrary, LoadError> {
 fn copy_for_reload(path: &Path, digest: &str) -> Result<PathBuf, LoadError> {
     let dir = switchboard_module_api::uri::runtime_dir().join("native");
     std::fs::create_dir_all(&dir).map_err(|e| LoadError::io(&dir, e))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("module");
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("module");
     let copy = dir.join(format!("{stem}-{}.so", &digest[..16]));
     std::fs::copy(path, &copy).map_err(|e| LoadError::io(&copy, e))?;
     Ok(copy)
 }
 
-fn open_entry(
-    shown: &Path,
-    open_path: &Path,
-    digest: String,
-    size: u64,
-) -> Result<OpenedLibrary, LoadError> {
+fn open_entry(shown: &Path, open_path: &Path, digest: String, size: u64) -> Result<OpenedLibrary, LoadError> {
     // SAFETY: loading a native module runs its initialisers; native modules are trusted code
     // by definition (RFC 2 §2).
-    let lib = unsafe { Library::open(Some(open_path), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
-        LoadError::Open {
-            path: shown.to_owned(),
-            detail: e.to_string(),
-        }
-    })?;
+    let lib = unsafe { Library::open(Some(open_path), RTLD_NOW | RTLD_LOCAL) }
+        .map_err(|e| LoadError::Open { path: shown.to_owned(), detail: e.to_string() })?;
     // Never dlclose (see the module doc).
     let lib: &'static Library = Box::leak(Box::new(lib));
-    let entry =
-        unsafe { lib.get::<unsafe extern "C" fn() -> *const SbModule>(ENTRY_SYMBOL.as_bytes()) }
-            .map_err(|_| LoadError::NoEntry {
-                path: shown.to_owned(),
-                symbol: ENTRY_SYMBOL,
-            })?;
-    let bad = |detail: &str| LoadError::BadTable {
-        path: shown.to_owned(),
-        detail: detail.to_string(),
-    };
+    let entry = unsafe { lib.get::<unsafe extern "C" fn() -> *const SbModule>(ENTRY_SYMBOL.as_bytes()) }
+        .map_err(|_| LoadError::NoEntry { path: shown.to_owned(), symbol: ENTRY_SYMBOL })?;
+    let bad = |detail: &str| LoadError::BadTable { path: shown.to_owned(), detail: detail.to_string() };
     // SAFETY: the entry takes no arguments and returns a pointer to static data (RFC 2 §3).
     let table = unsafe { entry() };
     if table.is_null() {
@@ -96,11 +73,7 @@ fn open_entry(
     // The first two u32 fields are the same in every ABI version: read them before the rest.
     let (abi, size_field) = unsafe { (*(table as *const u32), *(table as *const u32).add(1)) };
     if abi != ABI_VERSION {
-        return Err(LoadError::AbiMismatch {
-            path: shown.to_owned(),
-            module: abi,
-            broker: ABI_VERSION,
-        });
+        return Err(LoadError::AbiMismatch { path: shown.to_owned(), module: abi, broker: ABI_VERSION });
     }
     if (size_field as usize) < std::mem::size_of::<SbModule>() {
         return Err(bad(&format!(
@@ -112,14 +85,7 @@ fn open_entry(
     if table.name.is_null() {
         return Err(bad("the module name is NULL"));
     }
-    let name = unsafe { CStr::from_ptr(table.name) }
-        .to_str()
-        .map_err(|_| bad("the module name is not UTF-8"))?;
+    let name = unsafe { CStr::from_ptr(table.name) }.to_str().map_err(|_| bad("the module name is not UTF-8"))?;
     crate::module::check_name(name).map_err(|e| bad(&e))?;
-    Ok(OpenedLibrary {
-        default_name: name.to_string(),
-        main: table.main,
-        digest,
-        size,
-    })
+    Ok(OpenedLibrary { default_name: name.to_string(), main: table.main, digest, size })
 }

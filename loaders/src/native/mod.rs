@@ -11,10 +11,7 @@ use parking_lot::Mutex;
 use switchboard_module_api::abi::SbHost;
 
 use crate::error::LoadError;
-use crate::module::{
-    check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
-    RunningModule,
-};
+use crate::module::{check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
 
 /// ELF `e_type` of a shared object.
 const ET_DYN: u16 = 3;
@@ -51,26 +48,17 @@ impl Loader for NativeLoader {
         let elf_dyn = head.len() >= 18 && head.starts_with(b"\x7fELF") && {
             // e_type is at offset 16, in the file's byte order (EI_DATA at offset 5).
             let t = [head[16], head[17]];
-            let e_type = if head[5] == 2 {
-                u16::from_be_bytes(t)
-            } else {
-                u16::from_le_bytes(t)
-            };
+            let e_type = if head[5] == 2 { u16::from_be_bytes(t) } else { u16::from_le_bytes(t) };
             e_type == ET_DYN
         };
-        let named_so = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".so") || n.contains(".so."));
+        let named_so =
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".so") || n.contains(".so."));
         elf_dyn && named_so
     }
 
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let lib = library::open(&request.path)?;
-        let name = request
-            .name
-            .clone()
-            .unwrap_or_else(|| lib.default_name.clone());
+        let name = request.name.clone().unwrap_or_else(|| lib.default_name.clone());
         check_name(&name).map_err(LoadError::BadName)?;
         Ok(Box::new(NativeLoaded {
             info: ModuleInfo {
@@ -97,18 +85,13 @@ impl LoadedModule for NativeLoaded {
         let thread = std::thread::Builder::new()
             .name(format!("mod:{name}"))
             .spawn(move || host::run(main, link))
-            .map_err(|e| LoadError::Start {
-                name,
-                detail: e.to_string(),
-            })?;
-        Ok(Box::new(NativeRunning {
-            thread: Mutex::new(Some(thread)),
-        }))
+            .map_err(|e| LoadError::Start { name, detail: e.to_string() })?;
+        Ok(Box::new(NativeRunning { thread: Mutex::new(Some(thread)) }))
     }
 }
 
 impl RunningModule for NativeRunning {
-    fn terminate(&self) -> bool {
+    fn terminate(&self, _grace: std::time::Duration) -> bool {
         false
     }
 

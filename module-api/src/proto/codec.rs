@@ -20,11 +20,7 @@ pub enum DecodeError {
     #[error("header ends early (needed {needed} more bytes)")]
     Truncated { needed: usize },
     #[error("header field {field}: expected {expected}, found msgpack marker 0x{marker:02x}")]
-    Type {
-        field: &'static str,
-        expected: &'static str,
-        marker: u8,
-    },
+    Type { field: &'static str, expected: &'static str, marker: u8 },
     #[error("header field {field}: value {value} out of range")]
     Range { field: &'static str, value: u64 },
     #[error("header is an array of {0} fields, version 1 has exactly 12")]
@@ -129,9 +125,7 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(DecodeError::Truncated {
-                needed: n - (self.buf.len() - self.pos),
-            }),
+            None => Err(DecodeError::Truncated { needed: n - (self.buf.len() - self.pos) }),
         }
     }
 
@@ -140,10 +134,7 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, DecodeError> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | *b as u64))
+        Ok(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
     }
 
     fn peek(&self) -> Option<u8> {
@@ -154,10 +145,7 @@ impl<'a> Reader<'a> {
     fn uint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         let m = self.byte()?;
         let signed = |v: i64| -> Result<u64, DecodeError> {
-            u64::try_from(v).map_err(|_| DecodeError::Range {
-                field,
-                value: v as u64,
-            })
+            u64::try_from(v).map_err(|_| DecodeError::Range { field, value: v as u64 })
         };
         match m {
             0x00..=0x7f => Ok(m as u64),
@@ -169,11 +157,7 @@ impl<'a> Reader<'a> {
             0xd1 => signed(self.be(2)? as u16 as i16 as i64),
             0xd2 => signed(self.be(4)? as u32 as i32 as i64),
             0xd3 => signed(self.be(8)? as i64),
-            _ => Err(DecodeError::Type {
-                field,
-                expected: "unsigned integer",
-                marker: m,
-            }),
+            _ => Err(DecodeError::Type { field, expected: "unsigned integer", marker: m }),
         }
     }
 
@@ -188,11 +172,7 @@ impl<'a> Reader<'a> {
             0x90..=0x9f => Ok((m & 0x0f) as u32),
             0xdc => Ok(self.be(2)? as u32),
             0xdd => Ok(self.be(4)? as u32),
-            _ => Err(DecodeError::Type {
-                field,
-                expected: "array",
-                marker: m,
-            }),
+            _ => Err(DecodeError::Type { field, expected: "array", marker: m }),
         }
     }
 
@@ -203,13 +183,7 @@ impl<'a> Reader<'a> {
             0xd9 => self.be(1)? as usize,
             0xda => self.be(2)? as usize,
             0xdb => self.be(4)? as usize,
-            _ => {
-                return Err(DecodeError::Type {
-                    field,
-                    expected: "string",
-                    marker: m,
-                })
-            }
+            _ => return Err(DecodeError::Type { field, expected: "string", marker: m }),
         };
         std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Utf8(field))
     }
@@ -217,10 +191,7 @@ impl<'a> Reader<'a> {
 
 /// Decode a header from exactly `header` bytes and pair it with `payload`.
 pub fn decode_header(header: &[u8], payload: Bytes) -> Result<Message, DecodeError> {
-    let mut r = Reader {
-        buf: header,
-        pos: 0,
-    };
+    let mut r = Reader { buf: header, pos: 0 };
     let n = r.array_len("header")?;
     if n != HEADER_FIELDS {
         // Read the version first if we can: "wrong version" is the more useful error.
@@ -238,10 +209,7 @@ pub fn decode_header(header: &[u8], payload: Bytes) -> Result<Message, DecodeErr
         return Err(DecodeError::Version(version));
     }
     let t = r.uint("type")?;
-    let kind = u8::try_from(t)
-        .ok()
-        .and_then(MsgType::from_u8)
-        .ok_or(DecodeError::MsgType(t))?;
+    let kind = u8::try_from(t).ok().and_then(MsgType::from_u8).ok_or(DecodeError::MsgType(t))?;
     let f = r.uint("flags")?;
     if f & !(Flags::ALL.0 as u64) != 0 {
         return Err(DecodeError::Flags(f));

@@ -28,8 +28,7 @@ impl Errno {
 
     /// The symbolic name, e.g. `ENOSYS`, or `E<n>` for numbers this table does not name.
     pub fn name(self) -> String {
-        self.known()
-            .map_or_else(|| format!("E{}", self.0), |(n, _)| n.to_string())
+        self.known().map_or_else(|| format!("E{}", self.0), |(n, _)| n.to_string())
     }
 
     /// A short description, as `strerror` would give.

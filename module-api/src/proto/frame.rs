@@ -70,6 +70,14 @@ impl FrameReader {
         FrameReader { max: max_frame }
     }
 
+    /// Whether `buf` starts with a whole frame (that `next_frame` would return).
+    pub fn has_frame(&self, buf: &[u8]) -> bool {
+        buf.len() >= FRAME_PREFIX && {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            len <= self.max && buf.len() >= FRAME_PREFIX + len
+        }
+    }
+
     /// Take the next complete frame body out of `buf`, if one is there. An oversized length
     /// is an error at once, before its bytes arrive: the stream cannot be resynchronised.
     pub fn next_frame(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
@@ -97,12 +105,7 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         (
-            prop_oneof![
-                Just(MsgType::Request),
-                Just(MsgType::Response),
-                Just(MsgType::Event),
-                Just(MsgType::Control)
-            ],
+            prop_oneof![Just(MsgType::Request), Just(MsgType::Response), Just(MsgType::Event), Just(MsgType::Control)],
             0u8..16,
             ".{0,300}",
             any::<[u32; 7]>(),
@@ -116,10 +119,7 @@ mod tests {
                 topic,
                 matchtag: n[0],
                 nodeid: n[1],
-                cred: Cred {
-                    userid: n[2],
-                    rolemask: n[3],
-                },
+                cred: Cred { userid: n[2], rolemask: n[3] },
                 errnum: n[4],
                 errstr,
                 seq: n[5],
@@ -179,13 +179,7 @@ mod tests {
     fn oversized_frame_is_refused_before_its_bytes_arrive() {
         let reader = FrameReader::new(1024);
         let mut buf = BytesMut::from(&(4096u32.to_be_bytes())[..]);
-        assert_eq!(
-            reader.next_frame(&mut buf),
-            Err(FrameError::Oversized {
-                len: 4096,
-                max: 1024
-            })
-        );
+        assert_eq!(reader.next_frame(&mut buf), Err(FrameError::Oversized { len: 4096, max: 1024 }));
     }
 
     #[test]

@@ -87,10 +87,7 @@ pub struct Cred {
 }
 
 impl Cred {
-    pub const UNKNOWN: Cred = Cred {
-        userid: USERID_UNKNOWN,
-        rolemask: ROLE_NONE,
-    };
+    pub const UNKNOWN: Cred = Cred { userid: USERID_UNKNOWN, rolemask: ROLE_NONE };
     pub fn is_owner(self) -> bool {
         self.rolemask & ROLE_OWNER != 0
     }
@@ -187,9 +184,7 @@ impl Message {
     }
 
     /// Serialize `value` as a msgpack map, the payload convention.
-    pub fn encode_payload<T: Serialize + ?Sized>(
-        value: &T,
-    ) -> Result<Bytes, rmp_serde::encode::Error> {
+    pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(value).map(Bytes::from)
     }
 

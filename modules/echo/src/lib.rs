@@ -11,9 +11,7 @@ impl Actor for Echo {
     }
 
     fn methods() -> Methods<Self> {
-        Methods::new().otherwise(|_: &mut Echo, _: &Handle, msg: &Message| {
-            Reply::Payload(msg.payload.clone())
-        })
+        Methods::new().otherwise(|_: &mut Echo, _: &Handle, msg: &Message| Reply::Payload(msg.payload.clone()))
     }
 }
 

@@ -25,20 +25,15 @@ impl Actor for Heartbeat {
                 .ok()
                 .filter(|p| p.is_finite() && *p > 0.0)
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    Error::invalid(format!("period={s}: expected a positive number of seconds"))
-                })?,
+                .ok_or_else(|| Error::invalid(format!("period={s}: expected a positive number of seconds")))?,
         };
         Ok(Heartbeat { period, count: 0 })
     }
 
     fn methods() -> Methods<Self> {
-        Methods::new().on(
-            "stats",
-            |hb: &mut Heartbeat, _: &Handle, _: &Message| -> Result<Pulse, Error> {
-                Ok(Pulse { count: hb.count })
-            },
-        )
+        Methods::new().on("stats", |hb: &mut Heartbeat, _: &Handle, _: &Message| -> Result<Pulse, Error> {
+            Ok(Pulse { count: hb.count })
+        })
     }
 
     fn tick_interval(&self) -> Option<Duration> {

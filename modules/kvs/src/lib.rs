@@ -49,47 +49,27 @@ impl Kvs {
             return Err(Error::invalid("the key is empty"));
         }
         self.map.insert(key.clone(), value);
-        h.publish(
-            "kvs.changed",
-            &Changed {
-                key: &key,
-                op: "put",
-            },
-        )
+        h.publish("kvs.changed", &Changed { key: &key, op: "put" })
     }
 
     fn delete(&mut self, h: &Handle, msg: &Message) -> Result<(), Error> {
         let Key { key } = msg.decode()?;
         self.map.remove(&key).ok_or_else(|| no_key(&key))?;
-        h.publish(
-            "kvs.changed",
-            &Changed {
-                key: &key,
-                op: "delete",
-            },
-        )
+        h.publish("kvs.changed", &Changed { key: &key, op: "delete" })
     }
 
     fn list(&mut self, _: &Handle, _: &Message) -> Result<Listing, Error> {
-        Ok(Listing {
-            keys: self.map.keys().cloned().collect(),
-        })
+        Ok(Listing { keys: self.map.keys().cloned().collect() })
     }
 }
 
 impl Actor for Kvs {
     fn init(_handle: &Handle) -> Result<Self, Error> {
-        Ok(Kvs {
-            map: BTreeMap::new(),
-        })
+        Ok(Kvs { map: BTreeMap::new() })
     }
 
     fn methods() -> Methods<Self> {
-        Methods::new()
-            .on("get", Self::get)
-            .on("put", Self::put)
-            .on("delete", Self::delete)
-            .on("list", Self::list)
+        Methods::new().on("get", Self::get).on("put", Self::put).on("delete", Self::delete).on("list", Self::list)
     }
 }
 

@@ -1,0 +1,179 @@
+//! A running process module: a reader thread (socket -> broker), a writer thread (inbox ->
+//! socket) and a reaper thread that waits for the child, retires the bridge and reports how
+//! the child ended. Exactly one `exited` report, after the child is reaped and every frame it
+//! wrote has been routed.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use crossbeam_channel::{select, Receiver};
+use parking_lot::Mutex;
+use switchboard_module_api::handshake::{Status, HELLO, STATUS};
+use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader, MsgType, DEFAULT_MAX_FRAME};
+use switchboard_module_api::{Level, Message};
+
+use super::child::{describe_status, Child, Guard};
+use crate::module::{BrokerPort, ExitStatus, ModuleLink, ModuleState};
+
+/// How long a child that closed its socket may linger before it is killed.
+const LINGER: Duration = Duration::from_secs(1);
+
+pub struct ProcessRunning {
+    pub guard: Arc<Guard>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ProcessRunning {
+    /// SIGTERM now, SIGKILL after `grace` if it is still there.
+    pub fn escalate(&self, grace: Duration) {
+        self.guard.signal(libc::SIGTERM);
+        let guard = self.guard.clone();
+        let _ = std::thread::Builder::new().name("mod-kill".into()).spawn(move || {
+            std::thread::sleep(grace);
+            guard.signal(libc::SIGKILL);
+        });
+    }
+
+    pub fn join(&self) {
+        if let Some(t) = self.reaper.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why the bridge killed the child, if it did.
+type Violation = Arc<Mutex<Option<String>>>;
+
+pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> {
+    let Child { mut process, socket, leftover, guard, output } = child;
+    let ModuleLink { inbox, port, .. } = link;
+    output.attach(port.clone());
+    let violation: Violation = Arc::default();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+
+    let reader = {
+        let (socket, port, guard, violation) = (socket.try_clone()?, port.clone(), guard.clone(), violation.clone());
+        std::thread::Builder::new()
+            .name("mod-reader".into())
+            .spawn(move || read_loop(socket, leftover, &*port, &guard, &violation))?
+    };
+    let writer = {
+        let socket = socket.try_clone()?;
+        std::thread::Builder::new().name("mod-writer".into()).spawn(move || write_loop(socket, &inbox, &stop_rx))?
+    };
+    let reaper = {
+        let guard = guard.clone();
+        std::thread::Builder::new().name("mod-reaper".into()).spawn(move || {
+            let status = guard.reap(&mut process);
+            // Let the reader route what the child wrote last; a grandchild holding the
+            // socket open must not keep us waiting.
+            let deadline = std::time::Instant::now() + LINGER;
+            while !reader.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            let _ = reader.join();
+            drop(stop_tx);
+            let _ = writer.join();
+            let exit = match (violation.lock().take(), status) {
+                (Some(v), _) => ExitStatus::Failed(v),
+                (None, Ok(s)) if s.success() => ExitStatus::Exited,
+                (None, Ok(s)) => {
+                    let tail = output.last_words();
+                    let how = describe_status(s);
+                    ExitStatus::Failed(if tail.is_empty() { how } else { format!("{how}: {tail}") })
+                }
+                (None, Err(e)) => ExitStatus::Failed(format!("could not be waited for: {e}")),
+            };
+            port.exited(exit);
+        })?
+    };
+    Ok(ProcessRunning { guard, reaper: Mutex::new(Some(reaper)) })
+}
+
+fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, guard: &Guard, violation: &Violation) {
+    let reader = FrameReader::new(DEFAULT_MAX_FRAME);
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: loop {
+        port.hold();
+        loop {
+            match reader.next_frame(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(body)) => match decode_frame(body) {
+                    Ok(msg) if msg.kind == MsgType::Control => control(port, &msg),
+                    Ok(msg) => port.send(msg),
+                    Err(e) => {
+                        misbehaved(port, guard, violation, format!("sent a malformed frame ({e}); killed"));
+                        break 'read;
+                    }
+                },
+                Err(e) => {
+                    misbehaved(port, guard, violation, format!("sent a bad frame ({e}); killed"));
+                    break 'read;
+                }
+            }
+        }
+        port.flush();
+        match socket.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    port.flush();
+    // The child closed its end: it has nothing more to say. If it lingers, end it.
+    let deadline = std::time::Instant::now() + LINGER;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        if guard.is_reaped() {
+            return;
+        }
+    }
+    guard.signal(libc::SIGKILL);
+}
+
+fn misbehaved(port: &dyn BrokerPort, guard: &Guard, violation: &Violation, why: String) {
+    port.log(Level::Error, &why);
+    *violation.lock() = Some(why);
+    guard.signal(libc::SIGKILL);
+}
+
+fn control(port: &dyn BrokerPort, msg: &Message) {
+    match msg.topic.as_str() {
+        STATUS => match msg.decode::<Status>().map(|s| s.state) {
+            Ok(s) if s == "running" => port.set_state(ModuleState::Running),
+            Ok(s) if s == "finalizing" => port.set_state(ModuleState::Finalizing),
+            // init and exited are implied by the process itself.
+            Ok(_) => {}
+            Err(e) => port.log(Level::Warn, &format!("malformed status report: {e}")),
+        },
+        HELLO => {}
+        other => port.log(Level::Debug, &format!("ignoring control message '{other}'")),
+    }
+}
+
+fn write_loop(mut socket: UnixStream, inbox: &Receiver<Message>, stop: &Receiver<()>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = select! {
+            recv(inbox) -> m => match m { Ok(m) => m, Err(_) => return },
+            recv(stop) -> _ => return,
+        };
+        encode_frame_into(&first, &mut buf);
+        while buf.len() < 256 * 1024 {
+            match inbox.try_recv() {
+                Ok(m) => encode_frame_into(&m, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if socket.write_all(&buf).is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}

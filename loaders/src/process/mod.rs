@@ -1,0 +1,108 @@
+//! The process loader (RFC 5): any executable file or `#!` script runs as a child process,
+//! speaking the local-socket framing on an inherited socket. The OS process is the
+//! isolation: a child that crashes, hangs or writes garbage is killed and reaped, and the
+//! broker keeps serving everyone else.
+
+mod bridge;
+mod child;
+mod output;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::digest::file_digest;
+use crate::error::LoadError;
+use crate::module::{check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
+
+use self::child::Child;
+
+/// How long a child has to say hello when the request names no other limit.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct ProcessLoader;
+
+impl ProcessLoader {
+    pub fn new() -> Self {
+        ProcessLoader
+    }
+}
+
+struct ProcessLoaded {
+    info: ModuleInfo,
+    /// Taken by `run`; a module that is never run (`module.info`, a failed load) is dismissed.
+    child: Option<Child>,
+}
+
+impl Drop for ProcessLoaded {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            child.dismiss(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Loader for ProcessLoader {
+    fn kind(&self) -> ModuleKind {
+        ModuleKind::Process
+    }
+
+    /// A `#!` script, or any file with an execute bit (native libraries are claimed first).
+    fn recognizes(&self, path: &Path, head: &[u8]) -> bool {
+        head.starts_with(b"#!")
+            || std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+
+    fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
+        let (digest, size) = file_digest(&request.path)?;
+        let timeout = request.hello_timeout.unwrap_or(DEFAULT_HELLO_TIMEOUT);
+        let (child, hello) = Child::start(request, timeout)?;
+        let name = request.name.clone().unwrap_or(hello.name);
+        check_name(&name).map_err(LoadError::BadName)?;
+        Ok(Box::new(ProcessLoaded {
+            info: ModuleInfo {
+                services: vec![name.clone()],
+                name,
+                kind: ModuleKind::Process,
+                path: request.path.clone(),
+                digest,
+                size,
+            },
+            child: Some(child),
+        }))
+    }
+}
+
+impl LoadedModule for ProcessLoaded {
+    fn info(&self) -> &ModuleInfo {
+        &self.info
+    }
+
+    fn run(mut self: Box<Self>, link: ModuleLink) -> Result<Box<dyn RunningModule>, LoadError> {
+        let name = self.info.name.clone();
+        let child =
+            self.child.take().ok_or_else(|| LoadError::Start { name: name.clone(), detail: "already run".into() })?;
+        bridge::start(child, link)
+            .map(|r| Box::new(r) as Box<dyn RunningModule>)
+            .map_err(|e| LoadError::Start { name, detail: e.to_string() })
+    }
+}
+
+pub(crate) use bridge::ProcessRunning;
+
+// The bridge's handle is what the supervisor holds.
+impl RunningModule for ProcessRunning {
+    fn terminate(&self, grace: Duration) -> bool {
+        self.escalate(grace);
+        true
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.guard.pid())
+    }
+
+    fn wait(self: Box<Self>) {
+        self.join();
+    }
+}
