@@ -1,0 +1,335 @@
+"""Write Switchboard process modules in Python.
+
+A process module is a child process of the broker. It finds its socket on the file
+descriptor named by SWITCHBOARD_MODULE_FD, receives a `welcome`, answers `hello`, reports
+`running`, serves requests until the broker sends `shutdown`, reports `finalizing` and exits.
+Frames and headers are RFC 1; the handshake is RFC 5. This module is the whole SDK.
+"""
+
+import os
+import socket
+import struct
+import sys
+import time
+import traceback
+
+import msgpack
+
+__all__ = [
+    "Module", "Request", "Error",
+    "EPERM", "ENOENT", "EIO", "EAGAIN", "EEXIST", "EINVAL", "ENOSYS", "ENODATA",
+    "EPROTO", "ETIMEDOUT", "EHOSTUNREACH", "ECANCELED",
+]
+
+EPERM, ENOENT, EIO, EAGAIN, EEXIST, EINVAL = 1, 2, 5, 11, 17, 22
+ENOSYS, ENODATA, EPROTO, ETIMEDOUT, EHOSTUNREACH, ECANCELED = 38, 61, 71, 110, 113, 125
+
+REQUEST, RESPONSE, EVENT, CONTROL = 1, 2, 4, 8
+NO_RESPONSE, STREAMING = 0x01, 0x02
+NODEID_ANY = 0xFFFFFFFF
+ROLE_OWNER = 1
+PROTOCOL_VERSION = 1
+HANDSHAKE_PROTOCOL = 1
+FD_ENV = "SWITCHBOARD_MODULE_FD"
+MAX_FRAME = 16 << 20
+
+
+class Error(Exception):
+    """An error response: an errno and a sentence saying what went wrong."""
+
+    def __init__(self, errnum, text=""):
+        super().__init__(f"errno {errnum}: {text}")
+        self.errnum = errnum
+        self.text = text
+
+
+class Message:
+    """One message (RFC 1 section 2); `payload` is raw bytes."""
+
+    __slots__ = ("type", "flags", "topic", "matchtag", "nodeid", "userid", "rolemask",
+                 "errnum", "errstr", "seq", "route", "payload")
+
+    def __init__(self, type, topic, payload=b"", flags=0, matchtag=0):
+        self.type, self.topic, self.payload, self.flags, self.matchtag = type, topic, payload, flags, matchtag
+        self.nodeid, self.userid, self.rolemask = NODEID_ANY, 0xFFFFFFFF, 0
+        self.errnum, self.errstr, self.seq, self.route = 0, None, 0, []
+
+    def encode(self):
+        header = msgpack.packb([PROTOCOL_VERSION, self.type, self.flags, self.topic, self.matchtag,
+                                self.nodeid, self.userid, self.rolemask, self.errnum, self.errstr,
+                                self.seq, self.route], use_bin_type=True)
+        return struct.pack(">II", 4 + len(header) + len(self.payload), len(header)) + header + self.payload
+
+    @classmethod
+    def decode(cls, body):
+        (hlen,) = struct.unpack_from(">I", body)
+        h = msgpack.unpackb(body[4:4 + hlen], raw=False)
+        if not isinstance(h, list) or len(h) != 12 or h[0] != PROTOCOL_VERSION:
+            raise Error(EPROTO, "malformed header")
+        m = cls(h[1], h[3], bytes(body[4 + hlen:]), h[2], h[4])
+        m.nodeid, m.userid, m.rolemask, m.errnum, m.errstr, m.seq, m.route = h[5:12]
+        return m
+
+    def response(self, payload=b""):
+        r = Message(RESPONSE, self.topic, payload, self.flags & STREAMING, self.matchtag)
+        r.route = list(self.route)
+        return r
+
+
+def pack(value):
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(payload):
+    return msgpack.unpackb(payload, raw=False) if payload else None
+
+
+class Request:
+    """A request as a handler sees it: the decoded payload and who sent it."""
+
+    def __init__(self, module, msg):
+        self._module, self.msg = module, msg
+        self.topic = msg.topic
+        self.method = msg.topic.split(".", 1)[1] if "." in msg.topic else ""
+        self.userid, self.rolemask = msg.userid, msg.rolemask
+        self.payload = unpack(msg.payload)
+        self.streaming = bool(msg.flags & STREAMING)
+
+    @property
+    def is_owner(self):
+        return bool(self.rolemask & ROLE_OWNER)
+
+    def respond(self, value):
+        """Send one response now (for streaming requests: one of many)."""
+        self._module._respond(self.msg, value)
+
+
+class _Link:
+    """Frames over the inherited socket, with output held while more input is buffered."""
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.hold = False
+
+    def _frame_ready(self):
+        if len(self.rbuf) < 4:
+            return False
+        (n,) = struct.unpack_from(">I", self.rbuf)
+        if n > MAX_FRAME:
+            raise Error(EPROTO, f"frame of {n} bytes exceeds the limit")
+        return len(self.rbuf) >= 4 + n
+
+    def recv(self, timeout=None):
+        """The next message, or None when `timeout` seconds pass first."""
+        while not self._frame_ready():
+            self.hold = False
+            self.flush()
+            self.sock.settimeout(timeout)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise EOFError("the broker closed the socket")
+            self.rbuf += chunk
+        (n,) = struct.unpack_from(">I", self.rbuf)
+        body = bytes(self.rbuf[4:4 + n])
+        del self.rbuf[:4 + n]
+        self.hold = self._frame_ready()
+        if not self.hold:
+            self.flush()
+        return Message.decode(body)
+
+    def send(self, msg):
+        self.wbuf += msg.encode()
+        if not self.hold:
+            self.flush()
+
+    def flush(self):
+        if self.wbuf:
+            self.sock.settimeout(None)
+            self.sock.sendall(self.wbuf)
+            self.wbuf.clear()
+
+
+class Module:
+    """A module: its method table, event handlers and lifecycle hooks, and its broker handle."""
+
+    def __init__(self, name):
+        self.default_name = name
+        self.name = name
+        self.args = []
+        self.config = {}
+        self._methods = {}
+        self._guest = set()
+        self._events = []
+        self._on_init = None
+        self._on_shutdown = None
+        self._on_disconnect = None
+        self._link = None
+        self._deferred = []
+        self._tag = 0
+
+    # ---------------------------------------------------------------- registration
+
+    def method(self, name, guest=False):
+        """Decorator: handle `<service>.<name>`. Guests may call it only if `guest`."""
+        def register(fn):
+            self._methods[name] = fn
+            if guest:
+                self._guest.add(name)
+            return fn
+        return register
+
+    def on_event(self, prefix):
+        """Decorator: handle events whose topic starts with `prefix` (subscribed at start)."""
+        def register(fn):
+            self._events.append((prefix, fn))
+            return fn
+        return register
+
+    def on_init(self, fn):
+        """Decorator: called once with the module before it reports running."""
+        self._on_init = fn
+        return fn
+
+    def on_shutdown(self, fn):
+        self._on_shutdown = fn
+        return fn
+
+    def on_disconnect(self, fn):
+        """Decorator: a client that used this service disconnected; fn(request)."""
+        self._on_disconnect = fn
+        return fn
+
+    # ---------------------------------------------------------------- calls to the broker
+
+    def log(self, level, text):
+        """level: 'error', 'warn', 'info' or 'debug'; the broker logs it under this module."""
+        print(f"{level}: {text}", file=sys.stderr, flush=True)
+
+    def send(self, msg):
+        self._link.send(msg)
+
+    def publish(self, topic, value=None):
+        self.send(Message(EVENT, topic, pack(value if value is not None else {})))
+
+    def rpc(self, topic, value=None, timeout=None):
+        """Call another service and return its decoded response; raises Error on an error."""
+        self._tag = (self._tag % 0xFFFFFFFF) + 1
+        tag = self._tag
+        self.send(Message(REQUEST, topic, pack(value if value is not None else {}), 0, tag))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise Error(ETIMEDOUT, f"no response from {topic}")
+            msg = self._link.recv(left)
+            if msg is None:
+                continue
+            if msg.type == RESPONSE and msg.matchtag == tag:
+                if msg.errnum:
+                    raise Error(msg.errnum, msg.errstr or "")
+                return unpack(msg.payload)
+            self._deferred.append(msg)
+
+    def subscribe(self, prefix):
+        self.rpc("event.subscribe", {"topic": prefix})
+
+    def unsubscribe(self, prefix):
+        self.rpc("event.unsubscribe", {"topic": prefix})
+
+    def add_service(self, service):
+        self.rpc("service.add", {"service": service})
+
+    def _respond(self, req, value, errnum=0, errstr=None):
+        if req.flags & NO_RESPONSE:
+            return
+        r = req.response(b"" if errnum else pack(value))
+        r.errnum, r.errstr = errnum, errstr
+        self.send(r)
+
+    def _control(self, topic, value):
+        self.send(Message(CONTROL, topic, pack(value)))
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self):
+        """Speak the protocol until the broker says shutdown; exits the process."""
+        fd = os.environ.get(FD_ENV)
+        if fd is None:
+            print(f"{self.default_name} is a Switchboard module: load it with `modctl load {sys.argv[0]}`",
+                  file=sys.stderr)
+            sys.exit(2)
+        self._link = _Link(int(fd))
+        try:
+            sys.exit(self._serve())
+        except EOFError:
+            sys.exit(0)
+
+    def _serve(self):
+        welcome = self._link.recv()
+        if welcome is None or welcome.type != CONTROL or welcome.topic != "welcome":
+            self.log("error", "the broker did not send a welcome")
+            return 1
+        w = unpack(welcome.payload)
+        self._control("hello", {"protocol": HANDSHAKE_PROTOCOL, "name": self.default_name})
+        if w.get("describe"):
+            self._link.flush()
+            return 0
+        self.name = w.get("name") or self.default_name
+        self.args = list(w.get("args") or [])
+        self.config = w.get("config") or {}
+        if self._on_init:
+            try:
+                self._on_init(self)
+            except Error as e:
+                self.log("error", e.text)
+                return 1
+        for prefix, _ in self._events:
+            self.subscribe(prefix)
+        self._control("status", {"state": "running"})
+        while True:
+            msg = self._deferred.pop(0) if self._deferred else self._link.recv()
+            if msg.type == REQUEST:
+                self._dispatch(msg)
+            elif msg.type == EVENT:
+                for prefix, fn in self._events:
+                    if msg.topic.startswith(prefix):
+                        self._guarded(fn, msg.topic, unpack(msg.payload))
+            elif msg.type == CONTROL and msg.topic == "shutdown":
+                self._control("status", {"state": "finalizing"})
+                if self._on_shutdown:
+                    self._guarded(self._on_shutdown)
+                self._link.flush()
+                return 0
+
+    def _guarded(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception:
+            self.log("error", traceback.format_exc().strip().replace("\n", " | "))
+
+    def _dispatch(self, msg):
+        req = Request(self, msg)
+        if req.method == "disconnect":
+            if self._on_disconnect:
+                self._guarded(self._on_disconnect, req)
+            return
+        fn = self._methods.get(req.method)
+        if fn is None and req.method == "ping":
+            return self._respond(msg, req.payload)
+        if fn is None:
+            return self._respond(msg, None, ENOSYS, f"service '{self.name}' has no method '{req.method}'")
+        if not req.is_owner and req.method not in self._guest:
+            return self._respond(msg, None, EPERM, f"{msg.topic} is for the instance owner only")
+        try:
+            result = fn(req)
+        except Error as e:
+            return self._respond(msg, None, e.errnum, e.text)
+        except Exception as e:
+            self.log("error", f"{msg.topic}: " + traceback.format_exc().strip().replace("\n", " | "))
+            return self._respond(msg, None, EIO, f"{msg.topic} failed: {type(e).__name__}: {e}")
+        self._respond(msg, result)
