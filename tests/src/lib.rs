@@ -60,6 +60,41 @@ fn build_artifacts() {
     assert!(status.success(), "cargo build of the test artifacts failed");
 }
 
+/// The `bin` folder of a Python virtual environment with the module SDK installed: the
+/// repository's `.venv` (which `.ci/run` makes), made here on first use if it is missing.
+pub fn python_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let venv = repo_root().join(".venv");
+        let python = venv.join("bin/python3");
+        let ready =
+            |p: &Path| Command::new(p).args(["-c", "import switchboard_module"]).status().is_ok_and(|s| s.success());
+        if !ready(&python) {
+            let lock = repo_root().join("target/.venv-lock");
+            let _ = std::fs::create_dir_all(repo_root().join("target"));
+            // Several test binaries may get here at once: one makes the environment.
+            let f = std::fs::File::create(&lock).expect("venv lock");
+            // SAFETY: flock on a file we own.
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+            if !ready(&python) {
+                let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
+                    && Command::new(venv.join("bin/pip"))
+                        .args(["install", "-q"])
+                        .arg(repo_root().join("sdk/python"))
+                        .status()
+                        .is_ok_and(|s| s.success());
+                assert!(ok, "could not make the Python environment in {}", venv.display());
+            }
+        }
+        venv.join("bin")
+    })
+}
+
+/// A test script in `tests/fixtures/scripts`.
+pub fn script(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/scripts").join(name)
+}
+
 pub fn bin(name: &str) -> PathBuf {
     target_dir().join(name)
 }
@@ -100,10 +135,25 @@ impl Broker {
 
     /// Start with extra command-line arguments; returns once the broker is listening.
     pub fn start_with(args: &[&str]) -> Broker {
+        Self::spawn(args, None)
+    }
+
+    /// Start with the Python virtual environment first on PATH, so `#!/usr/bin/env python3`
+    /// modules find the SDK.
+    pub fn start_python() -> Broker {
+        let path = format!("{}:{}", python_bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        Self::spawn(&[], Some(path))
+    }
+
+    fn spawn(args: &[&str], path_env: Option<String>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let log = dir.path().join("broker.log");
-        let mut child = Command::new(bin("switchboard"))
+        let mut cmd = Command::new(bin("switchboard"));
+        if let Some(p) = path_env {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd
             .arg("--listen")
             .arg(&socket)
             .args(args)
