@@ -45,10 +45,7 @@ fn info_of_a_process_module_leaves_no_process_running() {
         serde_json::from_str(&b.modctl_ok(&["info", "--json", bin("faulty").to_str().unwrap()])).unwrap();
     assert_eq!((info["name"].as_str(), info["kind"].as_str()), (Some("faulty"), Some("process")));
     // The describe run's child is gone: the broker has no children left.
-    assert!(wait_until(|| std::process::Command::new("pgrep")
-        .args(["-P", &b.pid().to_string()])
-        .output()
-        .is_ok_and(|o| o.stdout.is_empty())));
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()));
 }
 
 #[test]
@@ -108,10 +105,7 @@ fn a_child_that_never_says_hello_is_killed_and_the_load_says_what_was_missing() 
     assert!(text.contains("did not say hello within 300 ms") && text.contains("'hello' control message"), "{text}");
     assert!(text.contains("it will never say hello"), "its last output is quoted: {text}");
     assert!(switchboard_tests::list(&mut c).is_empty());
-    assert!(wait_until(|| std::process::Command::new("pgrep")
-        .args(["-P", &b.pid().to_string()])
-        .output()
-        .is_ok_and(|o| o.stdout.is_empty())));
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()));
 }
 
 #[test]

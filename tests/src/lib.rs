@@ -255,6 +255,18 @@ impl Drop for Broker {
     }
 }
 
+/// The pids of `pid`'s children, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // The fields after the command name: state, then ppid.
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
+}
+
 /// Poll `cond` until it holds or `WAIT` passes.
 pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + WAIT;
