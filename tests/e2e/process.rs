@@ -33,6 +33,7 @@ fn one_rust_source_runs_as_native_and_as_process_with_the_same_answers() {
     assert_eq!((r["kind"].as_str(), r["state"].as_str()), (Some("process"), Some("running")));
     let pid = r["pid"].as_u64().unwrap();
     assert!(!gone(pid));
+    assert_eq!(switchboard_tests::children_of(b.pid()), vec![pid as u32], "the module is the broker's child");
     assert!(row(&mut c, "echo").unwrap()["pid"].is_null());
     b.modctl_ok(&["remove", "pecho"]);
     assert!(wait_until(|| gone(pid)), "the child was reaped");
