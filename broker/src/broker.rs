@@ -102,6 +102,7 @@ impl BrokerBuilder {
     /// load stops the start and unloads those already loaded.
     pub fn start(self) -> Result<Broker, BrokerError> {
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
+        let path = std::path::absolute(&path).unwrap_or(path);
         let router = Arc::new(Router::new());
         let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -125,12 +126,11 @@ impl BrokerBuilder {
 }
 
 fn request_of(m: &ModuleEntry) -> LoadRequest {
-    let config = m.config.as_ref().and_then(|t| rmp_serde::to_vec_named(t).ok()).unwrap_or_else(|| vec![0x80]);
     LoadRequest {
         path: m.path.clone(),
         name: m.name.clone(),
         args: m.args.clone(),
-        config: config.into(),
+        config: m.config_msgpack().into(),
         ..Default::default()
     }
 }

@@ -47,6 +47,34 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
 }
 
+impl ModuleEntry {
+    /// The module's configuration table as msgpack (an empty map when none). TOML dates and
+    /// times become strings in RFC 3339 form.
+    pub fn config_msgpack(&self) -> Vec<u8> {
+        let value = self.config.as_ref().map_or(rmpv::Value::Map(Vec::new()), |t| table_value(t));
+        let mut out = Vec::new();
+        // Writing a value to a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut out, &value);
+        out
+    }
+}
+
+fn table_value(t: &toml::Table) -> rmpv::Value {
+    rmpv::Value::Map(t.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), toml_value(v))).collect())
+}
+
+fn toml_value(v: &toml::Value) -> rmpv::Value {
+    match v {
+        toml::Value::String(s) => rmpv::Value::from(s.as_str()),
+        toml::Value::Integer(i) => rmpv::Value::from(*i),
+        toml::Value::Float(f) => rmpv::Value::from(*f),
+        toml::Value::Boolean(b) => rmpv::Value::from(*b),
+        toml::Value::Datetime(d) => rmpv::Value::from(d.to_string()),
+        toml::Value::Array(a) => rmpv::Value::Array(a.iter().map(toml_value).collect()),
+        toml::Value::Table(t) => table_value(t),
+    }
+}
+
 impl Config {
     /// Read `path`; relative paths inside it are taken relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -59,7 +87,8 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
-            if let Ok(c) = std::fs::canonicalize(&*p) {
+            // Absolute, so the socket address and module paths mean the same from anywhere.
+            if let Ok(c) = std::fs::canonicalize(&*p).or_else(|_| std::path::absolute(&*p)) {
                 *p = c;
             }
         };

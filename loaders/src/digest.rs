@@ -25,3 +25,8 @@ pub fn file_digest(path: &Path) -> Result<(String, u64), LoadError> {
     let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, size))
 }
+
+/// Hex SHA-256 of `bytes`.
+pub fn bytes_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -132,7 +132,8 @@ pub struct SbModule {
     /// Default module name, NUL-terminated UTF-8.
     pub name: *const c_char,
     /// The module's thread of control; returns 0 on a clean exit, anything else is a failure.
-    pub main: unsafe extern "C" fn(host: *const SbHost) -> i32,
+    /// Never NULL in a valid table (an `Option` so that a NULL one is caught, not called).
+    pub main: Option<unsafe extern "C" fn(host: *const SbHost) -> i32>,
 }
 
 // SAFETY: the table is immutable static data: a string literal and a function pointer.

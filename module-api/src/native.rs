@@ -170,7 +170,7 @@ macro_rules! export_module {
                 abi_version: $crate::abi::ABI_VERSION,
                 size: ::core::mem::size_of::<$crate::abi::SbModule>() as u32,
                 name: concat!($name, "\0").as_ptr() as *const ::core::ffi::c_char,
-                main: __switchboard_main,
+                main: Some(__switchboard_main),
             };
             #[no_mangle]
             pub extern "C" fn switchboard_module_entry() -> *const $crate::abi::SbModule {

@@ -1,5 +1,6 @@
-//! Where the broker's local socket is: `SWITCHBOARD_URI` if set, else the default path
-//! (RFC 1 §7). The broker and every client use this one function, so they always agree.
+//! Where the broker's local socket is (RFC 1 §7). A broker listens on `--listen PATH` or the
+//! default path; a client connects to `SWITCHBOARD_URI` if set, else the same default path.
+//! Both use the functions here, so they agree on the default.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,41 @@ pub fn runtime_dir() -> PathBuf {
         // SAFETY: getuid cannot fail.
         None => PathBuf::from(format!("/tmp/switchboard-{}", unsafe { libc::getuid() })),
     }
+}
+
+/// Make sure `dir` is this user's own: create it with `mode` if it is missing; if it exists it
+/// must be a directory owned by this user that nobody else can write to (so nobody can plant
+/// a socket or a library in it). Then set `mode` on it.
+pub fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() };
+    let refuse = |why: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: {why}; refusing to use it", dir.display()),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("not a directory");
+    }
+    if meta.uid() != me {
+        return refuse(&format!("owned by uid {}, not by this user (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse("writable by other users");
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// Parse a URI: `local:///path/to.sock`, `local://relative`, or a plain path.

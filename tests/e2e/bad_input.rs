@@ -276,3 +276,94 @@ fn a_client_that_stops_reading_is_cut_off_without_stalling_others() {
     assert!(b.wait_log("not reading its messages"), "the hog was never disconnected");
     rpc(&mut c, "echo.x", json!({"still": "fine"})).unwrap();
 }
+
+#[test]
+fn a_module_table_with_a_null_main_is_refused() {
+    let b = Broker::start();
+    let lib = c_module("nullmain", b.dir.path());
+    let (errno, msg) = load_err(&b, &lib, &[]);
+    assert_eq!(errno, "ENOEXEC");
+    assert!(msg.contains("main function is NULL"), "{msg}");
+    rpc(&mut b.client(), "broker.ping", json!({})).unwrap();
+}
+
+#[test]
+fn a_client_cannot_forge_responses_to_other_endpoints() {
+    let b = Broker::start();
+    let mut victim = b.client();
+    // The victim has a request outstanding (so it is waiting for *a* response).
+    let mut forger = raw_connect(&b);
+    for hop in 1..=64u64 {
+        let mut fake = Message::request("broker.ping", payload(json!({"forged": true})))
+            .response(payload(json!({"forged": true})));
+        fake.route.push(hop);
+        fake.matchtag = 1;
+        forger.write_all(&encode_frame(&fake)).unwrap();
+    }
+    // The forger is still served; the victim got nothing.
+    let mut ping = Message::request("broker.ping", payload(json!({})));
+    ping.matchtag = 2;
+    forger.write_all(&encode_frame(&ping)).unwrap();
+    assert_eq!(read_frame(&mut forger).unwrap().matchtag, 2);
+    assert!(victim.recv_timeout(Some(Duration::from_millis(300))).is_err(), "a forged response was delivered");
+    rpc(&mut victim, "broker.ping", json!({})).unwrap();
+}
+
+#[test]
+fn a_client_service_that_disconnects_fails_the_requests_it_held() {
+    let b = Broker::start();
+    let mut provider = b.client();
+    rpc(&mut provider, "service.add", json!({"service": "flaky"})).unwrap();
+    let mut caller = b.client();
+    let mut req = Message::request("flaky.work", payload(json!({})));
+    req.matchtag = 8;
+    caller.send(&req).unwrap();
+    let got = provider.recv_timeout(Some(WAIT)).unwrap();
+    assert_eq!(got.topic, "flaky.work");
+    drop(provider);
+    let r = caller.wait_response(8, Some(WAIT));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH");
+    assert!(errtext(&r).contains("disconnected before answering flaky.work"), "{}", errtext(&r));
+}
+
+#[test]
+fn a_request_with_a_route_too_deep_is_eproto() {
+    let b = Broker::start();
+    let mut c = b.client();
+    let mut req = Message::request("broker.ping", payload(json!({})));
+    req.matchtag = 3;
+    req.route = (0..64u64).collect();
+    c.send(&req).unwrap();
+    let r = c.wait_response(3, Some(WAIT));
+    assert_eq!(errno_of(&r), "EPROTO");
+}
+
+#[test]
+fn rewriting_a_loaded_library_in_place_does_not_touch_the_running_module() {
+    let b = Broker::start();
+    let lib = b.dir.path().join("libswap.so");
+    std::fs::copy(module("echo"), &lib).unwrap();
+    b.load(&lib, Some("first"), &[]);
+    // Overwrite the very file (same inode) with another module's bytes.
+    std::fs::write(&lib, std::fs::read(module("kvs")).unwrap()).unwrap();
+    let mut c = b.client();
+    assert_eq!(json(&rpc(&mut c, "first.x", json!({"still": "echo"})).unwrap()), json!({"still": "echo"}));
+    // Loading the file now loads what it holds now.
+    b.load(&lib, Some("second"), &[]);
+    assert_eq!(json(&rpc(&mut c, "second.list", json!({})).unwrap()), json!({"keys": []}));
+    assert_eq!(json(&rpc(&mut c, "first.list", json!({})).unwrap()), json!({}));
+}
+
+#[test]
+fn the_broker_will_not_replace_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("important.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = std::process::Command::new(switchboard_tests::bin("switchboard"))
+        .args(["--listen", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}

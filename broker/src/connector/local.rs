@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +16,10 @@ use bytes::BytesMut;
 use switchboard_module_api::proto::{
     decode_frame, encode_frame, Cred, Flags, FrameError, FrameReader, MsgType, ROLE_OWNER, ROLE_USER,
 };
-use switchboard_module_api::{Errno, Message};
+use switchboard_module_api::{uri, Errno, Message};
 
 use super::peercred::peer_cred;
-use crate::router::{self, ConnOut, EndpointId, Router, Sink};
+use crate::router::{self, ConnOut, Endpoint, Router, Sink};
 
 /// Bytes a client may leave unread before it is disconnected.
 const MAX_UNREAD: usize = 64 << 20;
@@ -79,15 +79,24 @@ impl Drop for Listener {
 
 /// Bind the socket, refusing to steal one a live broker listens on and replacing a stale one.
 fn bind(path: &Path, allow_guests: bool) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
+    // The directory is the first gate: owner only, unless guests may connect.
+    let mode = if allow_guests { 0o711 } else { 0o700 };
+    match path.parent() {
+        // The default runtime directory must be ours and private.
+        Some(dir) if dir == uri::runtime_dir() => uri::private_dir(dir, mode)?,
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
             std::fs::create_dir_all(dir)?;
-            // The directory is the first gate: owner only, unless guests may connect.
-            let mode = if allow_guests { 0o711 } else { 0o700 };
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
         }
+        _ => {}
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -137,13 +146,13 @@ fn admit(router: &Arc<Router>, stream: UnixStream, opts: &ListenOptions, owner: 
     };
     let label = format!("client pid {pid} uid {uid}");
     let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone())?;
-    let id = router.add_endpoint(Sink::Conn(out.clone()), cred, label);
-    tracing::debug!(id, pid, uid, "client connected");
+    let ep = router.add_endpoint(Sink::Conn(out.clone()), cred, label);
+    tracing::debug!(id = ep.id, pid, uid, "client connected");
     let router = router.clone();
     let max_frame = opts.max_frame;
     std::thread::Builder::new()
         .name("conn-reader".into())
-        .spawn(move || serve(&router, id, stream, cred, &out, max_frame))?;
+        .spawn(move || serve(&router, &ep, stream, &out, max_frame))?;
     Ok(())
 }
 
@@ -158,7 +167,7 @@ impl WriteFrame for &UnixStream {
 }
 
 /// A connection's reader: frames in, messages routed, until end of file.
-fn serve(router: &Router, id: EndpointId, mut stream: UnixStream, cred: Cred, out: &Arc<ConnOut>, max_frame: usize) {
+fn serve(router: &Router, ep: &Endpoint, mut stream: UnixStream, out: &Arc<ConnOut>, max_frame: usize) {
     let reader = FrameReader::new(max_frame);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Services this client sent requests to: each gets `disconnect` when it leaves.
@@ -184,17 +193,17 @@ fn serve(router: &Router, id: EndpointId, mut stream: UnixStream, cred: Cred, ou
                 Ok(None) => break,
                 Ok(Some(body)) => match decode_frame(body) {
                     Ok(mut msg) => {
-                        msg.cred = cred;
+                        msg.cred = ep.cred;
                         let new_service = (msg.kind == MsgType::Request && !used.iter().any(|s| s == msg.service()))
                             .then(|| msg.service().to_string());
-                        if let (Some(_), Some(s)) = (router.route(id, msg), new_service) {
+                        if let (Some(_), Some(s)) = (router.route(ep, msg), new_service) {
                             used.push(s);
                         }
                     }
-                    Err(e) => reject(router, id, out, &e),
+                    Err(e) => reject(ep, out, &e),
                 },
                 Err(e) => {
-                    reject(router, id, out, &e);
+                    reject(ep, out, &e);
                     router::flush();
                     out.close();
                     break 'conn;
@@ -203,22 +212,21 @@ fn serve(router: &Router, id: EndpointId, mut stream: UnixStream, cred: Cred, ou
         }
         router::flush();
     }
-    tracing::debug!(id, "client disconnected");
+    tracing::debug!(id = ep.id, "client disconnected");
     out.close();
-    router.remove_endpoint(id);
+    router.retire(ep, "disconnected");
     for service in used {
         let mut bye = Message::request(format!("{service}.disconnect"), bytes::Bytes::new());
         bye.flags = Flags::NO_RESPONSE;
-        bye.cred = cred;
-        router.route(id, bye);
+        bye.cred = ep.cred;
+        router.route(ep, bye);
     }
 }
 
 /// Tell the client its frame was malformed. The broker cannot know the request's matchtag,
 /// so the error response carries matchtag 0 (RFC 1 §6.3).
-fn reject(router: &Router, id: EndpointId, out: &Arc<ConnOut>, e: &FrameError) {
-    let label = router.label(id).unwrap_or_default();
-    tracing::warn!(client = %label, "malformed frame: {e}");
+fn reject(ep: &Endpoint, out: &Arc<ConnOut>, e: &FrameError) {
+    tracing::warn!(client = %ep.label, "malformed frame: {e}");
     let mut err =
         Message::request("", bytes::Bytes::new()).error_response(Errno::EPROTO, format!("malformed frame: {e}"));
     err.route.clear();

@@ -6,10 +6,12 @@
 
 mod batch;
 mod conn_out;
+mod inflight;
 mod mailbox;
 
 pub use batch::{flush, hold};
 pub use conn_out::ConnOut;
+pub use inflight::Inflight;
 pub use mailbox::Mailbox;
 
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Sender;
 use parking_lot::RwLock;
-use switchboard_module_api::proto::{Cred, Flags, MsgType, NODEID_ANY};
+use switchboard_module_api::proto::{Cred, Flags, MsgType, MAX_ROUTE, NODEID_ANY};
 use switchboard_module_api::{Errno, Message};
 
 use crate::services::{self, Builtin};
@@ -36,11 +38,15 @@ pub enum Sink {
     Module(Arc<Mailbox>),
 }
 
-#[derive(Clone)]
-struct Endpoint {
-    sink: Sink,
-    cred: Cred,
-    label: String,
+/// A connection or a module, as the router knows it.
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub sink: Sink,
+    pub cred: Cred,
+    /// "client pid 12 uid 0", "module 'kvs'": for messages and logs.
+    pub label: String,
+    /// Requests it was handed and has not finished answering.
+    pub inflight: Inflight,
 }
 
 /// Who answers a service.
@@ -52,7 +58,7 @@ enum Owner {
 
 #[derive(Default)]
 struct Table {
-    endpoints: HashMap<EndpointId, Endpoint>,
+    endpoints: HashMap<EndpointId, Arc<Endpoint>>,
     services: HashMap<String, Owner>,
     /// (topic prefix, subscriber)
     subscriptions: Vec<(String, EndpointId)>,
@@ -100,10 +106,11 @@ impl Router {
 
     // ------------------------------------------------------------ endpoints and services
 
-    pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String) -> EndpointId {
+    pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String) -> Arc<Endpoint> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.table.write().endpoints.insert(id, Endpoint { sink, cred, label });
-        id
+        let ep = Arc::new(Endpoint { id, sink, cred, label, inflight: Inflight::default() });
+        self.table.write().endpoints.insert(id, ep.clone());
+        ep
     }
 
     /// Forget an endpoint with its services and subscriptions.
@@ -112,6 +119,19 @@ impl Router {
         t.endpoints.remove(&id);
         t.services.retain(|_, o| *o != Owner::Endpoint(id));
         t.subscriptions.retain(|(_, s)| *s != id);
+    }
+
+    /// The endpoint left (`reason`: "exited", "disconnected", ...): no new message reaches
+    /// it, and every request it owed an answer gets an EHOSTUNREACH error response.
+    pub fn retire(&self, ep: &Endpoint, reason: &str) {
+        self.remove_endpoint(ep.id);
+        let errors = ep.inflight.close(&ep.label, reason);
+        if let Sink::Module(m) = &ep.sink {
+            m.discard();
+        }
+        for err in errors {
+            self.route_response(err);
+        }
     }
 
     /// Register all of `services` for `id`, or none of them.
@@ -155,22 +175,33 @@ impl Router {
         t.subscriptions.len() != before
     }
 
-    fn sink(&self, id: EndpointId) -> Option<Sink> {
-        self.table.read().endpoints.get(&id).map(|e| e.sink.clone())
+    fn endpoint(&self, id: EndpointId) -> Option<Arc<Endpoint>> {
+        self.table.read().endpoints.get(&id).cloned()
     }
 
     // ------------------------------------------------------------ routing
 
     /// Route a message that entered the broker from endpoint `from`, its credentials
     /// already stamped. For a request delivered to an endpoint, returns that endpoint.
-    pub fn route(&self, from: EndpointId, mut msg: Message) -> Option<EndpointId> {
+    pub fn route(&self, from: &Endpoint, mut msg: Message) -> Option<EndpointId> {
         match msg.kind {
             MsgType::Request => {
-                msg.route.push(from);
+                if msg.route.len() >= MAX_ROUTE {
+                    msg.route.push(from.id);
+                    let text = format!("route stack of {} entries is too deep", msg.route.len() - 1);
+                    self.respond_error(&msg, Errno::EPROTO, text);
+                    return None;
+                }
+                msg.route.push(from.id);
                 self.route_request(msg)
             }
             MsgType::Response => {
-                self.route_response(msg);
+                // Only an answer to a request it was given: a made-up route goes nowhere.
+                if from.inflight.retire(&msg) {
+                    self.route_response(msg);
+                } else {
+                    tracing::debug!(from = %from.label, topic = %msg.topic, matchtag = msg.matchtag, "dropping a response that answers no request given to its sender");
+                }
                 None
             }
             MsgType::Event => {
@@ -199,7 +230,7 @@ impl Router {
             match t.services.get(msg.service()) {
                 None => None,
                 Some(Owner::Builtin(b)) => Some(Err(*b)),
-                Some(Owner::Endpoint(id)) => t.endpoints.get(id).map(|e| Ok((*id, e.sink.clone()))),
+                Some(Owner::Endpoint(id)) => t.endpoints.get(id).map(|e| Ok(e.clone())),
             }
         };
         match owner {
@@ -212,9 +243,9 @@ impl Router {
                 services::handle(self, builtin, msg);
                 None
             }
-            Some(Ok((id, sink))) => {
-                self.deliver(&sink, msg);
-                Some(id)
+            Some(Ok(ep)) => {
+                self.deliver(&ep, msg);
+                Some(ep.id)
             }
         }
     }
@@ -225,8 +256,8 @@ impl Router {
             tracing::debug!(topic = %msg.topic, "dropping a response with an empty route stack");
             return;
         };
-        match self.sink(hop) {
-            Some(sink) => self.deliver(&sink, msg),
+        match self.endpoint(hop) {
+            Some(ep) => self.deliver(&ep, msg),
             // The requester is gone; nobody is waiting.
             None => {
                 tracing::trace!(topic = %msg.topic, "dropping a response for a departed endpoint")
@@ -237,7 +268,7 @@ impl Router {
     /// Sequence an event and deliver it to every subscriber whose prefix matches.
     pub fn publish(&self, mut msg: Message) -> u32 {
         msg.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let sinks: Vec<Sink> = {
+        let sinks: Vec<Arc<Endpoint>> = {
             let t = self.table.read();
             let mut ids: Vec<EndpointId> =
                 t.subscriptions.iter().filter(|(p, _)| msg.topic.starts_with(p.as_str())).map(|(_, id)| *id).collect();
@@ -248,7 +279,7 @@ impl Router {
                 .filter(|e| {
                     !msg.flags.contains(Flags::PRIVATE) || e.cred.is_owner() || e.cred.userid == msg.cred.userid
                 })
-                .map(|e| e.sink.clone())
+                .cloned()
                 .collect()
         };
         let seq = msg.seq;
@@ -261,13 +292,20 @@ impl Router {
         seq
     }
 
-    fn deliver(&self, sink: &Sink, msg: Message) {
-        match sink {
+    fn deliver(&self, ep: &Endpoint, msg: Message) {
+        ep.inflight.track(&msg);
+        match &ep.sink {
             Sink::Conn(c) => c.enqueue(&msg),
-            Sink::Module(m) => {
-                for err in m.deliver(msg) {
-                    self.route_response(err);
-                }
+            Sink::Module(m) => m.push(msg),
+        }
+        // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see
+        // that the endpoint left and sweep ourselves.
+        if ep.inflight.is_closed() {
+            if let Sink::Module(m) = &ep.sink {
+                m.discard();
+            }
+            for err in ep.inflight.sweep() {
+                self.route_response(err);
             }
         }
     }
@@ -301,10 +339,6 @@ impl Router {
     pub fn counts(&self) -> (usize, usize) {
         let t = self.table.read();
         (t.endpoints.len(), t.services.len())
-    }
-
-    pub(crate) fn label(&self, id: EndpointId) -> Option<String> {
-        self.table.read().endpoints.get(&id).map(|e| e.label.clone())
     }
 }
 

@@ -45,7 +45,6 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             let seq = router.publish(ev);
             reply(router, msg, &PublishReply { seq });
         }
-        "disconnect" => {}
         m => router.respond_error(msg, Errno::ENOSYS, format!("service 'event' has no method '{m}'")),
     }
 }

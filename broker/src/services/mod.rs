@@ -47,7 +47,6 @@ pub(crate) fn handle(router: &Router, builtin: Builtin, msg: Message) {
         (Builtin::Broker, "info") | (Builtin::Module, _) => router.to_management(msg),
         (Builtin::Service, m) => service::handle(router, m, &msg),
         (Builtin::Event, m) => event::handle(router, m, &msg),
-        (_, "disconnect") => {}
         (b, m) => {
             let text = format!("service '{}' has no method '{m}'", b.service());
             router.respond_error(&msg, Errno::ENOSYS, text)

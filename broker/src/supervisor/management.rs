@@ -93,16 +93,16 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
             let Some(a) = decode::<RemoveArgs>(router, &msg) else {
                 return;
             };
-            let (sup, router) = (sup.clone(), router.clone());
+            let reply_to = msg.clone();
+            let (sup, r) = (sup.clone(), router.clone());
             let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
-                let result = sup.remove(&a.name, a.grace_ms.map(Duration::from_millis));
-                match result {
-                    Ok(()) => router.respond(&msg, empty()),
-                    Err(e) => router.respond_error(&msg, e.errnum, e.text),
+                match sup.remove(&a.name, a.grace_ms.map(Duration::from_millis)) {
+                    Ok(()) => r.respond(&msg, empty()),
+                    Err(e) => r.respond_error(&msg, e.errnum, e.text),
                 }
             });
             if let Err(e) = spawned {
-                tracing::error!("could not start a remove: {e}");
+                router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start the remove: {e}"));
             }
         }
         "module.list" => reply(router, &msg, &ModuleList { modules: sup.list() }),
@@ -120,7 +120,6 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 uri: uri.to_string(),
             },
         ),
-        "module.disconnect" => {}
         t => router.respond_error(&msg, Errno::ENOSYS, format!("no method '{t}'")),
     }
 }

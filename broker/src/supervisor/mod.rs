@@ -64,7 +64,11 @@ impl Supervisor {
     }
 
     /// Load and start a module; returns once it is running (or failed to start).
-    pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
+    pub fn load(&self, mut request: LoadRequest) -> Result<ModuleInfo, Error> {
+        if request.config.is_empty() {
+            // A module always gets a map, if an empty one (RFC 2 §3).
+            request.config = bytes::Bytes::from_static(&[0x80]);
+        }
         let _serial = self.loading.lock();
         let loaded = self.registry.load(&request).map_err(|e| Error::new(e.errno(), e.to_string()))?;
         let info = loaded.info().clone();
@@ -83,16 +87,16 @@ impl Supervisor {
             self.forget(&old);
             old.reclaim();
         }
-        let mailbox = Arc::new(Mailbox::new(&info.name));
+        let mailbox = Arc::new(Mailbox::default());
         // SAFETY: getuid cannot fail.
         let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
         let label = format!("module '{}'", info.name);
         let endpoint = self.router.add_endpoint(Sink::Module(mailbox.clone()), cred, label);
-        if let Err(taken) = self.router.add_services(endpoint, &info.services) {
-            self.router.remove_endpoint(endpoint);
+        if let Err(taken) = self.router.add_services(endpoint.id, &info.services) {
+            self.router.remove_endpoint(endpoint.id);
             return Err(Error::new(Errno::EEXIST, taken.to_string()));
         }
-        let rec = Arc::new(ModuleRecord::new(info.clone(), endpoint, mailbox.clone()));
+        let rec = Arc::new(ModuleRecord::new(info.clone(), endpoint.clone(), mailbox.clone()));
         self.modules.lock().push(rec.clone());
         let link = ModuleLink {
             name: info.name.clone(),
@@ -108,7 +112,7 @@ impl Supervisor {
         match loaded.run(link) {
             Ok(running) => *rec.running.lock() = Some(running),
             Err(e) => {
-                self.router.remove_endpoint(endpoint);
+                self.router.remove_endpoint(endpoint.id);
                 self.forget(&rec);
                 return Err(Error::new(e.errno(), e.to_string()));
             }
@@ -164,10 +168,7 @@ impl Supervisor {
         // Detach it: no requester may wait on it forever. Its services are withdrawn, what it
         // owes is answered with an error, and whatever it sends from now on is dropped.
         rec.life.lock().stuck = true;
-        self.router.remove_endpoint(rec.endpoint);
-        for err in rec.mailbox.close("is stuck finalizing") {
-            self.router.route_response(err);
-        }
+        self.router.retire(&rec.endpoint, "is stuck finalizing");
         Err(Error::new(
             Errno::ETIMEDOUT,
             format!(

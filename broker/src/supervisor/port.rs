@@ -23,13 +23,13 @@ impl BrokerPort for ModulePort {
         // Modules run as the broker: they are the instance owner.
         // SAFETY: getuid cannot fail.
         msg.cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
-        if self.record.mailbox.is_closed() {
+        if self.record.endpoint.inflight.is_closed() {
             // Detached as stuck: its requesters were already answered.
             tracing::debug!(module = %self.record.name(), topic = %msg.topic, "dropping output of a detached module");
             return;
         }
-        self.record.mailbox.sent(&msg);
-        self.router.route(self.record.endpoint, msg);
+        self.record.mailbox.count_out();
+        self.router.route(&self.record.endpoint, msg);
     }
 
     fn hold(&self) {
@@ -69,10 +69,7 @@ impl BrokerPort for ModulePort {
         // Record the outcome first, so a requester that hears of it finds it in `list`; then
         // no new requests may reach it; then answer every one it did not.
         rec.set_state(state, reason);
-        self.router.remove_endpoint(rec.endpoint);
-        for err in rec.mailbox.close(&verb) {
-            self.router.route_response(err);
-        }
+        self.router.retire(&rec.endpoint, &verb);
         router::flush();
         if let Some(sup) = self.supervisor.upgrade() {
             sup.on_exit(rec);

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use switchboard_loaders::{ModuleInfo, ModuleState, RunningModule};
 use switchboard_module_api::mgmt::ModuleStatus;
 
-use crate::router::{EndpointId, Mailbox};
+use crate::router::{Endpoint, Mailbox};
 
 pub struct ModuleRecord {
     pub info: ModuleInfo,
-    pub endpoint: EndpointId,
+    pub endpoint: Arc<Endpoint>,
     pub mailbox: Arc<Mailbox>,
     pub life: Mutex<Life>,
     pub changed: Condvar,
@@ -30,7 +30,7 @@ pub struct Life {
 }
 
 impl ModuleRecord {
-    pub fn new(info: ModuleInfo, endpoint: EndpointId, mailbox: Arc<Mailbox>) -> Self {
+    pub fn new(info: ModuleInfo, endpoint: Arc<Endpoint>, mailbox: Arc<Mailbox>) -> Self {
         ModuleRecord {
             info,
             endpoint,

@@ -1,19 +1,24 @@
 //! Opening native module libraries. Every library stays mapped for the life of the broker
-//! (thread-local destructors make `dlclose` unsound). The same file opened again reuses its
-//! mapping; a *changed* file at a path already mapped is copied under its digest and the
-//! copy opened, because `dlopen` of a path it already knows returns the old mapping.
+//! (thread-local destructors make `dlclose` unsound). A file is read once, and what is
+//! mapped is a private copy of exactly those bytes, removed as soon as it is mapped: so a
+//! module file rewritten in place (a rebuild, a `cp` over it) can never change code that is
+//! running, and a changed file is a new digest that maps anew. The same bytes loaded again
+//! reuse their mapping.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use parking_lot::Mutex;
 use switchboard_module_api::abi::{SbModule, ABI_VERSION, ENTRY_SYMBOL};
+use switchboard_module_api::uri::{private_dir, runtime_dir};
 
 use super::MainFn;
-use crate::digest::file_digest;
+use crate::digest::bytes_digest;
 use crate::error::LoadError;
 
 /// What a library's entry table said, and which file it came from.
@@ -25,33 +30,45 @@ pub(super) struct OpenedLibrary {
     pub size: u64,
 }
 
-/// Mapped libraries by canonical path, each with the digests mapped from it.
-fn mapped() -> &'static Mutex<HashMap<PathBuf, Vec<OpenedLibrary>>> {
-    static MAPPED: OnceLock<Mutex<HashMap<PathBuf, Vec<OpenedLibrary>>>> = OnceLock::new();
+/// Mapped libraries by digest.
+fn mapped() -> &'static Mutex<HashMap<String, OpenedLibrary>> {
+    static MAPPED: OnceLock<Mutex<HashMap<String, OpenedLibrary>>> = OnceLock::new();
     MAPPED.get_or_init(Default::default)
 }
 
 pub(super) fn open(path: &Path) -> Result<OpenedLibrary, LoadError> {
-    let canonical = std::fs::canonicalize(path).map_err(|e| LoadError::io(path, e))?;
-    let (digest, size) = file_digest(&canonical)?;
+    let bytes = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
+    let digest = bytes_digest(&bytes);
     let mut mapped = mapped().lock();
-    let versions = mapped.entry(canonical.clone()).or_default();
-    if let Some(lib) = versions.iter().find(|l| l.digest == digest) {
+    if let Some(lib) = mapped.get(&digest) {
         return Ok(lib.clone());
     }
-    // A new file, or a changed one at a known path: the latter must be opened from a copy.
-    let open_path = if versions.is_empty() { canonical.clone() } else { copy_for_reload(&canonical, &digest)? };
-    let lib = open_entry(path, &open_path, digest, size)?;
-    versions.push(lib.clone());
+    let copy = private_copy(path, &digest, &bytes)?;
+    let lib = open_entry(path, &copy, digest.clone(), bytes.len() as u64);
+    // Mapped (or refused): the copy has served its purpose either way.
+    let _ = std::fs::remove_file(&copy);
+    let lib = lib?;
+    mapped.insert(digest, lib.clone());
     Ok(lib)
 }
 
-fn copy_for_reload(path: &Path, digest: &str) -> Result<PathBuf, LoadError> {
-    let dir = switchboard_module_api::uri::runtime_dir().join("native");
-    std::fs::create_dir_all(&dir).map_err(|e| LoadError::io(&dir, e))?;
+/// Write `bytes` to a new file in this user's private runtime directory.
+fn private_copy(path: &Path, digest: &str, bytes: &[u8]) -> Result<PathBuf, LoadError> {
+    let base = runtime_dir();
+    let dir = base.join("native");
+    for d in [&base, &dir] {
+        private_dir(d, 0o700).map_err(|e| LoadError::io(d, e))?;
+    }
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("module");
-    let copy = dir.join(format!("{stem}-{}.so", &digest[..16]));
-    std::fs::copy(path, &copy).map_err(|e| LoadError::io(&copy, e))?;
+    let copy = dir.join(format!("{stem}-{}-{}.so", &digest[..16], std::process::id()));
+    let _ = std::fs::remove_file(&copy);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&copy)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| LoadError::io(&copy, e))?;
     Ok(copy)
 }
 
@@ -87,5 +104,6 @@ fn open_entry(shown: &Path, open_path: &Path, digest: String, size: u64) -> Resu
     }
     let name = unsafe { CStr::from_ptr(table.name) }.to_str().map_err(|_| bad("the module name is not UTF-8"))?;
     crate::module::check_name(name).map_err(|e| bad(&e))?;
-    Ok(OpenedLibrary { default_name: name.to_string(), main: table.main, digest, size })
+    let main = table.main.ok_or_else(|| bad("its main function is NULL"))?;
+    Ok(OpenedLibrary { default_name: name.to_string(), main, digest, size })
 }

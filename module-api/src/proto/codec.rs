@@ -212,7 +212,7 @@ pub fn decode_header(header: &[u8], payload: Bytes) -> Result<Message, DecodeErr
     let kind = u8::try_from(t).ok().and_then(MsgType::from_u8).ok_or(DecodeError::MsgType(t))?;
     let f = r.uint("flags")?;
     if f & !(Flags::ALL.0 as u64) != 0 {
-        return Err(DecodeError::Flags(f));
+        return Err(DecodeError::Flags(f & !(Flags::ALL.0 as u64)));
     }
     let topic = r.str("topic")?.to_owned();
     let matchtag = r.u32("matchtag")?;
