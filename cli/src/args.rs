@@ -28,6 +28,15 @@ pub enum Command {
         /// Process modules: milliseconds the child has to say hello (default 10000).
         #[arg(long, value_name = "MS")]
         hello_timeout: Option<u64>,
+        /// WASM modules: memory cap in MiB (default 64).
+        #[arg(long, value_name = "MIB")]
+        memory_mb: Option<u64>,
+        /// WASM modules: CPU milliseconds one call may take (default 1000).
+        #[arg(long, value_name = "MS")]
+        cpu_ms: Option<u64>,
+        /// WASM modules: grant a directory, `HOST[:GUEST][:rw]` (read-only unless `:rw`).
+        #[arg(long = "dir", value_name = "GRANT")]
+        dirs: Vec<String>,
         /// Arguments handed to the module.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

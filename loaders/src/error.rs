@@ -28,6 +28,8 @@ pub enum LoadError {
     HelloTimeout { path: PathBuf, ms: u64, tail: String },
     #[error("{path}: {detail}")]
     Handshake { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Wasm { path: PathBuf, detail: String },
     #[error("invalid module name: {0}")]
     BadName(String),
     #[error("could not start module {name}: {detail}")]
@@ -47,6 +49,7 @@ impl LoadError {
             | LoadError::BadTable { .. } => Errno::ENOEXEC,
             LoadError::BadName(_) => Errno::EINVAL,
             LoadError::HelloTimeout { .. } => Errno::ETIMEDOUT,
+            LoadError::Wasm { .. } => Errno::ENOEXEC,
             LoadError::Handshake { .. } => Errno::EPROTO,
             LoadError::Start { .. } => Errno::EIO,
         }

@@ -11,6 +11,7 @@
 //! - [`digest`]: content digest and size of a module file.
 //! - [`native`]: ELF shared objects speaking the C ABI of RFC 2.
 //! - [`process`]: executables and scripts run as child processes (RFC 5).
+//! - [`wasm`]: WebAssembly components run by wasmtime, sandboxed (RFC 6).
 
 pub mod digest;
 pub mod error;
@@ -18,10 +19,11 @@ pub mod module;
 pub mod native;
 pub mod process;
 pub mod registry;
+pub mod wasm;
 
 pub use error::LoadError;
 pub use module::{
-    check_name, BrokerPort, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
+    check_name, BrokerPort, DirGrant, Sandbox, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
     ModuleState, RunningModule,
 };
 pub use registry::Registry;

@@ -85,6 +85,28 @@ pub struct LoadRequest {
     pub inspect_only: bool,
     /// Process modules: how long the child has to say hello (default 10 s).
     pub hello_timeout: Option<std::time::Duration>,
+    /// WASM modules: what the sandbox allows.
+    pub sandbox: Sandbox,
+}
+
+/// A WASM module's allowances (RFC 6 §4). Nothing is granted by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Memory cap in bytes (default 64 MiB).
+    pub memory: Option<u64>,
+    /// CPU time one call may take (default 1 s).
+    pub cpu: Option<std::time::Duration>,
+    /// Host directories the module may open.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    /// The path the module sees.
+    pub guest: String,
+    pub writable: bool,
 }
 
 /// What a loaded-but-not-started module is: `module.info` shows exactly this.

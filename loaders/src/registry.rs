@@ -8,6 +8,7 @@ use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader};
 use crate::native::NativeLoader;
 use crate::process::ProcessLoader;
+use crate::wasm::WasmLoader;
 
 /// How many leading bytes a loader gets to recognise a file.
 const HEAD: usize = 256;
@@ -19,7 +20,9 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         // Native first: a shared object has an execute bit too.
-        Registry { loaders: vec![Box::new(NativeLoader::new()), Box::new(ProcessLoader::new())] }
+        Registry {
+            loaders: vec![Box::new(NativeLoader::new()), Box::new(WasmLoader::new()), Box::new(ProcessLoader::new())],
+        }
     }
 }
 

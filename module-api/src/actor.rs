@@ -163,7 +163,7 @@ pub fn run_actor<A: Actor>(handle: &Handle) -> Result<(), Error> {
     }
 }
 
-fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Message) {
+pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Message) {
     let method = msg.method();
     if method == "disconnect" {
         actor.disconnect(h, msg);

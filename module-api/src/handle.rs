@@ -120,6 +120,9 @@ impl Handle {
         let tag = self.next_matchtag();
         let mut req = Message::request(topic, payload);
         req.matchtag = tag;
+        if let Some(answer) = self.link.borrow_mut().request(&req, timeout) {
+            return answer;
+        }
         self.send(&req).map_err(link_err)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {

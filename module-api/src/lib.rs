@@ -4,17 +4,23 @@
 //! broker itself:
 //!
 //! - [`proto`]: the message type, header codec and framing (RFC 1). No I/O.
-//! - [`abi`]: the native-module C ABI (RFC 2) as `#[repr(C)]` types; `include/switchboard.h`
-//!   is its C twin.
-//! - [`Handle`], [`Actor`], [`Methods`], [`export_module!`]: writing a module.
-//! - [`process`]: the same `Actor` run as a child process (RFC 5).
+//! - [`Handle`], [`Actor`], [`Methods`], [`export_module!`]: writing a module, once, for
+//!   every kind.
+//! - [`abi`], [`native`]: the native-module C ABI (RFC 2) as `#[repr(C)]` types, and the
+//!   Rust side of it; `include/switchboard.h` is its C twin.
+//! - [`process`], [`handshake`]: the same `Actor` run as a child process (RFC 5).
+//! - `wasm` (wasm targets only): the same `Actor` as a WebAssembly component (RFC 6);
+//!   `wit/world.wit` is its WIT world.
 //! - [`client`]: a blocking connector to a broker's local socket.
-//! - [`handshake`]: the control messages of a process module's handshake (RFC 5).
 //! - [`mgmt`]: payloads of the built-in services (RFC 3), shared by broker and clients.
 //! - [`uri`]: where the broker's socket is.
 
+// Lets paths generated for module crates (`::switchboard_module_api::...`) work here too.
+extern crate self as switchboard_module_api;
+
 pub mod abi;
 mod actor;
+#[cfg(unix)]
 pub mod client;
 mod error;
 mod handle;
@@ -22,11 +28,16 @@ pub mod handshake;
 mod link;
 pub mod mgmt;
 pub mod native;
+#[cfg(unix)]
 pub mod process;
 pub mod proto;
+#[cfg(unix)]
 pub mod uri;
+#[cfg(target_family = "wasm")]
+pub mod wasm;
 
 pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
+#[cfg(unix)]
 pub use client::{Client, ClientError};
 pub use error::Error;
 pub use handle::{Handle, SHUTDOWN};

@@ -29,4 +29,9 @@ pub trait Link {
     fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError>;
     fn send(&self, msg: &Message) -> Result<(), LinkError>;
     fn log(&self, level: Level, text: &str);
+    /// A link that can make a whole request itself (the WASM host's `request`) does it
+    /// here; the default is None, and `Handle::rpc` sends and receives.
+    fn request(&mut self, _req: &Message, _timeout: Option<Duration>) -> Option<Result<Message, crate::Error>> {
+        None
+    }
 }

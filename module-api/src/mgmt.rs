@@ -17,6 +17,28 @@ pub struct LoadArgs {
     /// Process modules: milliseconds the child has to say hello (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello_timeout_ms: Option<u64>,
+    /// WASM modules: memory cap in MiB (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// WASM modules: CPU milliseconds one call may take (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// WASM modules: host directories the module may open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirArgs>,
+}
+
+/// A directory a WASM module is granted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirArgs {
+    /// Path on the broker's host.
+    pub host: String,
+    /// Path the module opens it by (default: the same as `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+    /// Read-write; read-only when false (the default).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// `module.remove` request.

@@ -151,17 +151,22 @@ pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
 /// ```ignore
 /// switchboard_module_api::export_module!(Kvs, name = "kvs");
 /// ```
-/// In a `cdylib` this defines the native entry symbol of RFC 2; it also defines
-/// `switchboard_process_main()`, which a binary target calls from its `main` to run the same
-/// actor as a process module (RFC 5).
+/// The one source builds as every kind:
+/// - in a `cdylib` for a native target it defines the entry symbol of RFC 2;
+/// - it defines `switchboard_process_main()`, which a binary target calls from its `main` to
+///   run the actor as a process module (RFC 5);
+/// - built with `--target wasm32-wasip2`, the `cdylib` is a component exporting the
+///   `switchboard:module` world (RFC 6).
 #[macro_export]
 macro_rules! export_module {
     ($actor:ty, name = $name:literal) => {
         /// Run this module as a process module (call it from a binary's `main`).
+        #[cfg(unix)]
         pub fn switchboard_process_main() -> ::std::process::ExitCode {
             $crate::process::run::<$actor>($name)
         }
 
+        #[cfg(not(target_family = "wasm"))]
         const _: () = {
             unsafe extern "C" fn __switchboard_main(host: *const $crate::abi::SbHost) -> i32 {
                 unsafe { $crate::native::run_native::<$actor>(host) }
@@ -176,6 +181,27 @@ macro_rules! export_module {
             pub extern "C" fn switchboard_module_entry() -> *const $crate::abi::SbModule {
                 &__SWITCHBOARD_MODULE
             }
+        };
+
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            use $crate::wasm::bindings::switchboard::module::types::{Description, Message};
+            struct __SwitchboardComponent;
+            impl $crate::wasm::bindings::Guest for __SwitchboardComponent {
+                fn describe() -> Description {
+                    $crate::wasm::describe($name)
+                }
+                fn init(name: String, args: Vec<String>, config: Vec<u8>) -> Result<(), String> {
+                    $crate::wasm::init::<$actor>(name, args, config)
+                }
+                fn handle_message(msg: Message) {
+                    $crate::wasm::handle_message::<$actor>(msg)
+                }
+                fn shutdown() {
+                    $crate::wasm::shutdown::<$actor>()
+                }
+            }
+            $crate::wasm::bindings::__export_switchboard_world!(__SwitchboardComponent with_types_in $crate::wasm::bindings);
         };
     };
 }

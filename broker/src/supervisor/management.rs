@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use switchboard_loaders::{LoadRequest, ModuleInfo};
+use switchboard_loaders::{DirGrant, LoadRequest, ModuleInfo, Sandbox};
 use switchboard_module_api::mgmt::{BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
 use switchboard_module_api::{Errno, Error, Message};
 
@@ -79,6 +79,15 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 config: config_bytes(a.config.as_ref()),
                 inspect_only: false,
                 hello_timeout: a.hello_timeout_ms.map(Duration::from_millis),
+                sandbox: Sandbox {
+                    memory: a.memory_mb.map(|mb| mb << 20),
+                    cpu: a.cpu_ms.map(Duration::from_millis),
+                    dirs: a
+                        .dirs
+                        .into_iter()
+                        .map(|d| DirGrant { guest: d.guest.unwrap_or_else(|| d.host.clone()), host: d.host.into(), writable: d.writable })
+                        .collect(),
+                },
             };
             answer(router, &msg, sup.load(request).map(|i| describe(&i)));
         }

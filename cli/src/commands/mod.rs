@@ -12,9 +12,11 @@ use crate::CliError;
 
 pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
     match command {
-        Command::Load { path, name, config, hello_timeout, args } => {
+        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
             let config = config.as_deref().map(crate::json::value).transpose()?;
-            let request = LoadArgs { path: String::new(), name, args, config, hello_timeout_ms: hello_timeout };
+            let dirs = dirs.iter().map(|d| modules::dir_grant(d)).collect();
+            let request =
+                LoadArgs { path: String::new(), name, args, config, hello_timeout_ms: hello_timeout, memory_mb, cpu_ms, dirs };
             modules::load(client, &path, request)
         }
         Command::Remove { name, grace } => modules::remove(client, &name, grace),

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use switchboard_module_api::mgmt::{InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
+use switchboard_module_api::mgmt::{DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
 use switchboard_module_api::{Client, Message};
 
 use crate::{table, CliError, Context};
@@ -84,4 +84,18 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
         );
     }
     Ok(())
+}
+
+/// `HOST[:GUEST][:rw]` as a directory grant; the host path is made absolute.
+pub fn dir_grant(spec: &str) -> DirArgs {
+    let (rest, writable) = match spec.strip_suffix(":rw") {
+        Some(r) => (r, true),
+        None => (spec.strip_suffix(":ro").unwrap_or(spec), false),
+    };
+    let (host, guest) = match rest.split_once(':') {
+        Some((h, g)) => (h, Some(g.to_string())),
+        None => (rest, None),
+    };
+    let host = absolute(Path::new(host)).display().to_string();
+    DirArgs { guest: guest.or_else(|| Some(host.clone())), host, writable }
 }

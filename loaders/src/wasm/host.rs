@@ -1,0 +1,216 @@
+//! The broker side of the WIT world (RFC 6): the `host` interface a module imports, its
+//! store state (WASI context, limits, the module's mailbox), and the memory limiter.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use switchboard_module_api::proto::{Cred, Flags, MsgType, Route};
+use switchboard_module_api::{Errno, Level, Message};
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::runtime::TICK;
+use crate::module::BrokerPort;
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../module-api/wit", world: "module" });
+}
+
+pub use bindings::switchboard::module::types::{Failure, Message as WitMessage};
+pub use bindings::{Module as WasmWorld, ModulePre as WasmWorldPre};
+use bindings::switchboard::module::{host, types};
+
+/// Memory cap for one module, remembering when it was hit (for the failure reason).
+pub struct Limits {
+    memory: usize,
+    pub hit: Option<String>,
+}
+
+impl Limits {
+    pub fn new(memory: usize) -> Self {
+        Limits { memory, hit: None }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = Some(format!(
+                "it exceeded its memory limit of {} MiB (asked for {} MiB)",
+                self.memory >> 20,
+                desired.div_ceil(1 << 20)
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// Everything a module's store holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: Limits,
+    /// Set when the module starts running; `describe` has no broker to talk to.
+    pub port: Option<Arc<dyn BrokerPort>>,
+    pub inbox: Option<Receiver<Message>>,
+    /// Messages that arrived while `request` waited, delivered next.
+    pub deferred: VecDeque<Message>,
+    next_tag: u32,
+    /// Epoch ticks spent blocked in `request`, not running: they do not count against the
+    /// CPU deadline.
+    pub blocked_ticks: u64,
+    /// The last error the module logged (a panic message, typically).
+    pub last_error: Option<String>,
+    /// The CPU deadline of the current call, for the failure reason.
+    pub cpu: Duration,
+}
+
+impl HostState {
+    pub fn new(wasi: WasiCtx, table: ResourceTable, limits: Limits) -> Self {
+        HostState {
+            wasi,
+            table,
+            limits,
+            port: None,
+            inbox: None,
+            deferred: VecDeque::new(),
+            next_tag: 1,
+            blocked_ticks: 0,
+            last_error: None,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    fn port(&self) -> Result<&Arc<dyn BrokerPort>, Failure> {
+        self.port.as_ref().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "the module is not running yet".into() })
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+pub fn to_wit(m: Message) -> WitMessage {
+    WitMessage {
+        kind: m.kind as u8,
+        flags: m.flags.0,
+        topic: m.topic,
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        userid: m.cred.userid,
+        rolemask: m.cred.rolemask,
+        errnum: m.errnum,
+        errstr: m.errstr,
+        seq: m.seq,
+        route: m.route.into_vec(),
+        payload: m.payload.to_vec(),
+    }
+}
+
+fn from_wit(m: WitMessage) -> Result<Message, Failure> {
+    let invalid = |text: &str| Failure { errnum: Errno::EINVAL.0, text: text.to_string() };
+    let kind = MsgType::from_u8(m.kind).ok_or_else(|| invalid("unknown message kind"))?;
+    if m.flags & !Flags::ALL.0 != 0 {
+        return Err(invalid("unknown flag bits"));
+    }
+    Ok(Message {
+        kind,
+        flags: Flags(m.flags),
+        topic: m.topic,
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        cred: Cred { userid: m.userid, rolemask: m.rolemask },
+        errnum: m.errnum,
+        errstr: m.errstr,
+        seq: m.seq,
+        route: Route::from_vec(m.route),
+        payload: m.payload.into(),
+    })
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn send(&mut self, msg: WitMessage) -> Result<(), Failure> {
+        let msg = from_wit(msg)?;
+        self.port()?.send(msg);
+        Ok(())
+    }
+
+    fn request(&mut self, topic: String, payload: Vec<u8>, timeout_ms: Option<u32>) -> Result<WitMessage, Failure> {
+        let port = self.port()?.clone();
+        let inbox = self.inbox.clone().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "not running".into() })?;
+        let tag = self.next_tag;
+        self.next_tag = tag.wrapping_add(1).max(1);
+        let mut req = Message::request(topic.clone(), payload);
+        req.matchtag = tag;
+        port.send(req);
+        port.flush();
+        let start = Instant::now();
+        let deadline = timeout_ms.map(|ms| start + Duration::from_millis(ms as u64));
+        let result = loop {
+            let got = match deadline {
+                Some(d) => inbox.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(m) if m.kind == MsgType::Response && m.matchtag == tag => {
+                    break match m.errnum {
+                        0 => Ok(to_wit(m)),
+                        e => Err(Failure { errnum: e, text: m.errstr.unwrap_or_default() }),
+                    }
+                }
+                Ok(m) => self.deferred.push_back(m),
+                Err(RecvTimeoutError::Timeout) => {
+                    break Err(Failure { errnum: Errno::ETIMEDOUT.0, text: format!("no response from {topic}") })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Err(Failure { errnum: Errno::ECONNRESET.0, text: "the broker closed the link".into() })
+                }
+            }
+        };
+        // Waiting is not computing: give the time back to the CPU deadline.
+        self.blocked_ticks += (start.elapsed().as_nanos() / TICK.as_nanos()) as u64 + 1;
+        result
+    }
+
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), Failure> {
+        self.port()?.send(Message::event(topic, payload));
+        Ok(())
+    }
+
+    fn subscribe(&mut self, prefix: String) -> Result<(), Failure> {
+        #[derive(serde::Serialize)]
+        struct Topic<'a> {
+            topic: &'a str,
+        }
+        let payload = Message::encode_payload(&Topic { topic: &prefix })
+            .map_err(|e| Failure { errnum: Errno::EINVAL.0, text: e.to_string() })?;
+        host::Host::request(self, "event.subscribe".into(), payload.to_vec(), None).map(drop)
+    }
+
+    fn log(&mut self, level: u8, text: String) {
+        let level = match level {
+            0..=3 => Level::Error,
+            4 => Level::Warn,
+            5 | 6 => Level::Info,
+            _ => Level::Debug,
+        };
+        if level == Level::Error {
+            self.last_error = Some(text.clone());
+        }
+        if let Some(p) = &self.port {
+            p.log(level, &text);
+        }
+    }
+}

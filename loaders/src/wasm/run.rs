@@ -1,0 +1,138 @@
+//! A running WASM module: the thread that owns its store, feeds it messages one call at a
+//! time, and turns a trap, an overrun deadline or exhausted memory into a failure reason.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::TryRecvError;
+use parking_lot::Mutex;
+use switchboard_module_api::proto::MsgType;
+use switchboard_module_api::{Message, SHUTDOWN};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::host::{to_wit, HostState, WasmWorld};
+use super::runtime::TICK;
+use crate::module::{ExitStatus, ModuleLink, ModuleState, RunningModule};
+
+pub struct WasmRunning {
+    kill: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RunningModule for WasmRunning {
+    /// Interrupt it at its next epoch check, even inside a call.
+    fn terminate(&self, _grace: Duration) -> bool {
+        self.kill.store(true, Ordering::SeqCst);
+        true
+    }
+
+    fn wait(self: Box<Self>) {
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The deadline callback: time spent blocked in `request` is given back; a terminated
+/// module is stopped; otherwise the deadline has passed and the call is interrupted.
+pub fn install_deadline(store: &mut Store<HostState>, kill: Arc<AtomicBool>) {
+    store.epoch_deadline_callback(move |mut cx| {
+        if kill.load(Ordering::SeqCst) {
+            return Err(wasmtime::format_err!("it was terminated"));
+        }
+        let extra = std::mem::take(&mut cx.data_mut().blocked_ticks);
+        Ok(if extra > 0 { UpdateDeadline::Continue(extra) } else { UpdateDeadline::Interrupt })
+    });
+}
+
+/// Give the next call `cpu` of computation.
+pub fn arm_deadline(store: &mut Store<HostState>, cpu: Duration) {
+    store.data_mut().blocked_ticks = 0;
+    store.data_mut().cpu = cpu;
+    store.set_epoch_deadline((cpu.as_nanos() / TICK.as_nanos()).max(1) as u64);
+}
+
+/// Why a call into the module failed, in words.
+pub fn describe_error(store: &Store<HostState>, e: &wasmtime::Error) -> String {
+    let st = store.data();
+    if let Some(hit) = &st.limits.hit {
+        return hit.clone();
+    }
+    let base = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return format!("it exceeded its CPU deadline of {} ms", st.cpu.as_millis()),
+        Some(t) => format!("trapped: {t}"),
+        None => e.to_string(),
+    };
+    match &st.last_error {
+        Some(last) => format!("{last} ({base})"),
+        None => base,
+    }
+}
+
+pub fn start(mut store: Store<HostState>, world: WasmWorld, link: ModuleLink, kill: Arc<AtomicBool>) -> std::io::Result<WasmRunning> {
+    let ModuleLink { name, args, config, inbox, port } = link;
+    store.data_mut().port = Some(port.clone());
+    store.data_mut().inbox = Some(inbox.clone());
+    let thread = std::thread::Builder::new().name(format!("mod:{name}")).spawn(move || {
+        let cpu = store.data().cpu;
+        let status = serve(&mut store, &world, cpu, &name, &args, &config, &inbox, &*port);
+        port.flush();
+        port.exited(status);
+    })?;
+    Ok(WasmRunning { kill, thread: Mutex::new(Some(thread)) })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    store: &mut Store<HostState>,
+    world: &WasmWorld,
+    cpu: Duration,
+    name: &str,
+    args: &[String],
+    config: &[u8],
+    inbox: &crossbeam_channel::Receiver<Message>,
+    port: &dyn crate::module::BrokerPort,
+) -> ExitStatus {
+    arm_deadline(store, cpu);
+    match world.call_init(&mut *store, name, args, config) {
+        Ok(Ok(())) => {}
+        Ok(Err(text)) => return ExitStatus::Failed(format!("init failed: {text}")),
+        Err(e) => return ExitStatus::Failed(describe_error(store, &e)),
+    }
+    port.set_state(ModuleState::Running);
+    loop {
+        let msg = match store.data_mut().deferred.pop_front() {
+            Some(m) => m,
+            None => match inbox.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => return ExitStatus::Exited,
+                Err(TryRecvError::Empty) => {
+                    port.flush();
+                    match inbox.recv() {
+                        Ok(m) => m,
+                        Err(_) => return ExitStatus::Exited,
+                    }
+                }
+            },
+        };
+        // More already queued: batch this thread's output until the inbox runs dry.
+        if inbox.is_empty() && store.data().deferred.is_empty() {
+            port.flush();
+        } else {
+            port.hold();
+        }
+        arm_deadline(store, cpu);
+        if msg.kind == MsgType::Control && msg.topic == SHUTDOWN {
+            port.set_state(ModuleState::Finalizing);
+            return match world.call_shutdown(&mut *store) {
+                Ok(()) => ExitStatus::Exited,
+                Err(e) => ExitStatus::Failed(describe_error(store, &e)),
+            };
+        }
+        if let Err(e) = world.call_handle_message(&mut *store, &to_wit(msg)) {
+            return ExitStatus::Failed(describe_error(store, &e));
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The module side of a WASM module (RFC 6): the WIT bindings, a `Link` over the `host`
+//! imports, and the exports `export_module!` wires an `Actor` to. Compiled only for wasm
+//! targets. A component is driven by the broker one call at a time, so the actor's state
+//! lives between calls here, not in a loop.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::time::Duration;
+
+use crate::actor::{dispatch, Actor, Methods};
+use crate::error::Error;
+use crate::handle::Handle;
+use crate::link::{Level, Link, LinkError};
+use crate::proto::{Cred, Errno, Flags, Message, MsgType, Route};
+
+/// The generated bindings of `wit/world.wit`.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "module",
+        pub_export_macro: true,
+        export_macro_name: "__export_switchboard_world",
+        default_bindings_module: "::switchboard_module_api::wasm::bindings",
+        runtime_path: "::switchboard_module_api::wasm::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen::rt;
+
+use bindings::switchboard::module::host;
+use bindings::switchboard::module::types::{Description, Failure, Message as WitMessage};
+
+fn to_wit(m: &Message) -> WitMessage {
+    WitMessage {
+        kind: m.kind as u8,
+        flags: m.flags.0,
+        topic: m.topic.clone(),
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        userid: m.cred.userid,
+        rolemask: m.cred.rolemask,
+        errnum: m.errnum,
+        errstr: m.errstr.clone(),
+        seq: m.seq,
+        route: m.route.to_vec(),
+        payload: m.payload.to_vec(),
+    }
+}
+
+fn from_wit(m: WitMessage) -> Option<Message> {
+    Some(Message {
+        kind: MsgType::from_u8(m.kind)?,
+        flags: Flags(m.flags),
+        topic: m.topic,
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        cred: Cred { userid: m.userid, rolemask: m.rolemask },
+        errnum: m.errnum,
+        errstr: m.errstr,
+        seq: m.seq,
+        route: Route::from_vec(m.route),
+        payload: m.payload.into(),
+    })
+}
+
+fn failure(f: Failure) -> Error {
+    Error::new(Errno(f.errnum), f.text)
+}
+
+struct WasmLink;
+
+impl Link for WasmLink {
+    /// The broker pushes messages to a component; there is nothing to pull.
+    fn recv(&mut self, _timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
+        Err(LinkError::Refused("a WASM module receives messages through handle-message".into()))
+    }
+
+    fn send(&self, msg: &Message) -> Result<(), LinkError> {
+        host::send(&to_wit(msg)).map_err(|f| LinkError::Refused(f.text))
+    }
+
+    fn log(&self, level: Level, text: &str) {
+        host::log(level as u8, text)
+    }
+
+    fn request(&mut self, req: &Message, timeout: Option<Duration>) -> Option<Result<Message, Error>> {
+        let ms = timeout.map(|t| t.as_millis().min(u32::MAX as u128) as u32);
+        Some(match host::request(&req.topic, &req.payload, ms) {
+            Ok(m) => from_wit(m).ok_or_else(|| Error::proto("the broker sent a malformed response")),
+            Err(f) => Err(failure(f)),
+        })
+    }
+}
+
+struct State<A: Actor> {
+    actor: A,
+    methods: Methods<A>,
+    handle: Handle,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn with_state<A: Actor>(f: impl FnOnce(&mut State<A>)) {
+    STATE.with(|s| {
+        if let Some(st) = s.borrow_mut().as_mut().and_then(|b| b.downcast_mut::<State<A>>()) {
+            f(st);
+        }
+    });
+}
+
+#[doc(hidden)]
+pub fn describe(name: &str) -> Description {
+    Description { name: name.to_string() }
+}
+
+#[doc(hidden)]
+pub fn init<A: Actor>(name: String, args: Vec<String>, config: Vec<u8>) -> Result<(), String> {
+    // A panic aborts the component; say why first, so the broker can report it.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        host::log(Level::Error as u8, &format!("panicked: {what}"));
+    }));
+    let handle = Handle::new(Box::new(WasmLink), name, args, config.into());
+    let actor = A::init(&handle).map_err(|e| e.to_string())?;
+    let state = State { actor, methods: A::methods(), handle };
+    STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn handle_message<A: Actor>(msg: WitMessage) {
+    let Some(msg) = from_wit(msg) else { return };
+    with_state::<A>(|st| match msg.kind {
+        MsgType::Request => dispatch(&mut st.actor, &st.methods, &st.handle, &msg),
+        MsgType::Event => st.actor.event(&st.handle, &msg),
+        MsgType::Response | MsgType::Control => {}
+    });
+}
+
+#[doc(hidden)]
+pub fn shutdown<A: Actor>() {
+    with_state::<A>(|st| st.actor.shutdown(&st.handle));
+}
