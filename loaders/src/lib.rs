@@ -6,6 +6,7 @@
 //!
 //! - [`module`]: `Loader`, `LoadedModule`, `RunningModule`, `ModuleLink`, `BrokerPort` and
 //!   the data they exchange (`ModuleInfo`, `ModuleState`, `ExitStatus`).
+//! - [`inbox`]: a module's message queue, which its thread blocks on.
 //! - [`error`]: `LoadError`, each variant a sentence an operator can act on.
 //! - [`registry`]: picks the loader for a file.
 //! - [`digest`]: content digest and size of a module file.
@@ -15,6 +16,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod inbox;
 pub mod module;
 pub mod native;
 pub mod process;
@@ -22,8 +24,9 @@ pub mod registry;
 pub mod wasm;
 
 pub use error::LoadError;
+pub use inbox::Inbox;
 pub use module::{
-    check_name, BrokerPort, DirGrant, Sandbox, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink,
-    ModuleState, RunningModule,
+    check_name, BrokerPort, DirGrant, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind,
+    ModuleLink, ModuleState, RunningModule, Sandbox,
 };
 pub use registry::Registry;

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::Receiver;
 use switchboard_module_api::{Level, Message};
 
 use crate::error::LoadError;
+use crate::inbox::Inbox;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ModuleKind {
@@ -145,7 +145,7 @@ pub struct ModuleLink {
     pub args: Vec<String>,
     pub config: Bytes,
     /// Messages for the module, in order; a `shutdown` control message asks it to stop.
-    pub inbox: Receiver<Message>,
+    pub inbox: Arc<Inbox>,
     pub port: Arc<dyn BrokerPort>,
 }
 

@@ -4,6 +4,7 @@
 //! responses to requests it was actually given (a forged route goes nowhere).
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -21,9 +22,12 @@ struct Pending {
     count: u32,
 }
 
+/// Keys are the broker's own small integers: a fast non-cryptographic hash will do.
+type Map = HashMap<Key, Pending, BuildHasherDefault<rustc_hash::FxHasher>>;
+
 #[derive(Default)]
 pub struct Inflight {
-    map: Mutex<HashMap<Key, Pending>>,
+    map: Mutex<Map>,
     closed: AtomicBool,
     /// "failed (told to panic)", "disconnected", ...: why the endpoint left.
     reason: Mutex<String>,

@@ -5,6 +5,7 @@
 //! an unroutable request gets an error response.
 
 mod batch;
+mod clock;
 mod conn_out;
 mod inflight;
 mod mailbox;
@@ -127,7 +128,7 @@ impl Router {
         self.remove_endpoint(ep.id);
         let errors = ep.inflight.close(&ep.label, reason);
         if let Sink::Module(m) = &ep.sink {
-            m.discard();
+            m.close();
         }
         for err in errors {
             self.route_response(err);
@@ -302,7 +303,7 @@ impl Router {
         // that the endpoint left and sweep ourselves.
         if ep.inflight.is_closed() {
             if let Sink::Module(m) = &ep.sink {
-                m.discard();
+                m.close();
             }
             for err in ep.inflight.sweep() {
                 self.route_response(err);

@@ -85,7 +85,11 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                     dirs: a
                         .dirs
                         .into_iter()
-                        .map(|d| DirGrant { guest: d.guest.unwrap_or_else(|| d.host.clone()), host: d.host.into(), writable: d.writable })
+                        .map(|d| DirGrant {
+                            guest: d.guest.unwrap_or_else(|| d.host.clone()),
+                            host: d.host.into(),
+                            writable: d.writable,
+                        })
                         .collect(),
                 },
             };

@@ -102,7 +102,7 @@ impl Supervisor {
             name: info.name.clone(),
             args: request.args.clone(),
             config: request.config.clone(),
-            inbox: mailbox.receiver(),
+            inbox: mailbox.inbox(),
             port: Arc::new(ModulePort {
                 router: self.router.clone(),
                 record: rec.clone(),

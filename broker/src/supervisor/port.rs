@@ -5,7 +5,6 @@
 use std::sync::{Arc, Weak};
 
 use switchboard_loaders::{BrokerPort, ExitStatus, ModuleState};
-use switchboard_module_api::proto::{Cred, ROLE_OWNER, ROLE_USER};
 use switchboard_module_api::{Level, Message};
 
 use super::record::ModuleRecord;
@@ -20,9 +19,8 @@ pub struct ModulePort {
 
 impl BrokerPort for ModulePort {
     fn send(&self, mut msg: Message) {
-        // Modules run as the broker: they are the instance owner.
-        // SAFETY: getuid cannot fail.
-        msg.cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
+        // Modules run as the broker: they are the instance owner, as their endpoint says.
+        msg.cred = self.record.endpoint.cred;
         if self.record.endpoint.inflight.is_closed() {
             // Detached as stuck: its requesters were already answered.
             tracing::debug!(module = %self.record.name(), topic = %msg.topic, "dropping output of a detached module");

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crate::inbox::{Inbox, RecvError};
 use parking_lot::Mutex;
 use switchboard_module_api::abi::{
     SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EINVAL, SB_ETIMEDOUT, SB_LOG_ERR, SB_OK,
@@ -27,7 +27,7 @@ struct HostCtx {
 }
 
 struct RecvState {
-    inbox: Receiver<Message>,
+    inbox: Arc<Inbox>,
     /// The message whose views the last `recv` handed out.
     current: Option<Message>,
     running: bool,
@@ -81,19 +81,15 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
         }
         st.current = None;
         let msg = match st.inbox.try_recv() {
-            Ok(m) => m,
-            Err(TryRecvError::Disconnected) => return SB_ECONNRESET,
-            Err(TryRecvError::Empty) => {
+            Ok(Some(m)) => m,
+            Err(_) => return SB_ECONNRESET,
+            Ok(None) => {
                 ctx.port.flush();
-                let got = if timeout_ms < 0 {
-                    st.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                } else {
-                    st.inbox.recv_timeout(Duration::from_millis(timeout_ms as u64))
-                };
-                match got {
+                let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+                match st.inbox.recv(timeout) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => return SB_ETIMEDOUT,
-                    Err(RecvTimeoutError::Disconnected) => return SB_ECONNRESET,
+                    Err(RecvError::Timeout) => return SB_ETIMEDOUT,
+                    Err(RecvError::Closed) => return SB_ECONNRESET,
                 }
             }
         };

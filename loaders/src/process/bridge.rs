@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::inbox::Inbox;
 use bytes::BytesMut;
-use crossbeam_channel::{select, Receiver};
 use parking_lot::Mutex;
 use switchboard_module_api::handshake::{Status, HELLO, STATUS};
 use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader, MsgType, DEFAULT_MAX_FRAME};
@@ -53,7 +53,6 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
     let ModuleLink { inbox, port, .. } = link;
     output.attach(port.clone());
     let violation: Violation = Arc::default();
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
 
     let reader = {
         let (socket, port, guard, violation) = (socket.try_clone()?, port.clone(), guard.clone(), violation.clone());
@@ -63,7 +62,8 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
     };
     let writer = {
         let socket = socket.try_clone()?;
-        std::thread::Builder::new().name("mod-writer".into()).spawn(move || write_loop(socket, &inbox, &stop_rx))?
+        let inbox = inbox.clone();
+        std::thread::Builder::new().name("mod-writer".into()).spawn(move || write_loop(socket, &inbox))?
     };
     let reaper = {
         let guard = guard.clone();
@@ -77,7 +77,8 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
             }
             let _ = socket.shutdown(std::net::Shutdown::Both);
             let _ = reader.join();
-            drop(stop_tx);
+            // The child is gone: the writer has nobody to write to.
+            inbox.close();
             let _ = writer.join();
             let exit = match (violation.lock().take(), status) {
                 (Some(v), _) => ExitStatus::Failed(v),
@@ -157,18 +158,14 @@ fn control(port: &dyn BrokerPort, msg: &Message) {
     }
 }
 
-fn write_loop(mut socket: UnixStream, inbox: &Receiver<Message>, stop: &Receiver<()>) {
+fn write_loop(mut socket: UnixStream, inbox: &Inbox) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    loop {
-        let first = select! {
-            recv(inbox) -> m => match m { Ok(m) => m, Err(_) => return },
-            recv(stop) -> _ => return,
-        };
+    while let Ok(first) = inbox.recv(None) {
         encode_frame_into(&first, &mut buf);
         while buf.len() < 256 * 1024 {
             match inbox.try_recv() {
-                Ok(m) => encode_frame_into(&m, &mut buf),
-                Err(_) => break,
+                Ok(Some(m)) => encode_frame_into(&m, &mut buf),
+                _ => break,
             }
         }
         if socket.write_all(&buf).is_err() {

@@ -61,7 +61,8 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], digest: &str) -> Result<(C
         tracing::warn!(digest = &digest[..16], "ignoring a stale or damaged compiled-code cache entry");
     }
     let start = std::time::Instant::now();
-    let component = Component::new(engine, bytes).map_err(|e| format!("it is not a valid WebAssembly component: {e}"))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| format!("it is not a valid WebAssembly component: {e}"))?;
     tracing::info!(digest = &digest[..16], ms = start.elapsed().as_millis() as u64, "compiled a WASM component");
     if let (true, Ok(compiled)) = (usable, component.serialize()) {
         let _ = store(&dir, &key, &compiled);

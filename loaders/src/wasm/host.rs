@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crate::inbox::{Inbox, RecvError};
 use switchboard_module_api::proto::{Cred, Flags, MsgType, Route};
 use switchboard_module_api::{Errno, Level, Message};
 use wasmtime::component::ResourceTable;
@@ -20,8 +20,8 @@ mod bindings {
 }
 
 pub use bindings::switchboard::module::types::{Failure, Message as WitMessage};
-pub use bindings::{Module as WasmWorld, ModulePre as WasmWorldPre};
 use bindings::switchboard::module::{host, types};
+pub use bindings::{Module as WasmWorld, ModulePre as WasmWorldPre};
 
 /// Memory cap for one module, remembering when it was hit (for the failure reason).
 pub struct Limits {
@@ -60,7 +60,7 @@ pub struct HostState {
     pub limits: Limits,
     /// Set when the module starts running; `describe` has no broker to talk to.
     pub port: Option<Arc<dyn BrokerPort>>,
-    pub inbox: Option<Receiver<Message>>,
+    pub inbox: Option<Arc<Inbox>>,
     /// Messages that arrived while `request` waited, delivered next.
     pub deferred: VecDeque<Message>,
     next_tag: u32,
@@ -90,7 +90,9 @@ impl HostState {
     }
 
     fn port(&self) -> Result<&Arc<dyn BrokerPort>, Failure> {
-        self.port.as_ref().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "the module is not running yet".into() })
+        self.port
+            .as_ref()
+            .ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "the module is not running yet".into() })
     }
 }
 
@@ -149,7 +151,8 @@ impl host::Host for HostState {
 
     fn request(&mut self, topic: String, payload: Vec<u8>, timeout_ms: Option<u32>) -> Result<WitMessage, Failure> {
         let port = self.port()?.clone();
-        let inbox = self.inbox.clone().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "not running".into() })?;
+        let inbox =
+            self.inbox.clone().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "not running".into() })?;
         let tag = self.next_tag;
         self.next_tag = tag.wrapping_add(1).max(1);
         let mut req = Message::request(topic.clone(), payload);
@@ -159,10 +162,7 @@ impl host::Host for HostState {
         let start = Instant::now();
         let deadline = timeout_ms.map(|ms| start + Duration::from_millis(ms as u64));
         let result = loop {
-            let got = match deadline {
-                Some(d) => inbox.recv_timeout(d.saturating_duration_since(Instant::now())),
-                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let got = inbox.recv(deadline.map(|d| d.saturating_duration_since(Instant::now())));
             match got {
                 Ok(m) if m.kind == MsgType::Response && m.matchtag == tag => {
                     break match m.errnum {
@@ -171,10 +171,10 @@ impl host::Host for HostState {
                     }
                 }
                 Ok(m) => self.deferred.push_back(m),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(RecvError::Timeout) => {
                     break Err(Failure { errnum: Errno::ETIMEDOUT.0, text: format!("no response from {topic}") })
                 }
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(RecvError::Closed) => {
                     break Err(Failure { errnum: Errno::ECONNRESET.0, text: "the broker closed the link".into() })
                 }
             }

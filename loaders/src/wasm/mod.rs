@@ -61,8 +61,12 @@ impl Loader for WasmLoader {
         let rt = runtime::get().map_err(|detail| LoadError::Start { name: path.display().to_string(), detail })?;
         let bad = |detail: String| LoadError::Wasm { path: path.clone(), detail };
         let (component, _) = cache::load_or_compile(&rt.engine, &bytes, &digest).map_err(bad)?;
-        let pre = rt.linker.instantiate_pre(&component).map_err(|e| bad(format!("it needs imports this broker does not provide: {e}")))?;
-        let pre = host::WasmWorldPre::new(pre).map_err(|e| bad(format!("it does not export the switchboard:module world (RFC 6): {e}")))?;
+        let pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| bad(format!("it needs imports this broker does not provide: {e}")))?;
+        let pre = host::WasmWorldPre::new(pre)
+            .map_err(|e| bad(format!("it does not export the switchboard:module world (RFC 6): {e}")))?;
         let sandbox = &request.sandbox;
         let memory = sandbox.memory.unwrap_or(DEFAULT_MEMORY);
         let cpu = sandbox.cpu.unwrap_or(DEFAULT_CPU);
@@ -78,8 +82,12 @@ impl Loader for WasmLoader {
         let kill = Arc::new(AtomicBool::new(false));
         run::install_deadline(&mut store, kill.clone());
         run::arm_deadline(&mut store, cpu);
-        let world = pre.instantiate(&mut store).map_err(|e| bad(format!("it failed to instantiate: {}", run::describe_error(&store, &e))))?;
-        let described = world.call_describe(&mut store).map_err(|e| bad(format!("describe failed: {}", run::describe_error(&store, &e))))?;
+        let world = pre
+            .instantiate(&mut store)
+            .map_err(|e| bad(format!("it failed to instantiate: {}", run::describe_error(&store, &e))))?;
+        let described = world
+            .call_describe(&mut store)
+            .map_err(|e| bad(format!("describe failed: {}", run::describe_error(&store, &e))))?;
         let name = request.name.clone().unwrap_or(described.name);
         check_name(&name).map_err(LoadError::BadName)?;
         Ok(Box::new(WasmLoaded {
@@ -105,7 +113,9 @@ impl LoadedModule for WasmLoaded {
 
     fn run(self: Box<Self>, link: ModuleLink) -> Result<Box<dyn RunningModule>, LoadError> {
         let WasmLoaded { info, store, world, kill } = *self;
-        run::start(store, world, link, kill).map_err(|e| LoadError::Start { name: info.name, detail: e.to_string() }).map(|r| Box::new(r) as Box<dyn RunningModule>)
+        run::start(store, world, link, kill)
+            .map_err(|e| LoadError::Start { name: info.name, detail: e.to_string() })
+            .map(|r| Box::new(r) as Box<dyn RunningModule>)
     }
 }
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::TryRecvError;
 use parking_lot::Mutex;
 use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::{Message, SHUTDOWN};
+use switchboard_module_api::SHUTDOWN;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::host::{to_wit, HostState, WasmWorld};
@@ -71,7 +70,12 @@ pub fn describe_error(store: &Store<HostState>, e: &wasmtime::Error) -> String {
     }
 }
 
-pub fn start(mut store: Store<HostState>, world: WasmWorld, link: ModuleLink, kill: Arc<AtomicBool>) -> std::io::Result<WasmRunning> {
+pub fn start(
+    mut store: Store<HostState>,
+    world: WasmWorld,
+    link: ModuleLink,
+    kill: Arc<AtomicBool>,
+) -> std::io::Result<WasmRunning> {
     let ModuleLink { name, args, config, inbox, port } = link;
     store.data_mut().port = Some(port.clone());
     store.data_mut().inbox = Some(inbox.clone());
@@ -92,7 +96,7 @@ fn serve(
     name: &str,
     args: &[String],
     config: &[u8],
-    inbox: &crossbeam_channel::Receiver<Message>,
+    inbox: &crate::inbox::Inbox,
     port: &dyn crate::module::BrokerPort,
 ) -> ExitStatus {
     arm_deadline(store, cpu);
@@ -106,11 +110,11 @@ fn serve(
         let msg = match store.data_mut().deferred.pop_front() {
             Some(m) => m,
             None => match inbox.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Disconnected) => return ExitStatus::Exited,
-                Err(TryRecvError::Empty) => {
+                Ok(Some(m)) => m,
+                Err(_) => return ExitStatus::Exited,
+                Ok(None) => {
                     port.flush();
-                    match inbox.recv() {
+                    match inbox.recv(None) {
                         Ok(m) => m,
                         Err(_) => return ExitStatus::Exited,
                     }

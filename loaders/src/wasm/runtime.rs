@@ -20,7 +20,10 @@ pub struct Runtime {
 /// The shared runtime, made on first use.
 pub fn get() -> Result<&'static Runtime, String> {
     static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    RUNTIME.get_or_init(|| make().map_err(|e| format!("cannot start the WASM runtime: {e}"))).as_ref().map_err(Clone::clone)
+    RUNTIME
+        .get_or_init(|| make().map_err(|e| format!("cannot start the WASM runtime: {e}")))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn make() -> wasmtime::Result<Runtime> {
