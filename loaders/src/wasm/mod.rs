@@ -71,6 +71,8 @@ impl Loader for WasmLoader {
         let memory = sandbox.memory.unwrap_or(DEFAULT_MEMORY);
         let cpu = sandbox.cpu.unwrap_or(DEFAULT_CPU);
         let mut wasi = WasiCtx::builder();
+        // No network of any kind: no sockets, no name lookup (the address check denies all too).
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for dir in &sandbox.dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
