@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::handle::{Handle, SHUTDOWN};
 use crate::link::Level;
-use crate::proto::{Errno, Message, MsgType};
+use crate::proto::{Errno, Flags, Message, MsgType};
 
 /// What a handler hands back.
 pub enum Reply {
@@ -179,6 +179,11 @@ pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle
         Some(m) => (m.handler)(actor, h, msg),
     };
     let sent = match reply {
+        // A handler that answers a streaming request once has said all it will: end the
+        // stream (RFC 1), or the requester and the broker would wait for more.
+        Reply::Payload(p) if msg.flags.contains(Flags::STREAMING) => {
+            h.respond_raw(msg, p).and_then(|()| h.respond_error(msg, Errno::ENODATA, "end of stream"))
+        }
         Reply::Payload(p) => h.respond_raw(msg, p),
         Reply::Error(e) => h.respond_error(msg, e.errnum, &e.text),
         Reply::Done => Ok(()),

@@ -24,9 +24,10 @@ pub fn runtime_dir() -> PathBuf {
 
 /// Make sure `dir` is this user's own: create it with `mode` if it is missing; if it exists it
 /// must be a directory owned by this user that nobody else can write to (so nobody can plant
-/// a socket or a library in it). Then set `mode` on it.
+/// a socket or a library in it). An existing directory keeps its mode. The error names what
+/// is wrong, not the directory: the caller says which one.
 pub fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if !dir.exists() {
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)?;
@@ -40,10 +41,7 @@ pub fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     let refuse = |why: &str| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{}: {why}; refusing to use it", dir.display()),
-        ))
+        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{why}; refusing to use it")))
     };
     if !meta.is_dir() {
         return refuse("not a directory");
@@ -54,7 +52,7 @@ pub fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
     if meta.mode() & 0o022 != 0 {
         return refuse("writable by other users");
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    Ok(())
 }
 
 /// Parse a URI: `local:///path/to.sock`, `local://relative`, or a plain path.
@@ -73,4 +71,28 @@ pub fn resolve() -> PathBuf {
 /// The URI form of a socket path, as put in `SWITCHBOARD_URI`.
 pub fn to_uri(path: &std::path::Path) -> String {
     format!("local://{}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::private_dir;
+
+    #[test]
+    fn private_dir_creates_with_the_mode_and_leaves_an_existing_mode_alone() {
+        let base = std::env::temp_dir().join(format!("sb-private-dir-{}", std::process::id()));
+        let made = base.join("made");
+        private_dir(&made, 0o700).unwrap();
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o700);
+        // An existing directory a broker opened to guests keeps its 0711.
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o711)).unwrap();
+        private_dir(&made, 0o700).unwrap();
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o711);
+        // One that others can write to is refused.
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_dir(&made, 0o700).unwrap_err();
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -207,3 +207,22 @@ fn a_module_can_answer_an_extra_service_until_it_leaves() {
     b.modctl_ok(&["remove", "faulty"]);
     assert_eq!(errno_of(&rpc(&mut c, "helper.whoami", json!({}))), "ENOSYS");
 }
+
+#[test]
+fn a_handler_that_answers_a_streaming_request_once_ends_the_stream() {
+    let b = Broker::start();
+    b.load(&module("echo"), None, &[]);
+    let mut c = b.client();
+    let mut req = Message::request("echo.x", payload(json!({"once": true})));
+    req.matchtag = 5;
+    req.flags = Flags::STREAMING;
+    c.send(&req).unwrap();
+    let first = c.recv_timeout(Some(WAIT)).unwrap();
+    assert_eq!((first.matchtag, first.errnum), (5, 0));
+    assert_eq!(json(&first), json!({"once": true}));
+    let end = c.recv_timeout(Some(WAIT)).unwrap();
+    assert_eq!((end.matchtag, end.errnum), (5, 61), "ENODATA ends it");
+    // Nothing is left owed: removing echo sends no late EHOSTUNREACH.
+    b.modctl_ok(&["remove", "echo"]);
+    assert!(c.recv_timeout(Some(Duration::from_millis(300))).is_err());
+}

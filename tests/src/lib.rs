@@ -58,6 +58,19 @@ fn build_artifacts() {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build of the test artifacts failed");
+    // The same modules as WebAssembly components (the target is in rust-toolchain.toml).
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(repo_root())
+        .args(["build", "--target", "wasm32-wasip2", "--lib"])
+        .args(["-p", "switchboard-echo", "-p", "switchboard-kvs", "-p", "switchboard-test-faulty"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of the WASM test modules failed");
+}
+
+/// The WASM component of a module built by this workspace, e.g. `wasm_module("echo")`.
+pub fn wasm_module(name: &str) -> PathBuf {
+    target_dir().parent().expect("target").join(format!("wasm32-wasip2/debug/{name}.wasm"))
 }
 
 /// The `bin` folder of a Python virtual environment with the module SDK installed: the
@@ -135,23 +148,30 @@ impl Broker {
 
     /// Start with extra command-line arguments; returns once the broker is listening.
     pub fn start_with(args: &[&str]) -> Broker {
-        Self::spawn(args, None)
+        Self::spawn(args, &[])
+    }
+
+    /// Start with extra arguments and environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Self::spawn(args, env)
     }
 
     /// Start with the Python virtual environment first on PATH, so `#!/usr/bin/env python3`
     /// modules find the SDK.
     pub fn start_python() -> Broker {
         let path = format!("{}:{}", python_bin_dir().display(), std::env::var("PATH").unwrap_or_default());
-        Self::spawn(&[], Some(path))
+        Self::spawn(&[], &[("PATH", &path)])
     }
 
-    fn spawn(args: &[&str], path_env: Option<String>) -> Broker {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let log = dir.path().join("broker.log");
         let mut cmd = Command::new(bin("switchboard"));
-        if let Some(p) = path_env {
-            cmd.env("PATH", p);
+        cmd.envs(env.iter().copied());
+        // Compiled WASM code goes to the test's own cache unless the test names one.
+        if !env.iter().any(|(k, _)| *k == "SWITCHBOARD_CACHE_DIR") {
+            cmd.env("SWITCHBOARD_CACHE_DIR", dir.path().join("cache"));
         }
         let mut child = cmd
             .arg("--listen")

@@ -83,7 +83,11 @@ fn bind(path: &Path, allow_guests: bool) -> std::io::Result<UnixListener> {
     let mode = if allow_guests { 0o711 } else { 0o700 };
     match path.parent() {
         // The default runtime directory must be ours and private.
-        Some(dir) if dir == uri::runtime_dir() => uri::private_dir(dir, mode)?,
+        Some(dir) if dir == uri::runtime_dir() => {
+            uri::private_dir(dir, mode)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("runtime directory {}: {e}", dir.display())))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
         Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;

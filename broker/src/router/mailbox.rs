@@ -9,13 +9,24 @@ use switchboard_module_api::Message;
 
 use super::clock;
 
-#[derive(Default)]
 pub struct Mailbox {
     inbox: Arc<Inbox>,
     pub msgs_in: AtomicU64,
     pub msgs_out: AtomicU64,
     /// `clock::now_ms()` of the last message in or out.
     last_active: AtomicU64,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        // A new module has been idle since now, not since the broker started.
+        Mailbox {
+            inbox: Arc::default(),
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
+            last_active: AtomicU64::new(clock::now_ms()),
+        }
+    }
 }
 
 impl Mailbox {

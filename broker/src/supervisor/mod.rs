@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use switchboard_loaders::{LoadRequest, ModuleInfo, ModuleLink, ModuleState, Registry};
+use switchboard_loaders::{LoadRequest, ModuleInfo, ModuleKind, ModuleLink, ModuleState, Registry};
 use switchboard_module_api::mgmt::ModuleStatus;
 use switchboard_module_api::proto::{Cred, ROLE_OWNER, ROLE_USER};
 use switchboard_module_api::{Errno, Error};
@@ -112,7 +112,8 @@ impl Supervisor {
         match loaded.run(link) {
             Ok(running) => *rec.running.lock() = Some(running),
             Err(e) => {
-                self.router.remove_endpoint(endpoint.id);
+                // Requests may already have been routed to it: answer them.
+                self.router.retire(&endpoint, "could not be started");
                 self.forget(&rec);
                 return Err(Error::new(e.errno(), e.to_string()));
             }
@@ -169,12 +170,15 @@ impl Supervisor {
         // owes is answered with an error, and whatever it sends from now on is dropped.
         rec.life.lock().stuck = true;
         self.router.retire(&rec.endpoint, "is stuck finalizing");
+        let why = match rec.info.kind {
+            ModuleKind::Native => "a native module's thread cannot be killed, so it stays listed until it returns",
+            _ => "it did not stop when forced either, so it stays listed until it does",
+        };
         Err(Error::new(
             Errno::ETIMEDOUT,
             format!(
                 "module '{name}' is stuck: it did not finish finalizing within {} ms of the shutdown request; \
-                 its services are withdrawn and its pending requests failed, but a native module's thread \
-                 cannot be killed, so it stays listed until it returns",
+                 its services are withdrawn and its pending requests failed, but {why}",
                 grace.as_millis()
             ),
         ))
