@@ -15,8 +15,16 @@ pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
         Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
             let config = config.as_deref().map(crate::json::value).transpose()?;
             let dirs = dirs.iter().map(|d| modules::dir_grant(d)).collect();
-            let request =
-                LoadArgs { path: String::new(), name, args, config, hello_timeout_ms: hello_timeout, memory_mb, cpu_ms, dirs };
+            let request = LoadArgs {
+                path: String::new(),
+                name,
+                args,
+                config,
+                hello_timeout_ms: hello_timeout,
+                memory_mb,
+                cpu_ms,
+                dirs,
+            };
             modules::load(client, &path, request)
         }
         Command::Remove { name, grace } => modules::remove(client, &name, grace),
