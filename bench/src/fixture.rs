@@ -76,6 +76,23 @@ impl BrokerFixture {
         Ok(BrokerFixture { broker: Some(broker), _dir: dir, echo_so, driver_so })
     }
 
+    pub fn broker(&self) -> &Broker {
+        self.broker.as_ref().expect("running")
+    }
+
+    /// Load one more module under `name` (the process and WASM echo rows).
+    pub fn load(&self, name: &str, path: &Path) -> Result<()> {
+        self.broker()
+            .load(LoadRequest {
+                path: path.to_owned(),
+                name: Some(name.to_string()),
+                config: Bytes::from_static(&[0x80]),
+                ..Default::default()
+            })
+            .map(drop)
+            .map_err(|e| BenchError(format!("cannot load {}: {e}", path.display())))
+    }
+
     pub fn connect(&self) -> Result<Client> {
         let path = self.broker.as_ref().expect("running").socket_path();
         Ok(Client::connect(path)?)
@@ -143,4 +160,83 @@ impl DriverBench {
         let count = ((rate * dur.as_secs_f64()) as u64).max(self.window as u64 * 2);
         self.once(count)
     }
+}
+
+/// The echo module built as a process module: the `echo` binary beside `libecho.so`.
+pub fn process_echo(modules: &Path) -> Option<PathBuf> {
+    Some(modules.join("echo")).filter(|p| p.is_file())
+}
+
+/// The echo module built as a WASM component: `target/wasm32-wasip2/<profile>/echo.wasm`
+/// beside `target/<profile>/`.
+pub fn wasm_echo(modules: &Path) -> Option<PathBuf> {
+    let profile = modules.file_name()?;
+    Some(modules.parent()?.join("wasm32-wasip2").join(profile).join("echo.wasm")).filter(|p| p.is_file())
+}
+
+/// The Python echo module, if the repository's `.venv` has the SDK; puts the environment
+/// first on PATH so the script's `#!/usr/bin/env python3` finds it.
+pub fn python_echo() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let venv_bin = root.join(".venv/bin");
+    let ok = std::process::Command::new(venv_bin.join("python3"))
+        .args(["-c", "import switchboard_module"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return None;
+    }
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    // Set before any module thread exists that could read the environment.
+    std::env::set_var("PATH", path);
+    Some(root.join("bench/python/echo.py"))
+}
+
+/// Resident memory of this process, in bytes (from /proc/self/statm).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// How long loading a WASM module takes, cold (compiling) and warm (compiled code from the
+/// cache), and how much memory a loaded instance adds.
+pub struct WasmLoads {
+    pub cold: Vec<Duration>,
+    pub warm: Vec<Duration>,
+    /// Resident bytes added per loaded instance, over `warm.len()` instances.
+    pub per_instance: u64,
+}
+
+/// Load `path` cold 3 times (each with an empty cache), then `n` times warm, keeping the
+/// warm instances loaded to measure their memory, then remove them all.
+pub fn wasm_loads(fixture: &BrokerFixture, path: &Path, n: usize) -> Result<WasmLoads> {
+    let dir = tempfile::Builder::new().prefix("sbbench-cache").tempdir().map_err(|e| BenchError(e.to_string()))?;
+    let broker = fixture.broker();
+    let timed = |name: &str| -> Result<Duration> {
+        let start = std::time::Instant::now();
+        fixture.load(name, path)?;
+        Ok(start.elapsed())
+    };
+    let mut cold = Vec::new();
+    for i in 0..3 {
+        // A cache folder of its own: nothing to find, everything to compile.
+        std::env::set_var("SWITCHBOARD_CACHE_DIR", dir.path().join(format!("cold{i}")));
+        cold.push(timed(&format!("wcold{i}"))?);
+        let _ = broker.remove(&format!("wcold{i}"));
+    }
+    // The last cold load left its compiled code: every load from here on finds it.
+    std::env::set_var("SWITCHBOARD_CACHE_DIR", dir.path().join("cold2"));
+    let before = resident_bytes();
+    let mut warm = Vec::new();
+    for i in 0..n {
+        warm.push(timed(&format!("wwarm{i}"))?);
+    }
+    let per_instance = resident_bytes().saturating_sub(before) / n.max(1) as u64;
+    for i in 0..n {
+        let _ = broker.remove(&format!("wwarm{i}"));
+    }
+    std::env::remove_var("SWITCHBOARD_CACHE_DIR");
+    Ok(WasmLoads { cold, warm, per_instance })
 }

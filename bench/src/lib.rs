@@ -30,6 +30,12 @@ use switchboard_module_api::Client;
 /// The issue's targets.
 pub const TARGET_SEQ_RATIO: f64 = 0.6;
 pub const TARGET_PIPELINED_RATE: f64 = 300_000.0;
+/// Rust process echo, pipelined, against native echo (issue 3).
+pub const TARGET_PROCESS_RATIO: f64 = 0.5;
+/// WASM echo, pipelined, against native echo (issue 4).
+pub const TARGET_WASM_RATIO: f64 = 0.7;
+/// A WASM module's load with its compiled code cached (issue 4).
+pub const TARGET_WARM_LOAD_MS: f64 = 5.0;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -138,7 +144,28 @@ pub fn run(opts: &Opts) -> Result<bool> {
     let raw_dir = tempfile::Builder::new().prefix("sbbench-raw").tempdir().map_err(io("temporary folder"))?;
     let raw = RawEcho::start(&raw_dir.path().join("raw.sock")).map_err(io("raw echo server"))?;
     let raw_client = || -> Result<Client> { Ok(Client::connect(raw.path())?) };
+    let python = fixture::python_echo();
     let broker = BrokerFixture::start(&modules)?;
+    // The same echo as the other kinds of module; a missing one is skipped and said so.
+    let mut skipped = Vec::new();
+    let mut extra = Vec::new();
+    for (name, path, how) in [
+        ("pecho", fixture::process_echo(&modules), "the `echo` binary: cargo build --release --workspace"),
+        ("pyecho", python, "the Python SDK in .venv: python3 -m venv .venv && .venv/bin/pip install ./sdk/python"),
+        (
+            "wecho",
+            fixture::wasm_echo(&modules),
+            "echo.wasm: cargo build --release --target wasm32-wasip2 -p switchboard-echo --lib",
+        ),
+    ] {
+        match path {
+            Some(p) => match broker.load(name, &p) {
+                Ok(()) => extra.push((name, p)),
+                Err(e) => skipped.push(format!("{name}: {}", e.0)),
+            },
+            None => skipped.push(format!("{name}: not built; needs {how}")),
+        }
+    }
 
     let mut benches: Vec<Bench> = Vec::new();
     let mut add = |id: &'static str, what: &'static str, mode: Mode, run: Runner<'static>| {
@@ -174,6 +201,35 @@ pub fn run(opts: &Opts) -> Result<bool> {
         ("echo.x", "echo-seq", "echo-pipe", "client -> broker -> native echo", "client -> broker -> echo, pipelined"),
         ("broker.ping", "ping-seq", "ping-pipe", "client -> broker.ping", "client -> broker.ping, pipelined"),
     ] {
+        let mut c = broker.connect()?;
+        let p = payload.clone();
+        add(seq_id, seq_what, Mode::Seq, Box::new(move |d| client_sequential(&mut c, topic, &p, d)));
+        let mut c = broker.connect()?;
+        let p = payload.clone();
+        add(
+            pipe_id,
+            pipe_what,
+            Mode::Pipe,
+            Box::new(move |d| client_pipelined(&mut c, topic, &p, window, flush_every, d)),
+        );
+    }
+
+    // The echo module as a process (Rust, Python) and as a WASM component.
+    for (name, _) in &extra {
+        let (seq_id, pipe_id, seq_what, pipe_what) = match *name {
+            "pecho" => {
+                ("pecho-seq", "pecho-pipe", "client -> broker -> Rust process echo", "Rust process echo, pipelined")
+            }
+            "pyecho" => {
+                ("pyecho-seq", "pyecho-pipe", "client -> broker -> Python echo", "Python process echo, pipelined")
+            }
+            _ => ("wecho-seq", "wecho-pipe", "client -> broker -> WASM echo", "WASM echo, pipelined"),
+        };
+        let topic: &'static str = match *name {
+            "pecho" => "pecho.x",
+            "pyecho" => "pyecho.x",
+            _ => "wecho.x",
+        };
         let mut c = broker.connect()?;
         let p = payload.clone();
         add(seq_id, seq_what, Mode::Seq, Box::new(move |d| client_sequential(&mut c, topic, &p, d)));
@@ -249,6 +305,13 @@ pub fn run(opts: &Opts) -> Result<bool> {
         println!();
     }
     report::table(&benches, window);
+    for s in &skipped {
+        println!("  skipped  {s}");
+    }
+    let wasm = extra.iter().find(|(n, _)| *n == "wecho").map(|(_, p)| p.clone());
+    if let (Some(path), true) = (wasm, opts.wants("wasm-load")) {
+        report::wasm_loads(&fixture::wasm_loads(&broker, &path, if opts.quick { 3 } else { 10 })?);
+    }
     let ok = benches.iter().all(|b| b.error.is_none());
     drop(benches);
     drop(broker);

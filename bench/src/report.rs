@@ -7,7 +7,10 @@ use bytes::Bytes;
 
 use crate::fixture::BrokerFixture;
 use crate::measure::Sample;
-use crate::{Bench, Mode, Opts, TARGET_PIPELINED_RATE, TARGET_SEQ_RATIO};
+use crate::{
+    Bench, Mode, Opts, TARGET_PIPELINED_RATE, TARGET_PROCESS_RATIO, TARGET_SEQ_RATIO, TARGET_WARM_LOAD_MS,
+    TARGET_WASM_RATIO,
+};
 
 pub fn header(opts: &Opts, modules: &Path, broker: &BrokerFixture, payload: &Bytes, window: usize, flush_every: usize) {
     println!("sbbench: Switchboard message path");
@@ -108,6 +111,12 @@ pub fn table(benches: &[Bench], window: usize) {
         ("pipelined ", "echo-pipe", "chan-pipe", "broker echo / channel pipelined"),
         ("sequential", "ping-seq", "raw-seq", "broker.ping / raw socket echo"),
         ("pipelined ", "ping-pipe", "raw-pipe", "broker.ping / raw socket echo"),
+        ("sequential", "pecho-seq", "echo-seq", "Rust process echo / native echo"),
+        ("pipelined ", "pecho-pipe", "echo-pipe", "Rust process echo / native echo"),
+        ("sequential", "pyecho-seq", "echo-seq", "Python echo / native echo"),
+        ("pipelined ", "pyecho-pipe", "echo-pipe", "Python echo / native echo"),
+        ("sequential", "wecho-seq", "echo-seq", "WASM echo / native echo"),
+        ("pipelined ", "wecho-pipe", "echo-pipe", "WASM echo / native echo"),
         ("sequential", "mod-echo-seq", "chan-seq", "module -> echo / channel ping-pong"),
         ("pipelined ", "mod-echo-pipe", "chan-pipe", "module -> echo / channel pipelined"),
     ];
@@ -147,6 +156,46 @@ pub fn table(benches: &[Bench], window: usize) {
         ),
         None => println!("  n/a   pipelined target: needs echo-pipe"),
     }
+    for (id, label, target) in [
+        ("pecho-pipe", "Rust process echo, pipelined", TARGET_PROCESS_RATIO),
+        ("wecho-pipe", "WASM echo, pipelined", TARGET_WASM_RATIO),
+    ] {
+        if let (Some(x), Some(y)) = (rate_of(benches, id), rate_of(benches, "echo-pipe")) {
+            println!(
+                "  {}  {label} >= {target:.1} x native echo pipelined: {:.2} x ({} vs {} RPC/s)",
+                verdict(x / y >= target),
+                x / y,
+                thousands(x),
+                thousands(y)
+            );
+        }
+    }
+}
+
+/// The WASM load section: cold and warm load times, memory per instance, the target.
+pub fn wasm_loads(w: &crate::fixture::WasmLoads) {
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let med = |v: &[Duration]| {
+        let mut v: Vec<f64> = v.iter().map(ms).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let list = |v: &[Duration]| v.iter().map(|d| format!("{:.2}", ms(d))).collect::<Vec<_>>().join(" ");
+    println!();
+    println!("WASM module loading (module.load of echo.wasm, wall time in the broker):");
+    println!("  cold (compile, empty cache)   median {:>8.2} ms   ({})", med(&w.cold), list(&w.cold));
+    println!("  warm (compiled code cached)   median {:>8.2} ms   ({})", med(&w.warm), list(&w.warm));
+    println!(
+        "  memory per loaded instance    {:.2} MiB resident ({} instances)",
+        w.per_instance as f64 / (1u64 << 20) as f64,
+        w.warm.len()
+    );
+    println!(
+        "  {}  warm load < {} ms: {:.2} ms",
+        verdict(med(&w.warm) < TARGET_WARM_LOAD_MS),
+        TARGET_WARM_LOAD_MS,
+        med(&w.warm)
+    );
 }
 
 /// The ratio of `a` to `b` in each round (they ran one after the other), as `0.61 0.70 ...`.

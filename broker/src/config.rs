@@ -51,7 +51,7 @@ impl ModuleEntry {
     /// The module's configuration table as msgpack (an empty map when none). TOML dates and
     /// times become strings in RFC 3339 form.
     pub fn config_msgpack(&self) -> Vec<u8> {
-        let value = self.config.as_ref().map_or(rmpv::Value::Map(Vec::new()), |t| table_value(t));
+        let value = self.config.as_ref().map_or(rmpv::Value::Map(Vec::new()), table_value);
         let mut out = Vec::new();
         // Writing a value to a Vec cannot fail.
         let _ = rmpv::encode::write_value(&mut out, &value);

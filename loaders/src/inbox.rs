@@ -50,11 +50,11 @@ pub enum RecvError {
 }
 
 impl Inbox {
-    /// Queue `msg`; gives it back if the inbox is closed.
-    pub fn push(&self, msg: Message) -> Result<(), Message> {
+    /// Queue `msg`; false (and `msg` dropped) if the inbox is closed.
+    pub fn push(&self, msg: Message) -> bool {
         let mut st = self.state.lock();
         if st.closed {
-            return Err(msg);
+            return false;
         }
         st.queue.push_back(msg);
         self.queued.store(st.queue.len(), Ordering::Release);
@@ -63,7 +63,7 @@ impl Inbox {
         if wake {
             self.ready.notify_one();
         }
-        Ok(())
+        true
     }
 
     fn pop(&self, st: &mut State) -> Option<Message> {
@@ -84,7 +84,7 @@ impl Inbox {
             std::hint::spin_loop();
             spins += 1;
             // Reading the clock costs more than a spin: look at it now and then.
-            if spins % 64 == 0 && Instant::now() >= until {
+            if spins.is_multiple_of(64) && Instant::now() >= until {
                 return false;
             }
         }

@@ -16,7 +16,7 @@ import traceback
 import msgpack
 
 __all__ = [
-    "Module", "Request", "Error",
+    "Module", "Request", "Error", "Raw",
     "EPERM", "ENOENT", "EIO", "EAGAIN", "EEXIST", "EINVAL", "ENOSYS", "ENODATA",
     "EPROTO", "ETIMEDOUT", "EHOSTUNREACH", "ECANCELED",
 ]
@@ -41,6 +41,10 @@ class Error(Exception):
         super().__init__(f"errno {errnum}: {text}")
         self.errnum = errnum
         self.text = text
+
+
+class Raw(bytes):
+    """A handler's return value to send as the response payload verbatim (already msgpack)."""
 
 
 class Message:
@@ -92,8 +96,20 @@ class Request:
         self.topic = msg.topic
         self.method = msg.topic.split(".", 1)[1] if "." in msg.topic else ""
         self.userid, self.rolemask = msg.userid, msg.rolemask
-        self.payload = unpack(msg.payload)
         self.streaming = bool(msg.flags & STREAMING)
+        self._payload = None
+
+    @property
+    def payload(self):
+        """The decoded payload (decoded on first use)."""
+        if self._payload is None and self.msg.payload:
+            self._payload = unpack(self.msg.payload)
+        return self._payload
+
+    @property
+    def raw(self):
+        """The payload's bytes, undecoded."""
+        return self.msg.payload
 
     @property
     def is_owner(self):
@@ -163,6 +179,7 @@ class Module:
         self.args = []
         self.config = {}
         self._methods = {}
+        self._otherwise = None
         self._guest = set()
         self._events = []
         self._on_init = None
@@ -182,6 +199,12 @@ class Module:
                 self._guest.add(name)
             return fn
         return register
+
+    def otherwise(self, fn):
+        """Decorator: handle every method the table does not name (guests included: check
+        `req.is_owner` yourself)."""
+        self._otherwise = fn
+        return fn
 
     def on_event(self, prefix):
         """Decorator: handle events whose topic starts with `prefix` (subscribed at start)."""
@@ -247,7 +270,7 @@ class Module:
     def _respond(self, req, value, errnum=0, errstr=None):
         if req.flags & NO_RESPONSE:
             return
-        r = req.response(b"" if errnum else pack(value))
+        r = req.response(b"" if errnum else value if isinstance(value, Raw) else pack(value))
         r.errnum, r.errstr = errnum, errstr
         self.send(r)
 
@@ -319,12 +342,14 @@ class Module:
                 self._guarded(self._on_disconnect, req)
             return
         fn = self._methods.get(req.method)
+        if fn is None and self._otherwise is not None:
+            fn = self._otherwise
+        elif fn is not None and not req.is_owner and req.method not in self._guest:
+            return self._respond(msg, None, EPERM, f"{msg.topic} is for the instance owner only")
         if fn is None and req.method == "ping":
             return self._respond(msg, req.payload)
         if fn is None:
             return self._respond(msg, None, ENOSYS, f"service '{self.name}' has no method '{req.method}'")
-        if not req.is_owner and req.method not in self._guest:
-            return self._respond(msg, None, EPERM, f"{msg.topic} is for the instance owner only")
         try:
             result = fn(req)
         except Error as e:
