@@ -185,7 +185,7 @@ macro_rules! export_module {
 
         #[cfg(target_family = "wasm")]
         const _: () = {
-            use $crate::wasm::bindings::switchboard::module::types::{Description, Message};
+            use $crate::wasm::bindings::switchboard::module::types::{Description, MessageResult as Message};
             struct __SwitchboardComponent;
             impl $crate::wasm::bindings::Guest for __SwitchboardComponent {
                 fn describe() -> Description {

@@ -22,6 +22,8 @@ pub mod bindings {
         export_macro_name: "__export_switchboard_world",
         default_bindings_module: "::switchboard_module_api::wasm::bindings",
         runtime_path: "::switchboard_module_api::wasm::rt",
+        // Imports borrow what they send: no copy of a message on its way out.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -29,22 +31,23 @@ pub mod bindings {
 pub use wit_bindgen::rt;
 
 use bindings::switchboard::module::host;
-use bindings::switchboard::module::types::{Description, Failure, Message as WitMessage};
+use bindings::switchboard::module::types::{Description, Failure, MessageParam, MessageResult as WitMessage};
 
-fn to_wit(m: &Message) -> WitMessage {
-    WitMessage {
+/// A view of `m` for the host: borrowed, nothing copied.
+fn to_wit(m: &Message) -> MessageParam<'_> {
+    MessageParam {
         kind: m.kind as u8,
         flags: m.flags.0,
-        topic: m.topic.clone(),
+        topic: &m.topic,
         matchtag: m.matchtag,
         nodeid: m.nodeid,
         userid: m.cred.userid,
         rolemask: m.cred.rolemask,
         errnum: m.errnum,
-        errstr: m.errstr.clone(),
+        errstr: m.errstr.as_deref(),
         seq: m.seq,
-        route: m.route.to_vec(),
-        payload: m.payload.to_vec(),
+        route: &m.route,
+        payload: &m.payload,
     }
 }
 
@@ -77,7 +80,7 @@ impl Link for WasmLink {
     }
 
     fn send(&self, msg: &Message) -> Result<(), LinkError> {
-        host::send(&to_wit(msg)).map_err(|f| LinkError::Refused(f.text))
+        host::send(to_wit(msg)).map_err(|f| LinkError::Refused(f.text))
     }
 
     fn log(&self, level: Level, text: &str) {
