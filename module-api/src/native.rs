@@ -197,6 +197,9 @@ macro_rules! export_module {
                 fn handle_message(msg: Message) {
                     $crate::wasm::handle_message::<$actor>(msg)
                 }
+                fn handle_messages(msgs: Vec<Message>) {
+                    $crate::wasm::handle_messages::<$actor>(msgs)
+                }
                 fn shutdown() {
                     $crate::wasm::shutdown::<$actor>()
                 }

@@ -4,7 +4,8 @@
 //! lives between calls here, not in a loop.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::actor::{dispatch, Actor, Methods};
@@ -71,15 +72,38 @@ fn failure(f: Failure) -> Error {
     Error::new(Errno(f.errnum), f.text)
 }
 
-struct WasmLink;
+/// The module's link to the host. Sends made while a batch of messages is being handled
+/// are held and go to the host in one `send-all` at the end of the batch (or before a
+/// `request`, so that they keep their order).
+#[derive(Default)]
+struct WasmLink {
+    batching: Cell<bool>,
+    held: RefCell<Vec<Message>>,
+}
 
-impl Link for WasmLink {
+impl WasmLink {
+    fn flush(&self) -> Result<(), LinkError> {
+        let Ok(mut held) = self.held.try_borrow_mut() else { return Ok(()) };
+        let held = std::mem::take(&mut *held);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let views: Vec<MessageParam<'_>> = held.iter().map(to_wit).collect();
+        host::send_all(&views).map_err(|f| LinkError::Refused(f.text))
+    }
+}
+
+impl Link for Rc<WasmLink> {
     /// The broker pushes messages to a component; there is nothing to pull.
     fn recv(&mut self, _timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
         Err(LinkError::Refused("a WASM module receives messages through handle-message".into()))
     }
 
     fn send(&self, msg: &Message) -> Result<(), LinkError> {
+        if self.batching.get() {
+            self.held.borrow_mut().push(msg.clone());
+            return Ok(());
+        }
         host::send(to_wit(msg)).map_err(|f| LinkError::Refused(f.text))
     }
 
@@ -88,6 +112,9 @@ impl Link for WasmLink {
     }
 
     fn request(&mut self, req: &Message, timeout: Option<Duration>) -> Option<Result<Message, Error>> {
+        if let Err(e) = self.flush() {
+            return Some(Err(Error::new(Errno::ECONNRESET, e.to_string())));
+        }
         let ms = timeout.map(|t| t.as_millis().min(u32::MAX as u128) as u32);
         Some(match host::request(&req.topic, &req.payload, ms) {
             Ok(m) => from_wit(m).ok_or_else(|| Error::proto("the broker sent a malformed response")),
@@ -100,9 +127,12 @@ struct State<A: Actor> {
     actor: A,
     methods: Methods<A>,
     handle: Handle,
+    link: Rc<WasmLink>,
 }
 
 thread_local! {
+    /// The running module's link, for the panic hook: answers given before a panic still go out.
+    static LINK: RefCell<Option<Rc<WasmLink>>> = const { RefCell::new(None) };
     static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
@@ -129,22 +159,47 @@ pub fn init<A: Actor>(name: String, args: Vec<String>, config: Vec<u8>) -> Resul
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
+        LINK.with(|l| {
+            if let Some(link) = l.try_borrow().ok().as_ref().and_then(|l| l.as_ref()) {
+                let _ = link.flush();
+            }
+        });
         host::log(Level::Error as u8, &format!("panicked: {what}"));
     }));
-    let handle = Handle::new(Box::new(WasmLink), name, args, config.into());
+    let link = Rc::new(WasmLink::default());
+    LINK.with(|l| *l.borrow_mut() = Some(link.clone()));
+    let handle = Handle::new(Box::new(link.clone()), name, args, config.into());
     let actor = A::init(&handle).map_err(|e| e.to_string())?;
-    let state = State { actor, methods: A::methods(), handle };
+    let state = State { actor, methods: A::methods(), handle, link };
     STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
     Ok(())
 }
 
-#[doc(hidden)]
-pub fn handle_message<A: Actor>(msg: WitMessage) {
+fn handle<A: Actor>(st: &mut State<A>, msg: WitMessage) {
     let Some(msg) = from_wit(msg) else { return };
-    with_state::<A>(|st| match msg.kind {
+    match msg.kind {
         MsgType::Request => dispatch(&mut st.actor, &st.methods, &st.handle, &msg),
         MsgType::Event => st.actor.event(&st.handle, &msg),
         MsgType::Response | MsgType::Control => {}
+    }
+}
+
+#[doc(hidden)]
+pub fn handle_message<A: Actor>(msg: WitMessage) {
+    with_state::<A>(|st| handle(st, msg));
+}
+
+#[doc(hidden)]
+pub fn handle_messages<A: Actor>(msgs: Vec<WitMessage>) {
+    with_state::<A>(|st| {
+        st.link.batching.set(true);
+        for msg in msgs {
+            handle(st, msg);
+        }
+        st.link.batching.set(false);
+        if let Err(e) = st.link.flush() {
+            st.handle.log(Level::Warn, &format!("could not send: {e}"));
+        }
     });
 }
 

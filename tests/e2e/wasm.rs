@@ -155,3 +155,24 @@ fn a_component_calls_other_services() {
     let r = rpc(&mut c, "patient.rpc", json!({"topic": "slow.sleep", "ms": 500}));
     assert!(r.is_ok(), "{r:?}");
 }
+
+#[test]
+fn many_requests_in_flight_are_answered_in_batches_each_with_its_own_payload() {
+    let b = Broker::start();
+    b.load(&wasm_module("echo"), Some("wecho"), &[]);
+    let mut c = b.client();
+    for i in 0..500u32 {
+        let mut req = switchboard_module_api::Message::request("wecho.x", switchboard_tests::payload(json!({"i": i})));
+        req.matchtag = 1 + i;
+        c.queue(&req);
+    }
+    c.flush().unwrap();
+    let mut seen = vec![false; 500];
+    for _ in 0..500 {
+        let r = c.recv_timeout(Some(switchboard_tests::WAIT)).unwrap();
+        let i = (r.matchtag - 1) as usize;
+        assert_eq!(json(&r), json!({"i": i}));
+        assert!(!std::mem::replace(&mut seen[i], true), "answered twice: {i}");
+    }
+    assert!(b.log().contains("module loaded module=wecho"));
+}

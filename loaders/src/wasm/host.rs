@@ -149,6 +149,14 @@ impl host::Host for HostState {
         Ok(())
     }
 
+    fn send_all(&mut self, msgs: Vec<WitMessage>) -> Result<(), Failure> {
+        let port = self.port()?.clone();
+        for m in msgs {
+            port.send(from_wit(m)?);
+        }
+        Ok(())
+    }
+
     fn request(&mut self, topic: String, payload: Vec<u8>, timeout_ms: Option<u32>) -> Result<WitMessage, Failure> {
         let port = self.port()?.clone();
         let inbox =

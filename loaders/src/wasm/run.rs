@@ -106,37 +106,94 @@ fn serve(
         Err(e) => return ExitStatus::Failed(describe_error(store, &e)),
     }
     port.set_state(ModuleState::Running);
+    let mut batch = Vec::new();
     loop {
-        let msg = match store.data_mut().deferred.pop_front() {
+        let msg = match next(store, inbox, port) {
             Some(m) => m,
-            None => match inbox.try_recv() {
-                Ok(Some(m)) => m,
-                Err(_) => return ExitStatus::Exited,
-                Ok(None) => {
-                    port.flush();
-                    match inbox.recv(None) {
-                        Ok(m) => m,
-                        Err(_) => return ExitStatus::Exited,
-                    }
-                }
-            },
+            None => return ExitStatus::Exited,
         };
+        if is_shutdown(&msg) {
+            return stop(store, world, cpu, port);
+        }
+        // Whatever else is already queued goes in the same call, up to a shutdown.
+        batch.push(to_wit(msg));
+        let mut stopping = false;
+        while batch.len() < BATCH {
+            let more = match store.data_mut().deferred.pop_front() {
+                Some(m) => Some(m),
+                None => inbox.try_recv().ok().flatten(),
+            };
+            match more {
+                Some(m) if is_shutdown(&m) => {
+                    stopping = true;
+                    break;
+                }
+                Some(m) => batch.push(to_wit(m)),
+                None => break,
+            }
+        }
         // More already queued: batch this thread's output until the inbox runs dry.
         if inbox.is_empty() && store.data().deferred.is_empty() {
             port.flush();
         } else {
             port.hold();
         }
-        arm_deadline(store, cpu);
-        if msg.kind == MsgType::Control && msg.topic == SHUTDOWN {
-            port.set_state(ModuleState::Finalizing);
-            return match world.call_shutdown(&mut *store) {
-                Ok(()) => ExitStatus::Exited,
-                Err(e) => ExitStatus::Failed(describe_error(store, &e)),
-            };
-        }
-        if let Err(e) = world.call_handle_message(&mut *store, &to_wit(msg)) {
+        // The deadline is per message: a batch of n gets n times the budget.
+        arm_deadline(store, cpu * batch.len() as u32);
+        store.data_mut().cpu = cpu;
+        let result = if batch.len() == 1 {
+            let one = batch.pop();
+            one.map_or(Ok(()), |m| world.call_handle_message(&mut *store, &m))
+        } else {
+            world.call_handle_messages(&mut *store, &batch)
+        };
+        batch.clear();
+        if let Err(e) = result {
             return ExitStatus::Failed(describe_error(store, &e));
         }
+        if stopping {
+            return stop(store, world, cpu, port);
+        }
+    }
+}
+
+/// Messages given to one call at most.
+const BATCH: usize = 64;
+
+fn is_shutdown(m: &switchboard_module_api::Message) -> bool {
+    m.kind == MsgType::Control && m.topic == SHUTDOWN
+}
+
+/// The next message: deferred ones first, then the inbox (waiting, after pushing out held
+/// output). None when the broker closed the inbox.
+fn next(
+    store: &mut Store<HostState>,
+    inbox: &crate::inbox::Inbox,
+    port: &dyn crate::module::BrokerPort,
+) -> Option<switchboard_module_api::Message> {
+    if let Some(m) = store.data_mut().deferred.pop_front() {
+        return Some(m);
+    }
+    match inbox.try_recv() {
+        Ok(Some(m)) => Some(m),
+        Err(_) => None,
+        Ok(None) => {
+            port.flush();
+            inbox.recv(None).ok()
+        }
+    }
+}
+
+fn stop(
+    store: &mut Store<HostState>,
+    world: &WasmWorld,
+    cpu: Duration,
+    port: &dyn crate::module::BrokerPort,
+) -> ExitStatus {
+    port.set_state(ModuleState::Finalizing);
+    arm_deadline(store, cpu);
+    match world.call_shutdown(&mut *store) {
+        Ok(()) => ExitStatus::Exited,
+        Err(e) => ExitStatus::Failed(describe_error(store, &e)),
     }
 }
