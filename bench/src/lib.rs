@@ -196,40 +196,40 @@ pub fn run(opts: &Opts) -> Result<bool> {
         Box::new(move |d| client_pipelined(&mut c, "echo.x", &p, window, flush_every, d)),
     );
 
-    // Through the broker, from a client on its socket.
-    for (topic, seq_id, pipe_id, seq_what, pipe_what) in [
-        ("echo.x", "echo-seq", "echo-pipe", "client -> broker -> native echo", "client -> broker -> echo, pipelined"),
-        ("broker.ping", "ping-seq", "ping-pipe", "client -> broker.ping", "client -> broker.ping, pipelined"),
+    // Through the broker, from a client on its socket: native echo, broker.ping, and the same
+    // echo as a Rust process, a Python process and a WASM component (those that loaded).
+    for (module, topic, seq_id, pipe_id, seq_what, pipe_what) in [
+        (
+            "echo",
+            "echo.x",
+            "echo-seq",
+            "echo-pipe",
+            "client -> broker -> native echo",
+            "client -> broker -> echo, pipelined",
+        ),
+        ("broker", "broker.ping", "ping-seq", "ping-pipe", "client -> broker.ping", "client -> broker.ping, pipelined"),
+        (
+            "pecho",
+            "pecho.x",
+            "pecho-seq",
+            "pecho-pipe",
+            "client -> broker -> Rust process echo",
+            "Rust process echo, pipelined",
+        ),
+        (
+            "pyecho",
+            "pyecho.x",
+            "pyecho-seq",
+            "pyecho-pipe",
+            "client -> broker -> Python echo",
+            "Python process echo, pipelined",
+        ),
+        ("wecho", "wecho.x", "wecho-seq", "wecho-pipe", "client -> broker -> WASM echo", "WASM echo, pipelined"),
     ] {
-        let mut c = broker.connect()?;
-        let p = payload.clone();
-        add(seq_id, seq_what, Mode::Seq, Box::new(move |d| client_sequential(&mut c, topic, &p, d)));
-        let mut c = broker.connect()?;
-        let p = payload.clone();
-        add(
-            pipe_id,
-            pipe_what,
-            Mode::Pipe,
-            Box::new(move |d| client_pipelined(&mut c, topic, &p, window, flush_every, d)),
-        );
-    }
-
-    // The echo module as a process (Rust, Python) and as a WASM component.
-    for (name, _) in &extra {
-        let (seq_id, pipe_id, seq_what, pipe_what) = match *name {
-            "pecho" => {
-                ("pecho-seq", "pecho-pipe", "client -> broker -> Rust process echo", "Rust process echo, pipelined")
-            }
-            "pyecho" => {
-                ("pyecho-seq", "pyecho-pipe", "client -> broker -> Python echo", "Python process echo, pipelined")
-            }
-            _ => ("wecho-seq", "wecho-pipe", "client -> broker -> WASM echo", "WASM echo, pipelined"),
-        };
-        let topic: &'static str = match *name {
-            "pecho" => "pecho.x",
-            "pyecho" => "pyecho.x",
-            _ => "wecho.x",
-        };
+        let loaded = matches!(module, "echo" | "broker") || extra.iter().any(|(n, _)| *n == module);
+        if !loaded {
+            continue;
+        }
         let mut c = broker.connect()?;
         let p = payload.clone();
         add(seq_id, seq_what, Mode::Seq, Box::new(move |d| client_sequential(&mut c, topic, &p, d)));
