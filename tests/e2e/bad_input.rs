@@ -11,23 +11,37 @@ use switchboard_module_api::proto::{encode_frame, MsgType};
 use switchboard_module_api::Message;
 use switchboard_tests::{c_module, errno_of, errtext, json, list, module, payload, row, rpc, wait_until, Broker, WAIT};
 
-fn load_err(b: &Broker, path: &std::path::Path, extra: &[&str]) -> (String, String) {
+/// Load `path` (as `name`), expect `errno` and an error text holding every one of
+/// `needles`, and check that nothing changed: the module list is as it was.
+fn refused(b: &Broker, path: &std::path::Path, name: Option<&str>, errno: &str, needles: &[&str]) {
     let mut c = b.client();
+    let modules = |c: &mut switchboard_module_api::Client| -> Vec<String> {
+        list(c).iter().map(|m| format!("{} {} {}", m["name"], m["state"], m["services"])).collect()
+    };
+    let before = modules(&mut c);
     let mut body = json!({"path": path.display().to_string()});
-    if let Some(name) = extra.first() {
+    if let Some(name) = name {
         body["name"] = json!(name);
     }
     let r = rpc(&mut c, "module.load", body);
-    (errno_of(&r), errtext(&r))
+    assert_eq!(errno_of(&r), errno, "{path:?}: {}", errtext(&r));
+    let text = errtext(&r);
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} not in {text:?}");
+    }
+    assert_eq!(modules(&mut c), before, "a refused load changed the module list");
 }
 
 #[test]
 fn a_missing_file_is_enoent_and_changes_nothing() {
     let b = Broker::start();
-    let (errno, text) = load_err(&b, std::path::Path::new("/nonexistent/libmod.so"), &[]);
-    assert_eq!(errno, "ENOENT");
-    assert!(text.contains("/nonexistent/libmod.so") && text.contains("no such file"), "{text}");
-    assert!(list(&mut b.client()).is_empty());
+    refused(
+        &b,
+        std::path::Path::new("/nonexistent/libmod.so"),
+        None,
+        "ENOENT",
+        &["/nonexistent/libmod.so", "no such file"],
+    );
 }
 
 #[test]
@@ -42,56 +56,36 @@ fn files_that_are_not_modules_are_refused_by_name() {
     let empty = dir.join("empty.so");
     std::fs::write(&empty, "").unwrap();
     for (path, why) in [(&random, "unknown data"), (&text, "text file"), (&empty, "empty")] {
-        let (errno, msg) = load_err(&b, path, &[]);
-        assert_eq!(errno, "ENOEXEC", "{path:?}");
-        assert!(msg.contains("is not a module") && msg.contains(why), "{msg}");
+        refused(&b, path, None, "ENOEXEC", &["is not a module", why]);
     }
-    let (errno, msg) = load_err(&b, dir, &[]);
-    assert_eq!(errno, "ENOEXEC");
-    assert!(msg.contains("directory"), "{msg}");
-    assert!(list(&mut b.client()).is_empty());
+    refused(&b, dir, None, "ENOEXEC", &["directory"]);
 }
 
 #[test]
 fn a_shared_object_without_the_entry_symbol_is_refused() {
     let b = Broker::start();
-    let lib = c_module("noentry", b.dir.path());
-    let (errno, msg) = load_err(&b, &lib, &[]);
-    assert_eq!(errno, "ENOEXEC");
-    assert!(msg.contains("switchboard_module_entry"), "{msg}");
+    refused(&b, &c_module("noentry", b.dir.path()), None, "ENOEXEC", &["switchboard_module_entry"]);
 }
 
 #[test]
 fn an_abi_version_mismatch_names_both_versions() {
     let b = Broker::start();
-    let lib = c_module("badabi", b.dir.path());
-    let (errno, msg) = load_err(&b, &lib, &[]);
-    assert_eq!(errno, "ENOEXEC");
-    assert!(msg.contains("ABI version 2") && msg.contains("speaks version 1"), "{msg}");
-    assert!(list(&mut b.client()).is_empty());
+    refused(&b, &c_module("badabi", b.dir.path()), None, "ENOEXEC", &["ABI version 2", "speaks version 1"]);
 }
 
 #[test]
 fn duplicate_names_and_taken_services_are_eexist() {
     let b = Broker::start();
     b.load(&module("echo"), None, &[]);
-    let (errno, msg) = load_err(&b, &module("echo"), &[]);
-    assert_eq!(errno, "EEXIST");
-    assert!(msg.contains("'echo' is already loaded"), "{msg}");
+    refused(&b, &module("echo"), None, "EEXIST", &["'echo' is already loaded"]);
     // A service a client registered cannot be taken by a module.
     let mut provider = b.client();
     rpc(&mut provider, "service.add", json!({"service": "taken"})).unwrap();
-    let (errno, msg) = load_err(&b, &module("echo"), &["taken"]);
-    assert_eq!(errno, "EEXIST");
-    assert!(msg.contains("service 'taken' is already provided by client"), "{msg}");
-    let (errno, _) = load_err(&b, &module("echo"), &["module"]);
-    assert_eq!(errno, "EEXIST");
-    let (errno, _) = load_err(&b, &module("echo"), &["bad.name"]);
-    assert_eq!(errno, "EINVAL");
-    // Nothing changed: one echo, serving.
-    let mut c = b.client();
-    assert_eq!(list(&mut c).len(), 1);
-    rpc(&mut c, "echo.x", json!({})).unwrap();
+    refused(&b, &module("echo"), Some("taken"), "EEXIST", &["service 'taken' is already provided by client"]);
+    refused(&b, &module("echo"), Some("module"), "EEXIST", &["the broker itself"]);
+    refused(&b, &module("echo"), Some("bad.name"), "EINVAL", &["bad.name"]);
+    // One echo, still serving.
+    rpc(&mut b.client(), "echo.x", json!({})).unwrap();
 }
 
 #[test]
@@ -280,10 +274,7 @@ fn a_client_that_stops_reading_is_cut_off_without_stalling_others() {
 #[test]
 fn a_module_table_with_a_null_main_is_refused() {
     let b = Broker::start();
-    let lib = c_module("nullmain", b.dir.path());
-    let (errno, msg) = load_err(&b, &lib, &[]);
-    assert_eq!(errno, "ENOEXEC");
-    assert!(msg.contains("main function is NULL"), "{msg}");
+    refused(&b, &c_module("nullmain", b.dir.path()), None, "ENOEXEC", &["main function is NULL"]);
     rpc(&mut b.client(), "broker.ping", json!({})).unwrap();
 }
 
