@@ -123,6 +123,22 @@ pub struct ModuleInfo {
     pub size: u64,
 }
 
+impl ModuleInfo {
+    /// What every loader reports: the instance name is the request's `name`, else the
+    /// module's own `default_name`; it must be a valid name, and it is the module's service.
+    pub fn new(
+        request: &LoadRequest,
+        default_name: String,
+        kind: ModuleKind,
+        digest: String,
+        size: u64,
+    ) -> Result<Self, LoadError> {
+        let name = request.name.clone().unwrap_or(default_name);
+        check_name(&name).map_err(LoadError::BadName)?;
+        Ok(ModuleInfo { services: vec![name.clone()], name, kind, path: request.path.clone(), digest, size })
+    }
+}
+
 /// The broker's side of a running module: where its output goes and where it reports.
 /// Implemented by the broker; a loader calls it from the module's own thread (or threads).
 pub trait BrokerPort: Send + Sync {

@@ -180,3 +180,12 @@ fn the_python_resource_handler_works_through_the_broker() {
     b.modctl_ok(&["remove", "resources"]);
     assert!(gone(pid));
 }
+
+#[test]
+fn a_process_module_refused_for_its_name_leaves_no_process_behind() {
+    let b = Broker::start();
+    let r =
+        rpc(&mut b.client(), "module.load", json!({"path": bin("faulty").display().to_string(), "name": "bad.name"}));
+    assert_eq!(errno_of(&r), "EINVAL");
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()));
+}

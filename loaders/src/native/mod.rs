@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use switchboard_module_api::abi::SbHost;
 
 use crate::error::LoadError;
-use crate::module::{check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
+use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
 
 /// ELF `e_type` of a shared object.
 const ET_DYN: u16 = 3;
@@ -58,17 +58,8 @@ impl Loader for NativeLoader {
 
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let lib = library::open(&request.path)?;
-        let name = request.name.clone().unwrap_or_else(|| lib.default_name.clone());
-        check_name(&name).map_err(LoadError::BadName)?;
         Ok(Box::new(NativeLoaded {
-            info: ModuleInfo {
-                services: vec![name.clone()],
-                name,
-                kind: ModuleKind::Native,
-                path: request.path.clone(),
-                digest: lib.digest,
-                size: lib.size,
-            },
+            info: ModuleInfo::new(request, lib.default_name, ModuleKind::Native, lib.digest, lib.size)?,
             main: lib.main,
         }))
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::digest::file_digest;
 use crate::error::LoadError;
-use crate::module::{check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
+use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
 
 use self::child::Child;
 
@@ -58,19 +58,15 @@ impl Loader for ProcessLoader {
         let (digest, size) = file_digest(&request.path)?;
         let timeout = request.hello_timeout.unwrap_or(DEFAULT_HELLO_TIMEOUT);
         let (child, hello) = Child::start(request, timeout)?;
-        let name = request.name.clone().unwrap_or(hello.name);
-        check_name(&name).map_err(LoadError::BadName)?;
-        Ok(Box::new(ProcessLoaded {
-            info: ModuleInfo {
-                services: vec![name.clone()],
-                name,
-                kind: ModuleKind::Process,
-                path: request.path.clone(),
-                digest,
-                size,
-            },
-            child: Some(child),
-        }))
+        let info = match ModuleInfo::new(request, hello.name, ModuleKind::Process, digest, size) {
+            Ok(info) => info,
+            Err(e) => {
+                // An invalid name: the child must not outlive the refusal.
+                child.dismiss(Duration::from_secs(1));
+                return Err(e);
+            }
+        };
+        Ok(Box::new(ProcessLoaded { info, child: Some(child) }))
     }
 }
 

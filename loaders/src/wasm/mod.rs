@@ -20,7 +20,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use self::host::{HostState, Limits, WasmWorld};
 use crate::digest::bytes_digest;
 use crate::error::LoadError;
-use crate::module::{check_name, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
+use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
 
 /// Memory a module may use when the load names no other cap.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
@@ -90,17 +90,8 @@ impl Loader for WasmLoader {
         let described = world
             .call_describe(&mut store)
             .map_err(|e| bad(format!("describe failed: {}", run::describe_error(&store, &e))))?;
-        let name = request.name.clone().unwrap_or(described.name);
-        check_name(&name).map_err(LoadError::BadName)?;
         Ok(Box::new(WasmLoaded {
-            info: ModuleInfo {
-                services: vec![name.clone()],
-                name,
-                kind: ModuleKind::Wasm,
-                path: path.clone(),
-                digest,
-                size: bytes.len() as u64,
-            },
+            info: ModuleInfo::new(request, described.name, ModuleKind::Wasm, digest, bytes.len() as u64)?,
             store,
             world,
             kill,
