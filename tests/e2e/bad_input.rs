@@ -214,24 +214,22 @@ fn guests_are_refused_unless_allowed() {
         // The temporary directory is the owner's; let the guest reach the socket.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = std::process::Command::new(switchboard_tests::bin("modctl"))
-            .args(["rpc", "broker.ping"])
-            .env("SWITCHBOARD_URI", b.socket.display().to_string())
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        if allow {
-            assert!(out.status.success(), "{err}");
-            // A guest may ping, but not manage modules.
-            let out = std::process::Command::new(switchboard_tests::bin("modctl"))
-                .args(["list"])
+        // `modctl` run as the unprivileged user nobody.
+        let as_guest = |args: &[&str]| {
+            std::process::Command::new(switchboard_tests::bin("modctl"))
+                .args(args)
                 .env("SWITCHBOARD_URI", b.socket.display().to_string())
                 .uid(65534)
                 .gid(65534)
                 .output()
-                .unwrap();
+                .unwrap()
+        };
+        let out = as_guest(&["rpc", "broker.ping"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if allow {
+            assert!(out.status.success(), "{err}");
+            // A guest may ping, but not manage modules.
+            let out = as_guest(&["list"]);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success() && err.contains("EPERM"), "{err}");
         } else {
