@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_loaders::{LoadRequest, ModuleInfo, Registry};
-use switchboard_module_api::mgmt::ModuleStatus;
+use switchboard_loaders::{LoadRequest, ModuleInfo, Registry, SearchPath};
+use switchboard_module_api::mgmt::{ApplyReport, ModuleStatus};
 use switchboard_module_api::proto::DEFAULT_MAX_FRAME;
 use switchboard_module_api::{uri, Error};
 
-use crate::config::{Config, ModuleEntry};
 use crate::connector::{ListenOptions, Listener};
 use crate::router::Router;
-use crate::supervisor::{spawn_management, Supervisor};
+use crate::site::{apply_file, Running, Site};
+use crate::supervisor::{spawn_management, ModuleSpec, Supervisor};
 
 /// Default time a module has to finalize after a shutdown request.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -27,6 +27,8 @@ pub enum BrokerError {
     Start(std::io::Error),
     #[error("module {module} from the configuration: {source}")]
     Module { module: String, source: Error },
+    #[error("{0}")]
+    Site(String),
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct BrokerBuilder {
     allow_guests: bool,
     max_frame: usize,
     grace: Duration,
+    search_path: SearchPath,
+    /// From a site file, started with `apply`.
+    site: Option<(PathBuf, Vec<ModuleSpec>)>,
+    /// Added one by one, loaded after the site's in this order.
     modules: Vec<LoadRequest>,
 }
 
@@ -45,6 +51,8 @@ impl Default for BrokerBuilder {
             allow_guests: false,
             max_frame: DEFAULT_MAX_FRAME,
             grace: DEFAULT_GRACE,
+            search_path: SearchPath::default(),
+            site: None,
             modules: Vec::new(),
         }
     }
@@ -80,40 +88,72 @@ impl BrokerBuilder {
         self
     }
 
-    /// Take settings and modules from a configuration file; builder calls made before this
-    /// are overridden where the file says otherwise.
-    pub fn config(mut self, config: &Config) -> Self {
-        let b = &config.broker;
-        if let Some(l) = &b.listen {
-            self.listen = Some(l.clone());
-        }
-        self.allow_guests |= b.allow_guests;
-        if let Some(m) = b.max_frame {
-            self.max_frame = m;
-        }
-        if let Some(g) = b.grace_ms {
-            self.grace = Duration::from_millis(g);
-        }
-        self.modules.extend(config.modules.iter().map(request_of));
+    /// Where bare module names are looked up.
+    pub fn search_path(mut self, search: SearchPath) -> Self {
+        self.search_path = search;
         self
     }
 
-    /// Start listening, then load the configured modules in order. A module that fails to
-    /// load stops the start and unloads those already loaded.
+    /// Take settings and modules from a site file; builder calls made before this are
+    /// overridden where the file says otherwise. Its modules start in dependency order.
+    pub fn site(mut self, site: &Site) -> Self {
+        if let Some(l) = &site.listen {
+            self.listen = Some(l.clone());
+        }
+        self.allow_guests |= site.allow_guests;
+        if let Some(m) = site.max_frame {
+            self.max_frame = m;
+        }
+        if let Some(g) = site.grace {
+            self.grace = g;
+        }
+        self.search_path = site.search_path.clone();
+        self.site = Some((site.path.clone(), site.wanted()));
+        self
+    }
+
+    /// Start listening, then start the site's modules (dependency order, independent ones
+    /// in parallel), then the ones added with `module`. A module that fails to start stops
+    /// the start and removes those already running.
     pub fn start(self) -> Result<Broker, BrokerError> {
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
         let router = Arc::new(Router::new());
         let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
+        supervisor.set_search_path(self.search_path);
+        let running = Arc::new(Running {
+            site: self.site.as_ref().map(|(p, _)| p.clone()),
+            listen: path.clone(),
+            allow_guests: self.allow_guests,
+            max_frame: self.max_frame,
+        });
         let (tx, rx) = crossbeam_channel::unbounded();
         router.set_management(tx);
-        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path)).map_err(BrokerError::Start)?;
+        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path), running.clone())
+            .map_err(BrokerError::Start)?;
         let listener = Listener::start(
             router.clone(),
             ListenOptions { path: path.clone(), allow_guests: self.allow_guests, max_frame: self.max_frame },
         )
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
-        let broker = Broker { router, supervisor, listener: Some(listener), path };
+        let broker = Broker { router, supervisor, listener: Some(listener), path, running };
+        if let Some((_, specs)) = &self.site {
+            let report = broker.supervisor.apply(specs, false).map_err(|c| BrokerError::Site(c.to_string()));
+            let failed = match report {
+                Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
+                    BrokerError::Site(format!(
+                        "module {} from the configuration: {}",
+                        s.name,
+                        s.outcome.unwrap_or_default()
+                    ))
+                }),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failed {
+                broker.shutdown();
+                return Err(e);
+            }
+        }
         for request in self.modules {
             let module = request.name.clone().unwrap_or_else(|| request.path.display().to_string());
             if let Err(source) = broker.load(request) {
@@ -125,22 +165,13 @@ impl BrokerBuilder {
     }
 }
 
-fn request_of(m: &ModuleEntry) -> LoadRequest {
-    LoadRequest {
-        path: m.path.clone(),
-        name: m.name.clone(),
-        args: m.args.clone(),
-        config: m.config_msgpack().into(),
-        ..Default::default()
-    }
-}
-
 /// A running broker.
 pub struct Broker {
     router: Arc<Router>,
     supervisor: Arc<Supervisor>,
     listener: Option<Listener>,
     path: PathBuf,
+    running: Arc<Running>,
 }
 
 impl Broker {
@@ -163,11 +194,27 @@ impl Broker {
     }
 
     pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
-        self.supervisor.load(request)
+        self.supervisor.load(ModuleSpec { request, ..Default::default() })
     }
 
+    /// Load with broker-side settings (requirements, restart policy, grace).
+    pub fn load_spec(&self, spec: ModuleSpec) -> Result<ModuleInfo, Error> {
+        self.supervisor.load(spec)
+    }
+
+    /// Remove a module (refused while running modules require it).
     pub fn remove(&self, name: &str) -> Result<(), Error> {
-        self.supervisor.remove(name, None)
+        self.supervisor.remove(name, None, false)
+    }
+
+    /// Replace a module with a new instance of its file; no request fails because of it.
+    pub fn reload(&self, name: &str) -> Result<ModuleInfo, Error> {
+        self.supervisor.reload(name, None)
+    }
+
+    /// Bring the modules to what a site file says (default: the one the broker started with).
+    pub fn apply(&self, site: Option<&Path>, dry_run: bool) -> Result<ApplyReport, Error> {
+        apply_file(&self.supervisor, &self.running, site, dry_run)
     }
 
     pub fn list(&self) -> Vec<ModuleStatus> {

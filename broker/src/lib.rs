@@ -8,16 +8,18 @@
 //! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.
 //! - [`connector`]: how clients reach the broker (the local Unix socket).
 //! - [`services`]: the built-in services `broker`, `service`, `event`, `module`.
-//! - [`supervisor`]: where a module is loaded, started, watched and removed.
-//! - [`config`]: the configuration file.
+//! - [`supervisor`]: where a module is loaded, started, reloaded, restarted and removed,
+//!   and where a set of modules is brought to what a site file says (`apply`).
+//! - [`site`]: the site file: reading and checking it, applying it, rc scripts.
 
 pub mod broker;
-pub mod config;
 pub mod connector;
 pub mod router;
 pub mod services;
+pub mod site;
 pub mod supervisor;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError};
-pub use config::Config;
+pub use site::Site;
+pub use supervisor::{ModuleSpec, RestartPolicy};
 pub use switchboard_loaders::LoadRequest;

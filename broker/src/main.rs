@@ -1,19 +1,22 @@
-//! `switchboard`: the broker daemon. Parses its arguments, starts a `Broker`, and removes
-//! every module in reverse order on SIGINT or SIGTERM. Everything else is in the library.
+//! `switchboard`: the broker daemon. Parses its arguments, reads the site file, starts a
+//! `Broker`, runs the rc scripts, re-applies the site file on SIGHUP, and on SIGINT or
+//! SIGTERM removes every module in reverse order. Everything else is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard::{Broker, Config};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use switchboard::site::{run_script, OnStartFailure};
+use switchboard::{Broker, Site};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchboard", version, about = "Switchboard message broker")]
 struct Args {
-    /// Configuration file (TOML): socket, guests, modules to load at start.
+    /// Site file (TOML, RFC 4): socket, search path, modules and their order, rc scripts.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Socket path to listen on (overrides the configuration and the default path).
+    /// Socket path to listen on (overrides the site file and the default path).
     #[arg(long)]
     listen: Option<PathBuf>,
     /// Let other local users connect as guests.
@@ -22,27 +25,30 @@ struct Args {
     /// Largest frame accepted from a client, in bytes.
     #[arg(long)]
     max_frame: Option<usize>,
-    /// Log filter, e.g. `info`, `debug`, `switchboard=trace` (also SWITCHBOARD_LOG).
-    #[arg(long, env = "SWITCHBOARD_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, e.g. `info`, `debug`, `switchboard=trace` (also SWITCHBOARD_LOG; default:
+    /// the site file's `log`, else `info`).
+    #[arg(long, env = "SWITCHBOARD_LOG")]
+    log: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let site = match args.config.as_deref().map(Site::load).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = args.log.clone().or_else(|| site.as_ref().and_then(|s| s.log.clone())).unwrap_or("info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut builder = Broker::builder();
-    if let Some(path) = &args.config {
-        match Config::load(path) {
-            Ok(c) => builder = builder.config(&c),
-            Err(e) => {
-                eprintln!("switchboard: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    if let Some(site) = &site {
+        builder = builder.site(site);
     }
     if let Some(l) = args.listen {
         builder = builder.listen(l);
@@ -53,14 +59,13 @@ fn main() -> ExitCode {
     if let Some(m) = args.max_frame {
         builder = builder.max_frame(m);
     }
-    let mut signals =
-        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("switchboard: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let broker = match builder.start() {
         Ok(b) => b,
         Err(e) => {
@@ -69,10 +74,42 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(uri = %broker.uri(), modules = broker.list().len(), "switchboard ready");
-    // Tell whoever started us that we are listening (tests and scripts wait for this line).
+    if let Some(script) = site.as_ref().and_then(|s| s.rc_start.as_deref()) {
+        if let Err(e) = run_script(script, &broker.uri()) {
+            if site.as_ref().is_some_and(|s| s.on_start_failure == OnStartFailure::Continue) {
+                tracing::error!("{e} (on_start_failure = \"continue\": the broker keeps running)");
+            } else {
+                eprintln!(
+                    "switchboard: {e}; stopping (set on_start_failure = \"continue\" in [broker.rc] to keep running)"
+                );
+                broker.shutdown();
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Tell whoever started us that we are up (tests and scripts wait for this line).
     println!("{}", broker.uri());
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down");
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            tracing::info!(signal = sig, "shutting down");
+            break;
+        }
+        match broker.apply(None, false) {
+            Ok(report) => {
+                let changed = report.steps.len();
+                let failed = report.steps.iter().filter(|s| !s.ok).count();
+                tracing::info!(path = %report.path, changed, failed, unchanged = report.unchanged.len(), "SIGHUP: site file applied");
+                for s in report.steps.iter().filter(|s| !s.ok) {
+                    tracing::error!(module = %s.name, action = %s.action, "{}", s.outcome.as_deref().unwrap_or(""));
+                }
+            }
+            Err(e) => tracing::error!("SIGHUP: the site file was not applied: {}", e.text),
+        }
+    }
+    if let Some(script) = site.as_ref().and_then(|s| s.rc_stop.as_deref()) {
+        if let Err(e) = run_script(script, &broker.uri()) {
+            tracing::error!("{e}");
+        }
     }
     broker.shutdown();
     ExitCode::SUCCESS

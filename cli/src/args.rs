@@ -16,7 +16,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load a module and start it.
+    /// Load a module and start it. PATH with no `/` is a name looked up on the broker's
+    /// search path (`kvs` finds kvs.so, libkvs.so, kvs.wasm or an executable kvs).
     Load {
         path: PathBuf,
         /// Instance name (default: the module's own name).
@@ -47,6 +48,49 @@ pub enum Command {
         /// Milliseconds the module has to finalize (default: the broker's, 5000).
         #[arg(long)]
         grace: Option<u64>,
+        /// Remove it even if running modules require it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace a module with a new instance of its file; requests that arrive meanwhile wait
+    /// for the new instance.
+    Reload { name: String },
+    /// Bring the broker to what a site file says: load, remove, reload what differs.
+    Apply {
+        file: PathBuf,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The broker's site file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// A module's counters: messages, errors, queue, restarts, memory or CPU.
+    Stats {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the messages to and from modules as they pass, until interrupted. Names need
+    /// not be loaded yet; none: every module.
+    Trace {
+        names: Vec<String>,
+        /// Only topics matching this glob (`*`, `?`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only these types: request,response,event,control.
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// List loaded modules.
     List {
@@ -94,5 +138,17 @@ pub enum EventCommand {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Re-read the site file the broker was started with and apply it (as SIGHUP does).
+    Reload {
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -10,6 +10,11 @@ use thiserror::Error;
 pub enum LoadError {
     #[error("{path}: no such file")]
     NotFound { path: PathBuf },
+    #[error(
+        "no module '{name}' on the search path ({}); give a path (with a '/') or add its folder to search_path",
+        dirs_text(dirs)
+    )]
+    NotOnSearchPath { name: String, dirs: Vec<PathBuf> },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(
@@ -40,7 +45,7 @@ impl LoadError {
     /// The errno a `module.load` error response carries.
     pub fn errno(&self) -> Errno {
         match self {
-            LoadError::NotFound { .. } => Errno::ENOENT,
+            LoadError::NotFound { .. } | LoadError::NotOnSearchPath { .. } => Errno::ENOENT,
             LoadError::Io { .. } => Errno::EIO,
             LoadError::NotRecognized { .. }
             | LoadError::Open { .. }
@@ -71,4 +76,11 @@ fn tail_text(tail: &str) -> String {
     } else {
         format!(" (expected a 'hello' control message on fd 3; its last output: {tail})")
     }
+}
+
+fn dirs_text(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "it is empty".to_string();
+    }
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use switchboard_module_api::proto::MsgType;
 use switchboard_module_api::Message;
 
 /// How long a busy module watches its queue before it sleeps.
@@ -38,6 +39,9 @@ struct State {
     queue: VecDeque<Message>,
     /// The module left: nothing more is accepted, and waiters return.
     closed: bool,
+    /// A successor takes new requests: only responses, events and control messages are
+    /// accepted (the instance may still be finalizing and waiting for answers).
+    sealed: bool,
     /// The taker is blocked in `recv`: a push must wake it.
     waiting: bool,
 }
@@ -50,11 +54,11 @@ pub enum RecvError {
 }
 
 impl Inbox {
-    /// Queue `msg`; false (and `msg` dropped) if the inbox is closed.
-    pub fn push(&self, msg: Message) -> bool {
+    /// Queue `msg`; it comes back if the inbox is closed, or sealed and `msg` is a request.
+    pub fn push(&self, msg: Message) -> Result<(), Box<Message>> {
         let mut st = self.state.lock();
-        if st.closed {
-            return false;
+        if st.closed || (st.sealed && msg.kind == MsgType::Request) {
+            return Err(Box::new(msg));
         }
         st.queue.push_back(msg);
         self.queued.store(st.queue.len(), Ordering::Release);
@@ -63,7 +67,17 @@ impl Inbox {
         if wake {
             self.ready.notify_one();
         }
-        true
+        Ok(())
+    }
+
+    /// Queue `last` (a shutdown request) and refuse every request after it, in one step: what
+    /// was queued before it is this instance's to answer, what comes after is its successor's.
+    pub fn seal(&self, last: Message) {
+        let mut st = self.state.lock();
+        st.sealed = true;
+        drop(st);
+        // Not a request, so the seal lets it in.
+        let _ = self.push(last);
     }
 
     fn pop(&self, st: &mut State) -> Option<Message> {
@@ -160,6 +174,14 @@ impl Inbox {
         self.queued.store(0, Ordering::Release);
         drop(st);
         self.ready.notify_all();
+    }
+
+    /// Take everything queued, leaving the inbox as it is otherwise (a reload hands what the
+    /// old instance never took to the new one).
+    pub fn take_all(&self) -> Vec<Message> {
+        let mut st = self.state.lock();
+        self.queued.store(0, Ordering::Release);
+        st.queue.drain(..).collect()
     }
 
     /// Drop what is queued (the module left; its requests are answered elsewhere).

@@ -9,6 +9,7 @@
 //! - [`inbox`]: a module's message queue, which its thread blocks on.
 //! - [`error`]: `LoadError`, each variant a sentence an operator can act on.
 //! - [`registry`]: picks the loader for a file.
+//! - [`search`]: the module search path (bare names to files).
 //! - [`digest`]: content digest and size of a module file.
 //! - [`native`]: ELF shared objects speaking the C ABI of RFC 2.
 //! - [`process`]: executables and scripts run as child processes (RFC 5).
@@ -21,12 +22,14 @@ pub mod module;
 pub mod native;
 pub mod process;
 pub mod registry;
+pub mod search;
 pub mod wasm;
 
 pub use error::LoadError;
 pub use inbox::Inbox;
 pub use module::{
     check_name, BrokerPort, DirGrant, ExitStatus, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind,
-    ModuleLink, ModuleState, RunningModule, Sandbox,
+    ModuleLink, ModuleState, RunningModule, Sandbox, Usage,
 };
 pub use registry::Registry;
+pub use search::SearchPath;

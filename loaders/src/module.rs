@@ -83,6 +83,8 @@ pub struct LoadRequest {
     pub config: Bytes,
     /// Only describe the module (`module.info`): a loader may skip what running needs.
     pub inspect_only: bool,
+    /// Process modules: environment variables set for the child, on top of the broker's.
+    pub env: Vec<(String, String)>,
     /// Process modules: how long the child has to say hello (default 10 s).
     pub hello_timeout: Option<std::time::Duration>,
     /// WASM modules: what the sandbox allows.
@@ -190,8 +192,23 @@ pub trait RunningModule: Send + Sync {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// What the module uses, as far as its kind can tell.
+    fn usage(&self) -> Usage {
+        Usage::default()
+    }
     /// Reclaim what is left once the module has reported `exited` (join, reap).
     fn wait(self: Box<Self>);
+}
+
+/// Resources a running module holds (`module.stats`); None where its kind cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// WASM: the instance's linear memory, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Process: CPU time used (user + system), in milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// Process: resident set size, in bytes.
+    pub rss_bytes: Option<u64>,
 }
 
 /// A module or service name: 1 to 64 of `[A-Za-z0-9_-]`. No dots: the service is the part

@@ -128,6 +128,14 @@ pub trait Actor: Sized + 'static {
 
     fn tick(&mut self, _handle: &Handle) {}
 
+    /// The site's configuration table changed (`modctl apply`, `modctl config reload`):
+    /// `handle.config()` already returns the new one. An `Err` keeps the old table and is
+    /// the answer the broker gets. Not overriding it answers ENOSYS, and the broker reloads
+    /// the module instead.
+    fn reconfigure(&mut self, handle: &Handle) -> Result<(), Error> {
+        Err(Error::new(Errno::ENOSYS, format!("module '{}' does not take a config-update", handle.name())))
+    }
+
     /// The broker asked the module to stop. It may still send and receive here.
     fn shutdown(&mut self, _handle: &Handle) {}
 }
@@ -163,10 +171,35 @@ pub fn run_actor<A: Actor>(handle: &Handle) -> Result<(), Error> {
     }
 }
 
+/// `SERVICE.config-update` (RFC 3 §5.2): the payload is the new table; the actor takes it
+/// or the old one stays.
+fn reconfigure<A: Actor>(actor: &mut A, h: &Handle, msg: &Message) -> Result<(), Error> {
+    if !msg.cred.is_owner() {
+        return Err(Error::new(Errno::EPERM, format!("{} is for the instance owner only", msg.topic)));
+    }
+    if rmpv::decode::read_value(&mut &msg.payload[..]).map_or(true, |v| !v.is_map()) {
+        return Err(Error::new(Errno::EPROTO, "config-update: the payload must be a msgpack map"));
+    }
+    let old = h.replace_config(msg.payload.clone());
+    actor.reconfigure(h).inspect_err(|_| {
+        h.replace_config(old);
+    })
+}
+
 pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle, msg: &Message) {
     let method = msg.method();
     if method == "disconnect" {
         actor.disconnect(h, msg);
+        return;
+    }
+    if method == "config-update" && !methods.table.contains_key(method) {
+        let sent = match reconfigure(actor, h, msg) {
+            Ok(()) => h.respond_raw(msg, Bytes::from_static(&[0x80])),
+            Err(e) => h.respond_error(msg, e.errnum, &e.text),
+        };
+        if let Err(e) = sent {
+            h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
+        }
         return;
     }
     let reply = match methods.table.get(method).or(methods.otherwise.as_ref()) {

@@ -22,7 +22,8 @@ pub struct Handle {
     link: RefCell<Box<dyn Link>>,
     name: String,
     args: Vec<String>,
-    config: Bytes,
+    /// Replaced by a `config-update` the actor accepts.
+    config: RefCell<Bytes>,
     /// Messages that arrived while `rpc` waited for its response, delivered next by `recv`.
     deferred: RefCell<VecDeque<Message>>,
     next_tag: Cell<u32>,
@@ -34,7 +35,7 @@ impl Handle {
             link: RefCell::new(link),
             name,
             args,
-            config,
+            config: RefCell::new(config),
             deferred: RefCell::new(VecDeque::new()),
             next_tag: Cell::new(1),
         }
@@ -55,13 +56,18 @@ impl Handle {
     }
 
     /// The raw configuration table (a msgpack map).
-    pub fn config_raw(&self) -> &Bytes {
-        &self.config
+    pub fn config_raw(&self) -> Bytes {
+        self.config.borrow().clone()
     }
 
     /// The configuration table decoded into `T`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        Ok(rmp_serde::from_slice(&self.config)?)
+        Ok(rmp_serde::from_slice(&self.config.borrow())?)
+    }
+
+    /// Replace the configuration table; returns the one it replaces.
+    pub(crate) fn replace_config(&self, config: Bytes) -> Bytes {
+        self.config.replace(config)
     }
 
     pub fn log(&self, level: Level, text: &str) {

@@ -48,6 +48,137 @@ pub struct RemoveArgs {
     /// How long the module may take to finalize, in milliseconds (default 5000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
+    /// Remove it even if running modules require it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// `module.reload` and `module.stats` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameArgs {
+    pub name: String,
+}
+
+/// `module.apply` request.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ApplyArgs {
+    /// The site file, absolute; absent: the file the broker was started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Only say what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One step of an apply: `action` is load, reload, configure, update or remove.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyStep {
+    pub action: String,
+    pub name: String,
+    /// Why: "not loaded", "the file changed", "not in the file", ...
+    pub why: String,
+    /// What happened, when it was carried out: "ok", "skipped: ...", or the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// It was carried out and succeeded.
+    #[serde(default)]
+    pub ok: bool,
+}
+
+/// `module.apply` response.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ApplyReport {
+    pub path: String,
+    pub dry_run: bool,
+    /// In the order they are carried out: removals first, then by start level.
+    pub steps: Vec<ApplyStep>,
+    /// Modules already as the file says.
+    pub unchanged: Vec<String>,
+    /// Broker settings that differ from the file and only a restart applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
+}
+
+/// `module.stats` response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModuleStats {
+    pub name: String,
+    pub kind: String,
+    pub state: String,
+    pub uptime_ms: u64,
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    /// Error responses it sent.
+    pub errors: u64,
+    /// The last error response it sent, or the last failure of an earlier instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub queue: u64,
+    /// Requests it was handed and has not answered.
+    pub pending: u64,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// WASM: linear memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Process: CPU time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Process: resident set size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// `module.trace` request (streaming).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct TraceArgs {
+    /// Module names to trace; empty: every module. A name need not be loaded yet.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Only topics matching this glob (`*` any run of characters, `?` one character).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Only these message types ("request", "response", "event", "control"); empty: all.
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+/// One streamed `module.trace` response: a message that passed to or from a module.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// Microseconds since the Unix epoch.
+    pub time_us: u64,
+    pub module: String,
+    /// "in" (to the module) or "out" (from it).
+    pub dir: String,
+    /// "request", "response", "event" or "control".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub topic: String,
+    pub matchtag: u32,
+    pub userid: u32,
+    pub errnum: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errstr: Option<String>,
+    /// The payload's size; `payload` holds at most its first 256 bytes.
+    pub size: u64,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// The payload of a `module.lifecycle.NAME` event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    pub name: String,
+    /// loaded, reloaded, configured, failed, restarted, gave-up, removed
+    pub event: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `module.info` request.
@@ -90,6 +221,15 @@ pub struct ModuleStatus {
     pub queue: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Times its restart policy started it again.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why it (or an earlier instance) last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Modules it requires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// `module.list` response.

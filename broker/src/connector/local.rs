@@ -150,7 +150,7 @@ fn admit(router: &Arc<Router>, stream: UnixStream, opts: &ListenOptions, owner: 
     };
     let label = format!("client pid {pid} uid {uid}");
     let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone())?;
-    let ep = router.add_endpoint(Sink::Conn(out.clone()), cred, label);
+    let ep = router.add_endpoint(Sink::Conn(out.clone()), cred, label, None);
     tracing::debug!(id = ep.id, pid, uid, "client connected");
     let router = router.clone();
     let max_frame = opts.max_frame;

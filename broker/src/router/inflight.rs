@@ -64,6 +64,27 @@ impl Inflight {
         true
     }
 
+    /// Stop tracking a request that was not delivered after all (handed to a successor).
+    /// False if it is not tracked (any more): `close` already answered it.
+    pub fn forget(&self, req: &Message) -> bool {
+        if !req.wants_response() {
+            return true;
+        }
+        let mut map = self.map.lock();
+        let key = (req.route.clone(), req.matchtag);
+        let Some(p) = map.get_mut(&key) else { return false };
+        p.count -= 1;
+        if p.count == 0 {
+            map.remove(&key);
+        }
+        true
+    }
+
+    /// How many requests it owes answers to.
+    pub fn pending(&self) -> usize {
+        self.map.lock().values().map(|p| p.count as usize).sum()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }

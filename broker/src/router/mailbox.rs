@@ -51,11 +51,13 @@ impl Mailbox {
         }
     }
 
-    pub fn push(&self, msg: Message) {
+    /// Queue `msg`; it comes back when the inbox is closed (the endpoint's in-flight record
+    /// answers the sender) or sealed for a successor (the router hands it on).
+    pub fn push(&self, msg: Message) -> Result<(), Box<Message>> {
+        self.inbox.push(msg)?;
         self.msgs_in.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        // A closed inbox refuses it; the endpoint's in-flight record answers the sender.
-        let _ = self.inbox.push(msg);
+        Ok(())
     }
 
     /// The module sent a message.
@@ -66,7 +68,21 @@ impl Mailbox {
 
     /// Ask the module to stop.
     pub fn shutdown(&self) {
-        let _ = self.inbox.push(Message::control(switchboard_module_api::SHUTDOWN, bytes::Bytes::new()));
+        let _ = self.inbox.push(Self::shutdown_message());
+    }
+
+    /// Ask the module to stop, and refuse requests from now on: its successor takes them.
+    pub fn shutdown_for_successor(&self) {
+        self.inbox.seal(Self::shutdown_message());
+    }
+
+    /// What is queued and not yet taken.
+    pub fn take_all(&self) -> Vec<Message> {
+        self.inbox.take_all()
+    }
+
+    fn shutdown_message() -> Message {
+        Message::control(switchboard_module_api::SHUTDOWN, bytes::Bytes::new())
     }
 
     /// The module left or was detached: refuse and drop whatever comes.

@@ -9,11 +9,15 @@ mod clock;
 mod conn_out;
 mod inflight;
 mod mailbox;
+mod trace;
 
 pub use batch::{flush, hold};
 pub use conn_out::ConnOut;
 pub use inflight::Inflight;
 pub use mailbox::Mailbox;
+pub use trace::glob;
+
+use self::trace::{Dir, Tracers};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -46,8 +50,13 @@ pub struct Endpoint {
     pub cred: Cred,
     /// "client pid 12 uid 0", "module 'kvs'": for messages and logs.
     pub label: String,
+    /// The module's name, for a module's endpoint (what `module.trace` matches).
+    pub module: Option<String>,
     /// Requests it was handed and has not finished answering.
     pub inflight: Inflight,
+    /// The instance that replaces this one (a reload): requests this one's inbox refuses,
+    /// and those it leaves queued, go there.
+    pub successor: OnceLock<Arc<Endpoint>>,
 }
 
 /// Who answers a service.
@@ -71,6 +80,7 @@ pub struct Router {
     next_seq: AtomicU32,
     /// The supervisor's queue, for `module.*` and `broker.info`.
     management: OnceLock<Sender<Message>>,
+    tracers: Tracers,
 }
 
 /// Why a service could not be registered.
@@ -98,6 +108,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             next_seq: AtomicU32::new(1),
             management: OnceLock::new(),
+            tracers: Tracers::default(),
         }
     }
 
@@ -107,9 +118,18 @@ impl Router {
 
     // ------------------------------------------------------------ endpoints and services
 
-    pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String) -> Arc<Endpoint> {
+    /// A connection, or (with `module`) a module instance.
+    pub fn add_endpoint(&self, sink: Sink, cred: Cred, label: String, module: Option<String>) -> Arc<Endpoint> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ep = Arc::new(Endpoint { id, sink, cred, label, inflight: Inflight::default() });
+        let ep = Arc::new(Endpoint {
+            id,
+            sink,
+            cred,
+            label,
+            module,
+            inflight: Inflight::default(),
+            successor: OnceLock::new(),
+        });
         self.table.write().endpoints.insert(id, ep.clone());
         ep
     }
@@ -120,12 +140,22 @@ impl Router {
         t.endpoints.remove(&id);
         t.services.retain(|_, o| *o != Owner::Endpoint(id));
         t.subscriptions.retain(|(_, s)| *s != id);
+        drop(t);
+        self.tracers.remove_endpoint(id);
     }
 
     /// The endpoint left (`reason`: "exited", "disconnected", ...): no new message reaches
     /// it, and every request it owed an answer gets an EHOSTUNREACH error response.
     pub fn retire(&self, ep: &Endpoint, reason: &str) {
         self.remove_endpoint(ep.id);
+        if let (Sink::Module(m), Some(next)) = (&ep.sink, ep.successor.get()) {
+            // Requests it never took are its successor's; its inbox is sealed, so no more come.
+            for msg in m.take_all() {
+                if msg.kind == MsgType::Request && ep.inflight.forget(&msg) {
+                    self.deliver(next, msg);
+                }
+            }
+        }
         let errors = ep.inflight.close(&ep.label, reason);
         if let Sink::Module(m) = &ep.sink {
             m.close();
@@ -145,6 +175,25 @@ impl Router {
         }
         for s in services {
             t.services.insert(s.clone(), Owner::Endpoint(id));
+        }
+        Ok(())
+    }
+
+    /// Hand every service of `old` to `new` and register `services` for `new`, in one step:
+    /// a request is routed to one or the other, never to neither. Fails, changing nothing, if
+    /// another endpoint owns one of `services`.
+    pub fn transfer_services(&self, old: EndpointId, new: EndpointId, services: &[String]) -> Result<(), ServiceTaken> {
+        let mut t = self.table.write();
+        for s in services {
+            match t.services.get(s) {
+                Some(Owner::Endpoint(o)) if *o == old => {}
+                Some(owner) => return Err(ServiceTaken { service: s.clone(), owner: describe_owner(&t, *owner) }),
+                None => {}
+            }
+        }
+        t.services.retain(|_, o| *o != Owner::Endpoint(old));
+        for s in services {
+            t.services.insert(s.clone(), Owner::Endpoint(new));
         }
         Ok(())
     }
@@ -185,6 +234,11 @@ impl Router {
     /// Route a message that entered the broker from endpoint `from`, its credentials
     /// already stamped. For a request delivered to an endpoint, returns that endpoint.
     pub fn route(&self, from: &Endpoint, mut msg: Message) -> Option<EndpointId> {
+        if self.tracers.active() {
+            if let Some(module) = &from.module {
+                self.trace(module, Dir::Out, &msg);
+            }
+        }
         match msg.kind {
             MsgType::Request => {
                 if msg.route.len() >= MAX_ROUTE {
@@ -294,10 +348,24 @@ impl Router {
     }
 
     fn deliver(&self, ep: &Endpoint, msg: Message) {
+        if self.tracers.active() {
+            if let Some(module) = &ep.module {
+                self.trace(module, Dir::In, &msg);
+            }
+        }
         ep.inflight.track(&msg);
-        match &ep.sink {
-            Sink::Conn(c) => c.enqueue(&msg),
-            Sink::Module(m) => m.push(msg),
+        let refused = match &ep.sink {
+            Sink::Conn(c) => {
+                c.enqueue(&msg);
+                None
+            }
+            Sink::Module(m) => m.push(msg).err(),
+        };
+        // Sealed for a reload: the new instance answers it.
+        if let (Some(msg), Some(next)) = (refused, ep.successor.get()) {
+            if ep.inflight.forget(&msg) {
+                return self.deliver(next, *msg);
+            }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see
         // that the endpoint left and sweep ourselves.
@@ -308,6 +376,25 @@ impl Router {
             for err in ep.inflight.sweep() {
                 self.route_response(err);
             }
+        }
+    }
+
+    /// Stream `req`'s sender a copy of each message to or from the modules it names, until it
+    /// disconnects. The first response (an empty map) says the trace is running.
+    pub fn start_trace(&self, req: &Message, args: switchboard_module_api::mgmt::TraceArgs) {
+        if !req.flags.contains(Flags::STREAMING) {
+            return self.respond_error(req, Errno::EPROTO, "module.trace needs a streaming request (flag 0x02)");
+        }
+        match self.tracers.add(req.clone(), args) {
+            Ok(()) => self.respond(req, bytes::Bytes::from_static(&[0x80])),
+            Err(e) => self.respond_error(req, Errno::EINVAL, e),
+        }
+    }
+
+    fn trace(&self, module: &str, dir: Dir, msg: &Message) {
+        let records = self.tracers.records(module, dir, msg);
+        if !records.is_empty() {
+            Tracers::emitting(|| records.into_iter().for_each(|r| self.route_response(r)));
         }
     }
 
@@ -333,6 +420,36 @@ impl Router {
                 }
             }
             None => self.respond_error(&msg, Errno::ENOSYS, "the module supervisor is not running"),
+        }
+    }
+
+    /// Send a request as the broker itself (the instance owner) and wait up to `timeout` for
+    /// its response. For the supervisor, which asks modules things (`config-update`).
+    pub fn call(
+        &self,
+        mut req: Message,
+        timeout: std::time::Duration,
+    ) -> Result<Message, switchboard_module_api::Error> {
+        let mailbox = Arc::new(Mailbox::default());
+        // SAFETY: getuid cannot fail.
+        let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_module_api::proto::ROLE_OWNER };
+        let me = self.add_endpoint(Sink::Module(mailbox.clone()), cred, "the broker".to_string(), None);
+        req.cred = cred;
+        req.matchtag = 1;
+        self.route(&me, req);
+        flush();
+        let got = mailbox.inbox().recv(Some(timeout));
+        self.retire(&me, "gave up");
+        match got {
+            Ok(r) if r.is_error() => {
+                let errnum = Errno(r.errnum);
+                Err(switchboard_module_api::Error::new(errnum, r.errstr.clone().unwrap_or_else(|| errnum.to_string())))
+            }
+            Ok(r) => Ok(r),
+            Err(_) => Err(switchboard_module_api::Error::new(
+                Errno::ETIMEDOUT,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
         }
     }
 

@@ -9,26 +9,53 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use switchboard_loaders::{DirGrant, LoadRequest, ModuleInfo, Sandbox};
-use switchboard_module_api::mgmt::{BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, RemoveArgs};
+use switchboard_module_api::mgmt::{
+    ApplyArgs, BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, NameArgs, RemoveArgs, TraceArgs,
+};
 use switchboard_module_api::{Errno, Error, Message};
 
-use super::Supervisor;
+use super::{ModuleSpec, Supervisor};
 use crate::router::{Router, RANK};
-use crate::services::{decode, empty, reply};
+use crate::services::{decode, reply};
+use crate::site::{apply_file, Running};
+
+struct Context {
+    sup: Arc<Supervisor>,
+    router: Arc<Router>,
+    started: Instant,
+    uri: String,
+    running: Arc<Running>,
+}
 
 pub fn spawn_management(
     sup: Arc<Supervisor>,
     router: Arc<Router>,
     rx: Receiver<Message>,
     uri: String,
+    running: Arc<Running>,
 ) -> std::io::Result<()> {
-    let started = Instant::now();
+    let cx = Arc::new(Context { sup, router, started: Instant::now(), uri, running });
     std::thread::Builder::new().name("management".into()).spawn(move || {
         for msg in rx {
-            handle(&sup, &router, msg, started, &uri);
+            handle(&cx, msg);
         }
     })?;
     Ok(())
+}
+
+/// Run `work` on a thread of its own (it may wait seconds: a module finalizing, starting)
+/// and answer `msg` with its result.
+fn in_background<T, F>(cx: &Arc<Context>, msg: Message, what: &str, work: F)
+where
+    T: serde::Serialize,
+    F: FnOnce(&Context) -> Result<T, Error> + Send + 'static,
+{
+    let reply_to = msg.clone();
+    let cx2 = cx.clone();
+    let spawned = std::thread::Builder::new().name(what.into()).spawn(move || answer(&cx2.router, &msg, work(&cx2)));
+    if let Err(e) = spawned {
+        cx.router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start the {what}: {e}"));
+    }
 }
 
 fn answer<T: serde::Serialize>(router: &Router, msg: &Message, result: Result<T, Error>) {
@@ -61,7 +88,8 @@ pub fn config_bytes(config: Option<&rmpv::Value>) -> Bytes {
     Bytes::from(out)
 }
 
-fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: Instant, uri: &str) {
+fn handle(cx: &Arc<Context>, msg: Message) {
+    let (sup, router) = (&cx.sup, &cx.router);
     match msg.topic.as_str() {
         "module.load" => {
             let Some(a) = decode::<LoadArgs>(router, &msg) else {
@@ -77,6 +105,7 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 name: a.name,
                 args: a.args,
                 config: config_bytes(a.config.as_ref()),
+                env: Vec::new(),
                 inspect_only: false,
                 hello_timeout: a.hello_timeout_ms.map(Duration::from_millis),
                 sandbox: Sandbox {
@@ -93,7 +122,8 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                         .collect(),
                 },
             };
-            answer(router, &msg, sup.load(request).map(|i| describe(&i)));
+            let spec = ModuleSpec { request, ..Default::default() };
+            in_background(cx, msg, "load", move |cx| cx.sup.load(spec).map(|i| describe(&i)));
         }
         "module.info" => {
             let Some(a) = decode::<InfoArgs>(router, &msg) else {
@@ -106,17 +136,35 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
             let Some(a) = decode::<RemoveArgs>(router, &msg) else {
                 return;
             };
-            let reply_to = msg.clone();
-            let (sup, r) = (sup.clone(), router.clone());
-            let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
-                match sup.remove(&a.name, a.grace_ms.map(Duration::from_millis)) {
-                    Ok(()) => r.respond(&msg, empty()),
-                    Err(e) => r.respond_error(&msg, e.errnum, e.text),
-                }
+            in_background(cx, msg, "remove", move |cx| {
+                cx.sup.remove(&a.name, a.grace_ms.map(Duration::from_millis), a.force).map(|()| empty_map())
             });
-            if let Err(e) = spawned {
-                router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start the remove: {e}"));
-            }
+        }
+        "module.reload" => {
+            let Some(a) = decode::<NameArgs>(router, &msg) else {
+                return;
+            };
+            in_background(cx, msg, "reload", move |cx| cx.sup.reload(&a.name, None).map(|i| describe(&i)));
+        }
+        "module.apply" => {
+            let Some(a) = decode::<ApplyArgs>(router, &msg) else {
+                return;
+            };
+            in_background(cx, msg, "apply", move |cx| {
+                apply_file(&cx.sup, &cx.running, a.path.as_deref().map(std::path::Path::new), a.dry_run)
+            });
+        }
+        "module.stats" => {
+            let Some(a) = decode::<NameArgs>(router, &msg) else {
+                return;
+            };
+            answer(router, &msg, sup.stats(&a.name));
+        }
+        "module.trace" => {
+            let Some(a) = decode::<TraceArgs>(router, &msg) else {
+                return;
+            };
+            router.start_trace(&msg, a);
         }
         "module.list" => reply(router, &msg, &ModuleList { modules: sup.list() }),
         "broker.info" => reply(
@@ -128,11 +176,16 @@ fn handle(sup: &Arc<Supervisor>, router: &Arc<Router>, msg: Message, started: In
                 pid: std::process::id(),
                 // SAFETY: getuid cannot fail.
                 uid: unsafe { libc::getuid() },
-                uptime_ms: started.elapsed().as_millis() as u64,
+                uptime_ms: cx.started.elapsed().as_millis() as u64,
                 modules: sup.count() as u32,
-                uri: uri.to_string(),
+                uri: cx.uri.clone(),
             },
         ),
         t => router.respond_error(&msg, Errno::ENOSYS, format!("no method '{t}'")),
     }
+}
+
+/// `{}`: the payload of a response that says only "done".
+fn empty_map() -> std::collections::BTreeMap<String, ()> {
+    std::collections::BTreeMap::new()
 }

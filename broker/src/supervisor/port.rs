@@ -5,7 +5,8 @@
 use std::sync::{Arc, Weak};
 
 use switchboard_loaders::{BrokerPort, ExitStatus, ModuleState};
-use switchboard_module_api::{Level, Message};
+use switchboard_module_api::proto::MsgType;
+use switchboard_module_api::{Errno, Level, Message};
 
 use super::record::ModuleRecord;
 use super::Supervisor;
@@ -27,6 +28,11 @@ impl BrokerPort for ModulePort {
             return;
         }
         self.record.mailbox.count_out();
+        if msg.kind == MsgType::Response && msg.is_error() && Errno(msg.errnum) != Errno::ENODATA {
+            self.record.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let text = msg.errstr.as_deref().unwrap_or("");
+            *self.record.last_error.lock() = Some(format!("{}: {} {text}", msg.topic, Errno(msg.errnum).name()));
+        }
         self.router.route(&self.record.endpoint, msg);
     }
 

@@ -1,23 +1,40 @@
-//! One loaded module instance as the supervisor tracks it: what it is, where its mailbox
-//! is, which lifecycle state it is in and why, and the running handle to reclaim it.
+//! One loaded module instance as the supervisor tracks it: what it is and what it was
+//! asked to run as (its spec), where its mailbox is, which lifecycle state it is in and
+//! why, its counters and restart history, and the running handle to reclaim it.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchboard_loaders::{ModuleInfo, ModuleState, RunningModule};
-use switchboard_module_api::mgmt::ModuleStatus;
+use switchboard_module_api::mgmt::{ModuleStats, ModuleStatus};
 
+use super::spec::ModuleSpec;
 use crate::router::{Endpoint, Mailbox};
 
 pub struct ModuleRecord {
     pub info: ModuleInfo,
+    /// What it was asked to run as; `configure` updates the config in place.
+    pub spec: Mutex<ModuleSpec>,
+    pub started: Instant,
     pub endpoint: Arc<Endpoint>,
     pub mailbox: Arc<Mailbox>,
     pub life: Mutex<Life>,
     pub changed: Condvar,
     pub running: Mutex<Option<Box<dyn RunningModule>>>,
+    /// Error responses it sent, and the last one.
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    pub history: Mutex<History>,
+}
+
+/// Carried from one instance to the next by restarts.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub restarts: u32,
+    pub last_failure: Option<String>,
 }
 
 pub struct Life {
@@ -27,15 +44,28 @@ pub struct Life {
     pub removing: bool,
     /// It outlived its grace period in finalizing.
     pub stuck: bool,
+    /// It reached `running` once (a failure before that is a failed load, not a crash).
+    pub ran: bool,
 }
 
 impl ModuleRecord {
-    pub fn new(info: ModuleInfo, endpoint: Arc<Endpoint>, mailbox: Arc<Mailbox>) -> Self {
+    pub fn new(info: ModuleInfo, spec: ModuleSpec, endpoint: Arc<Endpoint>, mailbox: Arc<Mailbox>) -> Self {
         ModuleRecord {
             info,
+            spec: Mutex::new(spec),
+            started: Instant::now(),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            history: Mutex::new(History::default()),
             endpoint,
             mailbox,
-            life: Mutex::new(Life { state: ModuleState::Init, reason: None, removing: false, stuck: false }),
+            life: Mutex::new(Life {
+                state: ModuleState::Init,
+                reason: None,
+                removing: false,
+                stuck: false,
+                ran: false,
+            }),
             changed: Condvar::new(),
             running: Mutex::new(None),
         }
@@ -56,6 +86,7 @@ impl ModuleRecord {
             return;
         }
         life.state = state;
+        life.ran |= state == ModuleState::Running;
         if reason.is_some() {
             life.reason = reason;
         }
@@ -99,6 +130,33 @@ impl ModuleRecord {
             msgs_out: self.mailbox.msgs_out.load(Ordering::Relaxed),
             queue: self.mailbox.queue_depth() as u64,
             pid,
+            restarts: self.history.lock().restarts,
+            last_failure: self.history.lock().last_failure.clone(),
+            requires: self.spec.lock().requires.clone(),
+        }
+    }
+
+    pub fn stats(&self) -> ModuleStats {
+        let status = self.status();
+        let usage = self.running.lock().as_ref().map(|r| r.usage()).unwrap_or_default();
+        let history = self.history.lock().clone();
+        ModuleStats {
+            name: status.name,
+            kind: status.kind,
+            state: status.state,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            msgs_in: status.msgs_in,
+            msgs_out: status.msgs_out,
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().clone().or_else(|| history.last_failure.clone()),
+            queue: status.queue,
+            pending: self.endpoint.inflight.pending() as u64,
+            restarts: history.restarts,
+            last_failure: history.last_failure,
+            memory_bytes: usage.memory_bytes,
+            cpu_ms: usage.cpu_ms,
+            rss_bytes: usage.rss_bytes,
+            pid: status.pid,
         }
     }
 }

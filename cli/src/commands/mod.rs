@@ -1,13 +1,15 @@
 //! One function per `modctl` command, each a request to a built-in service and its output.
 
+mod apply;
 mod event;
 mod modules;
 mod rpc;
+mod trace;
 
 use switchboard_module_api::mgmt::LoadArgs;
 use switchboard_module_api::Client;
 
-use crate::args::{Command, EventCommand};
+use crate::args::{Command, ConfigCommand, EventCommand};
 use crate::CliError;
 
 pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
@@ -27,7 +29,14 @@ pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
             };
             modules::load(client, &path, request)
         }
-        Command::Remove { name, grace } => modules::remove(client, &name, grace),
+        Command::Remove { name, grace, force } => modules::remove(client, &name, grace, force),
+        Command::Reload { name } => modules::reload(client, &name),
+        Command::Apply { file, dry_run, json } => apply::apply(client, Some(&file), dry_run, json),
+        Command::Config { command: ConfigCommand::Reload { dry_run, json } } => {
+            apply::apply(client, None, dry_run, json)
+        }
+        Command::Stats { name, json } => modules::stats(client, &name, json),
+        Command::Trace { names, topic, types, count, json } => trace::trace(client, names, topic, types, count, json),
         Command::List { json } => modules::list(client, json),
         Command::Info { path, json } => modules::info(client, &path, json),
         Command::Ping { service, count } => rpc::ping(client, &service, count),

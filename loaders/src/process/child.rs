@@ -88,6 +88,7 @@ impl Child {
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(path);
         cmd.args(&request.args)
+            .envs(request.env.iter().map(|(k, v)| (k, v)))
             .env(FD_ENV, CHILD_FD.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::digest::file_digest;
 use crate::error::LoadError;
-use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
+use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule, Usage};
 
 use self::child::Child;
 
@@ -98,7 +98,29 @@ impl RunningModule for ProcessRunning {
         Some(self.guard.pid())
     }
 
+    fn usage(&self) -> Usage {
+        proc_usage(self.guard.pid()).unwrap_or_default()
+    }
+
     fn wait(self: Box<Self>) {
         self.join();
     }
+}
+
+/// CPU time and resident size of process `pid` from /proc (None once it is gone).
+fn proc_usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    Some(Usage {
+        memory_bytes: None,
+        cpu_ms: Some(ticks * 1000 / hz.max(1) as u64),
+        rss_bytes: Some(pages * page.max(1) as u64),
+    })
 }

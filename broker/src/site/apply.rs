@@ -1,0 +1,49 @@
+//! Applying a site file to a running broker (`modctl apply`, `modctl config reload`,
+//! SIGHUP): read and check it, take its search path, and let the supervisor bring the
+//! modules to what it says. Broker settings that only a restart changes are reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use switchboard_module_api::mgmt::ApplyReport;
+use switchboard_module_api::{Errno, Error};
+
+use super::Site;
+use crate::supervisor::Supervisor;
+
+/// The settings the broker was started with, to tell which file changes need a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    /// The file it was started with, if any: the default for `apply` without a path.
+    pub site: Option<PathBuf>,
+    pub listen: PathBuf,
+    pub allow_guests: bool,
+    pub max_frame: usize,
+}
+
+pub fn apply_file(
+    sup: &Arc<Supervisor>,
+    running: &Running,
+    path: Option<&Path>,
+    dry_run: bool,
+) -> Result<ApplyReport, Error> {
+    let path = path.or(running.site.as_deref()).ok_or_else(|| {
+        Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
+    })?;
+    let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
+    if !dry_run {
+        sup.set_search_path(site.search_path.clone());
+    }
+    let mut report = sup.apply(&site.wanted(), dry_run).map_err(|c| Error::new(Errno::EINVAL, c.to_string()))?;
+    report.path = site.path.display().to_string();
+    if site.listen.as_ref().is_some_and(|l| *l != running.listen) {
+        report.needs_restart.push("listen".into());
+    }
+    if site.allow_guests != running.allow_guests {
+        report.needs_restart.push("allow_guests".into());
+    }
+    if site.max_frame.is_some_and(|m| m != running.max_frame) {
+        report.needs_restart.push("max_frame".into());
+    }
+    Ok(report)
+}

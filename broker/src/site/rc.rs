@@ -1,0 +1,45 @@
+//! rc scripts (RFC 4 §6): a start script run once the site's modules are up, a stop script
+//! run before they are removed. Each gets the broker's address in `SWITCHBOARD_URI` and the
+//! broker's own folder first on `PATH` (where `modctl` is installed beside it), so plain
+//! shell lines of `modctl` work. A script without its execute bit is run by `/bin/sh`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RcError {
+    #[error("rc script {}: cannot run it: {source}", path.display())]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("rc script {} failed ({status})", path.display())]
+    Failed { path: PathBuf, status: std::process::ExitStatus },
+}
+
+/// Run `script` to completion with the broker at `uri`; its output goes where the broker's does.
+pub fn run_script(script: &Path, uri: &str) -> Result<(), RcError> {
+    let executable = std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    let mut cmd = if executable {
+        Command::new(script)
+    } else {
+        let mut c = Command::new("/bin/sh");
+        c.arg(script);
+        c
+    };
+    cmd.env("SWITCHBOARD_URI", uri);
+    if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::iter::once(dir.to_owned()).chain(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            cmd.env("PATH", joined);
+        }
+    }
+    if let Some(dir) = script.parent() {
+        cmd.current_dir(dir);
+    }
+    let status = cmd.status().map_err(|source| RcError::Spawn { path: script.to_owned(), source })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RcError::Failed { path: script.to_owned(), status })
+    }
+}

@@ -1,0 +1,192 @@
+//! `apply`: bring the running modules to a wanted set of specs (a site file). The plan
+//! compares each wanted spec with the running instance of its name, removes what is not
+//! wanted (last loaded first), then loads, reloads, reconfigures or updates the rest level
+//! by level in dependency order, the modules of a level in parallel. Starting the broker on
+//! a site file is the same thing from nothing.
+
+use std::collections::HashSet;
+
+use switchboard_loaders::digest::file_digest;
+use switchboard_module_api::mgmt::{ApplyReport, ApplyStep};
+use switchboard_module_api::Error;
+
+use super::order::{levels, Cycle, Node};
+use super::spec::{Change, ModuleSpec};
+use super::Supervisor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Load,
+    Reload,
+    /// Only its config table changed: a `config-update`, else a reload.
+    Configure,
+    /// Only broker-side settings changed.
+    Update,
+    Remove,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Load => "load",
+            Action::Reload => "reload",
+            Action::Configure => "configure",
+            Action::Update => "update",
+            Action::Remove => "remove",
+        }
+    }
+}
+
+struct Step {
+    action: Action,
+    name: String,
+    why: String,
+    /// Index into the wanted specs (not for removals).
+    want: Option<usize>,
+}
+
+impl Supervisor {
+    /// Bring the broker to `want` (names resolved, validated: unique, requirements present,
+    /// no cycle). With `dry_run`, only say what would be done. Every step is attempted; a
+    /// step whose requirement failed is skipped. The report says what happened to each.
+    pub fn apply(&self, want: &[ModuleSpec], dry_run: bool) -> Result<ApplyReport, Cycle> {
+        let names: Vec<String> = want.iter().map(spec_name).collect();
+        let nodes: Vec<Node<'_>> = want
+            .iter()
+            .zip(&names)
+            .map(|(s, n)| Node { name: n, deps: s.requires.iter().chain(&s.after).map(String::as_str).collect() })
+            .collect();
+        let levels = levels(&nodes)?;
+        let (removals, by_level, unchanged) = self.plan(want, &names, &levels);
+        let mut report = ApplyReport { dry_run, unchanged, ..Default::default() };
+        let mut steps: Vec<&Step> = removals.iter().collect();
+        steps.extend(by_level.iter().flatten());
+        if dry_run {
+            report.steps = steps.into_iter().map(|s| to_wire(s, None)).collect();
+            return Ok(report);
+        }
+        for step in &removals {
+            let outcome = self.remove(&step.name, None, true).map(|()| "ok".to_string());
+            report.steps.push(to_wire(step, Some(outcome)));
+        }
+        let mut failed: HashSet<String> = HashSet::new();
+        for level in &by_level {
+            let outcomes: Vec<Result<String, Error>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = level
+                    .iter()
+                    .map(|step| {
+                        let spec = &want[step.want.unwrap_or_default()];
+                        let blocked: Vec<&String> = spec.requires.iter().filter(|q| failed.contains(*q)).collect();
+                        scope.spawn(move || {
+                            if let Some(q) = blocked.first() {
+                                return Ok(format!("skipped: it requires '{q}', which failed"));
+                            }
+                            self.carry_out(step, spec)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect()
+            });
+            for (step, outcome) in level.iter().zip(outcomes) {
+                let bad = outcome.as_ref().map_or(true, |o| o.starts_with("skipped"));
+                if bad {
+                    failed.insert(step.name.clone());
+                }
+                report.steps.push(to_wire(step, Some(outcome)));
+            }
+        }
+        Ok(report)
+    }
+
+    fn carry_out(&self, step: &Step, spec: &ModuleSpec) -> Result<String, Error> {
+        match step.action {
+            Action::Load => self.load(spec.clone()).map(|_| "ok".into()),
+            Action::Reload => self.reload(&step.name, Some(spec.clone())).map(|_| "ok".into()),
+            Action::Configure => {
+                if self.configure(&step.name, spec.request.config.clone())? {
+                    self.update_settings(&step.name, spec)?;
+                    Ok("ok: config-update accepted".into())
+                } else {
+                    self.reload(&step.name, Some(spec.clone()))?;
+                    Ok("ok: reloaded (the module has no config-update method)".into())
+                }
+            }
+            Action::Update => self.update_settings(&step.name, spec).map(|()| "ok".into()),
+            Action::Remove => self.remove(&step.name, None, true).map(|()| "ok".into()),
+        }
+    }
+
+    /// Removals (last loaded first), then the other steps by start level, and the names
+    /// already as wanted.
+    fn plan(
+        &self,
+        want: &[ModuleSpec],
+        names: &[String],
+        levels: &[Vec<usize>],
+    ) -> (Vec<Step>, Vec<Vec<Step>>, Vec<String>) {
+        let running = self.modules.lock().clone();
+        let removals: Vec<Step> = running
+            .iter()
+            .rev()
+            .filter(|r| !names.iter().any(|n| n == r.name()))
+            .map(|r| Step {
+                action: Action::Remove,
+                name: r.name().to_string(),
+                why: "not in the file".into(),
+                want: None,
+            })
+            .collect();
+        let mut unchanged = Vec::new();
+        let mut by_level = Vec::new();
+        for level in levels {
+            let mut steps = Vec::new();
+            for &i in level {
+                let (spec, name) = (&want[i], &names[i]);
+                let current = running.iter().find(|r| r.name() == name);
+                let (action, why) = match current {
+                    None => (Action::Load, "not loaded".to_string()),
+                    Some(r) if r.state().is_final() => (Action::Load, format!("it is {}", r.state().as_str())),
+                    Some(r) => {
+                        let digest = file_digest(&spec.request.path).ok().map(|(d, _)| d);
+                        match r.spec.lock().change_to(&r.info.digest, spec, digest.as_deref()) {
+                            Change::None => {
+                                unchanged.push(name.clone());
+                                continue;
+                            }
+                            Change::Settings => {
+                                (Action::Update, "dependencies, restart policy or grace changed".into())
+                            }
+                            Change::Config => (Action::Configure, "its config table changed".into()),
+                            Change::Module(why) => (Action::Reload, why),
+                        }
+                    }
+                };
+                steps.push(Step { action, name: name.clone(), why, want: Some(i) });
+            }
+            if !steps.is_empty() {
+                by_level.push(steps);
+            }
+        }
+        (removals, by_level, unchanged)
+    }
+}
+
+fn spec_name(s: &ModuleSpec) -> String {
+    s.request.name.clone().unwrap_or_default()
+}
+
+fn panicked() -> Error {
+    Error::new(switchboard_module_api::Errno::EIO, "the step panicked")
+}
+
+fn to_wire(step: &Step, outcome: Option<Result<String, Error>>) -> ApplyStep {
+    let (outcome, ok) = match outcome {
+        None => (None, false),
+        Some(Ok(o)) => {
+            let ok = !o.starts_with("skipped");
+            (Some(o), ok)
+        }
+        Some(Err(e)) => (Some(format!("{}: {}", e.errnum.name(), e.text)), false),
+    };
+    ApplyStep { action: step.action.as_str().to_string(), name: step.name.clone(), why: step.why.clone(), outcome, ok }
+}
