@@ -11,7 +11,7 @@ pub enum LoadError {
     #[error("{path}: no such file")]
     NotFound { path: PathBuf },
     #[error(
-        "no module '{name}' on the search path ({}); give a path (with a '/') or add its folder to search_path",
+        "no module '{name}' on the search path ({}); give a path (with a '/' or an extension) or add its folder to search_path",
         dirs_text(dirs)
     )]
     NotOnSearchPath { name: String, dirs: Vec<PathBuf> },

@@ -214,10 +214,7 @@ pub struct Usage {
 /// A module or service name: 1 to 64 of `[A-Za-z0-9_-]`. No dots: the service is the part
 /// of a topic before the first dot.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if switchboard_module_api::mgmt::is_module_name(name) {
         Ok(())
     } else {
         Err(format!("invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"))

@@ -1,5 +1,5 @@
-//! The module search path: how a bare module name (`kvs`, no `/`) becomes a file, as a
-//! shell finds a command on `PATH`. Each folder is tried in order for `NAME.so`,
+//! The module search path: how a bare module name (`kvs`: a valid module name, so no `/`
+//! and no `.`) becomes a file, as a shell finds a command on `PATH`. Each folder is tried in order for `NAME.so`,
 //! `libNAME.so`, `NAME.wasm` and an executable `NAME`; the first that exists wins.
 
 use std::os::unix::fs::PermissionsExt;
@@ -17,10 +17,10 @@ impl SearchPath {
         SearchPath { dirs }
     }
 
-    /// A module reference with no `/` is a name to look up; anything else is a path.
+    /// A module reference that is a valid module name (`kvs`, `my-mod`) is a name to look
+    /// up; anything else (`./kvs`, `libkvs.so`, `/opt/m/kvs.wasm`) is a path.
     pub fn is_bare(reference: &Path) -> bool {
-        let s = reference.as_os_str().as_encoded_bytes();
-        !s.is_empty() && !s.contains(&b'/')
+        reference.to_str().is_some_and(switchboard_module_api::mgmt::is_module_name)
     }
 
     /// The file a bare name stands for; a path is returned as it is.
@@ -88,6 +88,7 @@ mod tests {
         std::fs::set_permissions(a.join("plain"), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(sp.resolve(Path::new("plain")).unwrap(), a.join("plain"));
         assert_eq!(sp.resolve(Path::new("./m1")).unwrap(), PathBuf::from("./m1"));
+        assert_eq!(sp.resolve(Path::new("m1.wasm")).unwrap(), PathBuf::from("m1.wasm"));
         let err = sp.resolve(Path::new("nope")).unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains(&a.display().to_string()), "{err}");
         let _ = std::fs::remove_dir_all(&a);

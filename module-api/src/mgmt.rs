@@ -3,6 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A valid module or service name: 1 to 64 of `[A-Za-z0-9_-]` (no dots: the service is the
+/// part of a topic before the first dot). In `module.load`'s `path`, such a reference is a
+/// bare name looked up on the broker's search path; anything else is a path.
+pub fn is_module_name(reference: &str) -> bool {
+    (1..=64).contains(&reference.len())
+        && reference.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `module.load` request.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct LoadArgs {

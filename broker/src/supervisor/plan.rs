@@ -95,6 +95,10 @@ impl Supervisor {
                 report.steps.push(to_wire(step, Some(outcome)));
             }
         }
+        // List them by start level, then file order: parallel starts register in any order,
+        // and removing all in reverse must take dependents first.
+        let order: Vec<&str> = levels.iter().flatten().map(|&i| names[i].as_str()).collect();
+        self.modules.lock().sort_by_key(|r| order.iter().position(|n| *n == r.name()));
         Ok(report)
     }
 

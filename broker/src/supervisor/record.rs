@@ -115,6 +115,8 @@ impl ModuleRecord {
     pub fn status(&self) -> ModuleStatus {
         let life = self.life.lock();
         let pid = self.running.lock().as_ref().and_then(|r| r.pid());
+        let history = self.history.lock().clone();
+        let requires = self.spec.lock().requires.clone();
         ModuleStatus {
             name: self.info.name.clone(),
             kind: self.info.kind.to_string(),
@@ -130,9 +132,9 @@ impl ModuleRecord {
             msgs_out: self.mailbox.msgs_out.load(Ordering::Relaxed),
             queue: self.mailbox.queue_depth() as u64,
             pid,
-            restarts: self.history.lock().restarts,
-            last_failure: self.history.lock().last_failure.clone(),
-            requires: self.spec.lock().requires.clone(),
+            restarts: history.restarts,
+            last_failure: history.last_failure,
+            requires,
         }
     }
 

@@ -14,13 +14,14 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// A module reference for the broker: a bare name (no `/`) as it is, for its search path;
-/// a path made absolute.
+/// A module reference for the broker: a bare name (a valid module name: no `/`, no `.`) as
+/// it is, for its search path (RFC 4 §4); a path made absolute.
 fn reference(path: &Path) -> String {
-    if path.as_os_str().as_encoded_bytes().contains(&b'/') {
-        absolute(path).display().to_string()
-    } else {
+    let bare = path.to_str().is_some_and(|s| switchboard_module_api::mgmt::is_module_name(s));
+    if bare {
         path.display().to_string()
+    } else {
+        absolute(path).display().to_string()
     }
 }
 
