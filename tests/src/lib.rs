@@ -103,6 +103,11 @@ pub fn python_bin_dir() -> &'static Path {
     })
 }
 
+/// PATH with the Python virtual environment first.
+pub fn python_path() -> String {
+    format!("{}:{}", python_bin_dir().display(), std::env::var("PATH").unwrap_or_default())
+}
+
 /// A test script in `tests/fixtures/scripts`.
 pub fn script(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/scripts").join(name)
@@ -159,8 +164,12 @@ impl Broker {
     /// Start with the Python virtual environment first on PATH, so `#!/usr/bin/env python3`
     /// modules find the SDK.
     pub fn start_python() -> Broker {
-        let path = format!("{}:{}", python_bin_dir().display(), std::env::var("PATH").unwrap_or_default());
-        Self::spawn(&[], &[("PATH", &path)])
+        Self::spawn(&[], &[("PATH", &python_path())])
+    }
+
+    /// Start on a site file, with the Python environment on PATH for script modules.
+    pub fn start_site(file: &Path) -> Broker {
+        Self::spawn(&["--config", &file.display().to_string()], &[("PATH", &python_path())])
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {

@@ -17,7 +17,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// A module reference for the broker: a bare name (a valid module name: no `/`, no `.`) as
 /// it is, for its search path (RFC 4 §4); a path made absolute.
 fn reference(path: &Path) -> String {
-    let bare = path.to_str().is_some_and(|s| switchboard_module_api::mgmt::is_module_name(s));
+    let bare = path.to_str().is_some_and(switchboard_module_api::mgmt::is_module_name);
     if bare {
         path.display().to_string()
     } else {

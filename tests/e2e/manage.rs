@@ -1,0 +1,326 @@
+//! Module management on a running broker (RFC 3): apply and its plan, reload without losing
+//! a request, lifecycle events, config-update, removal of a required module, restarts with
+//! backoff, stats and trace.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard_module_api::proto::MsgType;
+use switchboard_module_api::Message;
+use switchboard_tests::{
+    bin, errno_of, errtext, json, list, module, payload, row, rpc, script, wait_until, Broker, WAIT,
+};
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn entry(name: &str, path: &Path, extra: &str) -> String {
+    format!("[[module]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n", path.display())
+}
+
+/// Subscribe a client to `module.lifecycle.` events.
+fn watcher(b: &Broker) -> switchboard_module_api::Client {
+    let mut w = b.client();
+    rpc(&mut w, "event.subscribe", json!({"topic": "module.lifecycle."})).unwrap();
+    w
+}
+
+/// The next lifecycle event as (name, event, reason).
+fn next_event(w: &mut switchboard_module_api::Client) -> (String, String, String) {
+    loop {
+        let m = w.recv_timeout(Some(WAIT)).expect("a lifecycle event");
+        if m.kind == MsgType::Event {
+            let v = json(&m);
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            return (s("name"), s("event"), s("reason"));
+        }
+    }
+}
+
+#[test]
+fn apply_loads_removes_reloads_and_reconfigures_exactly_what_changed_and_is_idempotent() {
+    let b = Broker::start();
+    let dir = b.dir.path().to_path_buf();
+    let site = dir.join("site.toml");
+    let hb = entry("heartbeat", &module("heartbeat"), "config = { period = 10.0 }");
+    write(
+        &site,
+        &format!(
+            "{}{}{}{}",
+            entry("echo", &module("echo"), ""),
+            entry("kvs", &module("kvs"), ""),
+            hb,
+            entry("faulty", &module("faulty"), "")
+        ),
+    );
+    let out = b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert_eq!(out.matches("load ").count(), 4, "{out}");
+    let mut c = b.client();
+    let before = row(&mut c, "echo").unwrap();
+    rpc(&mut c, "echo.x", json!({})).unwrap();
+
+    // Second apply: nothing to do.
+    let out = b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert!(out.starts_with("nothing to do: 4 modules as"), "{out}");
+
+    // kvs leaves, faulty gets new args, heartbeat a new config, echo2 is new, echo stays.
+    write(
+        &site,
+        &format!(
+            "{}{}{}{}",
+            entry("echo", &module("echo"), ""),
+            entry("heartbeat", &module("heartbeat"), "config = { period = 0.05 }"),
+            entry("faulty", &module("faulty"), "args = [\"-v\"]"),
+            entry("echo2", &module("echo"), "")
+        ),
+    );
+    let plan = b.modctl_ok(&["apply", "--dry-run", "--json", site.to_str().unwrap()]);
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    let steps: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s["action"].as_str().unwrap(), s["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, ["remove kvs", "configure heartbeat", "reload faulty", "load echo2"]);
+    assert_eq!(plan["unchanged"], json!(["echo"]));
+    // A dry run changed nothing.
+    assert!(row(&mut c, "kvs").is_some());
+
+    let out = b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert!(out.contains("config-update accepted"), "{out}");
+    let names: Vec<String> = list(&mut c).iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["echo", "heartbeat", "faulty", "echo2"]);
+    // echo was not touched: same instance, its counters kept.
+    let after = row(&mut c, "echo").unwrap();
+    assert!(after["msgs_in"].as_u64() >= before["msgs_in"].as_u64());
+    assert!(after["msgs_in"].as_u64().unwrap() >= 1);
+    // heartbeat took the new period in place.
+    let stats = json(&rpc(&mut c, "heartbeat.stats", json!({})).unwrap());
+    assert_eq!(stats["period_ms"], 50);
+    rpc(&mut c, "echo2.x", json!({})).unwrap();
+    let out = b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert!(out.starts_with("nothing to do"), "{out}");
+}
+
+#[test]
+fn reload_under_continuous_load_fails_no_request_and_tells_subscribers() {
+    let b = Broker::start();
+    // A process module: the hand-over takes a whole process exit and start.
+    b.load(&bin("echo"), Some("pecho"), &[]);
+    let mut w = watcher(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (stop, mut c) = (stop.clone(), b.client());
+        clients.push(std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            let mut tag = 1u32;
+            while !stop.load(Ordering::Relaxed) {
+                // A few in flight at a time.
+                let tags: Vec<u32> = (0..4).map(|i| tag + i).collect();
+                tag += 4;
+                for &t in &tags {
+                    let mut req = Message::request("pecho.x", payload(json!({"n": t})));
+                    req.matchtag = t;
+                    c.send(&req).unwrap();
+                }
+                for &t in &tags {
+                    sent += 1;
+                    match c.wait_response(t, Some(WAIT)) {
+                        Ok(r) if json(&r) == json!({"n": t}) => {}
+                        other => failed.push(format!("{t}: {other:?}")),
+                    }
+                }
+            }
+            (sent, failed)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let out = b.modctl_ok(&["reload", "pecho"]);
+        assert!(out.starts_with("reloaded pecho (process"), "{out}");
+        assert_eq!(next_event(&mut w), ("pecho".into(), "reloaded".into(), String::new()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (sent, failed) = c.join().unwrap();
+        assert!(failed.is_empty(), "{} of {sent} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        total += sent;
+    }
+    assert!(total > 100, "only {total} requests were sent");
+    let r = row(&mut b.client(), "pecho").unwrap();
+    assert_eq!(r["state"], "running");
+}
+
+#[test]
+fn reload_of_a_broken_file_changes_nothing() {
+    let b = Broker::start();
+    let copy = b.dir.path().join("libmine.so");
+    std::fs::copy(module("echo"), &copy).unwrap();
+    b.load(&copy, Some("mine"), &[]);
+    let digest = row(&mut b.client(), "mine").unwrap()["digest"].clone();
+    std::fs::write(&copy, b"not a module any more").unwrap();
+    let out = b.modctl(&["reload", "mine"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reload mine") && err.contains("libmine.so"), "{err}");
+    let mut c = b.client();
+    assert_eq!(row(&mut c, "mine").unwrap()["digest"], digest);
+    rpc(&mut c, "mine.x", json!({})).unwrap();
+}
+
+#[test]
+fn removing_a_required_module_is_refused_unless_forced() {
+    let b = Broker::start();
+    let site = b.dir.path().join("site.toml");
+    write(
+        &site,
+        &format!("{}{}", entry("kvs", &module("kvs"), ""), entry("app", &module("echo"), "requires = [\"kvs\"]")),
+    );
+    b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    let out = b.modctl(&["remove", "kvs"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("EBUSY") && err.contains("module 'kvs' is required by 'app'"), "{err}");
+    assert!(row(&mut b.client(), "kvs").is_some());
+    b.modctl_ok(&["remove", "kvs", "--force"]);
+    assert!(row(&mut b.client(), "kvs").is_none());
+    // app, which required it, keeps running; loading it anew by hand needs kvs first.
+    assert_eq!(row(&mut b.client(), "app").unwrap()["state"], "running");
+}
+
+#[test]
+fn a_crashing_module_is_restarted_with_backoff_then_given_up_on() {
+    let b = Broker::start_python();
+    let mut w = watcher(&b);
+    let site = b.dir.path().join("site.toml");
+    write(
+        &site,
+        &entry(
+            "crasher",
+            &script("crash_later.py"),
+            "restart = \"on-failure\"\nmax_restarts = 2\nrestart_delay_ms = 300\nrestart_max_delay_ms = 1000",
+        ),
+    );
+    b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert_eq!(next_event(&mut w).1, "loaded");
+    let mut seen = Vec::new();
+    let mut failed_at = Instant::now();
+    let mut waits = Vec::new();
+    loop {
+        let (name, event, reason) = next_event(&mut w);
+        assert_eq!(name, "crasher");
+        match event.as_str() {
+            "failed" => {
+                assert!(reason.contains("status 3") || reason.contains("exit"), "{reason}");
+                failed_at = Instant::now();
+            }
+            "restarted" => waits.push(failed_at.elapsed()),
+            _ => {}
+        }
+        seen.push(event.clone());
+        if event == "gave-up" {
+            break;
+        }
+    }
+    assert_eq!(seen, ["failed", "restarted", "failed", "restarted", "failed", "gave-up"]);
+    // The delay doubles: at least 300 ms, then at least 600 ms.
+    assert!(waits[0] >= Duration::from_millis(300) && waits[1] >= Duration::from_millis(600), "{waits:?}");
+    let r = row(&mut b.client(), "crasher").unwrap();
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["restarts"], 2);
+    assert!(r["last_failure"].as_str().unwrap().contains('3'), "{r}");
+    let table = b.modctl_ok(&["list"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+    // Its requesters are not left waiting: the service is gone.
+    assert_eq!(errno_of(&rpc(&mut b.client(), "crasher.x", json!({}))), "ENOSYS");
+}
+
+#[test]
+fn trace_shows_the_messages_of_a_module_loaded_after_it_began() {
+    let b = Broker::start();
+    let mut trace = Command::new(bin("modctl"))
+        .args(["trace", "late", "--count", "2", "--json"])
+        .env("SWITCHBOARD_URI", b.socket.display().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the trace runs.
+    let mut err = BufReader::new(trace.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "tracing late");
+    b.load(&module("echo"), Some("late"), &[]);
+    b.load(&module("kvs"), None, &[]);
+    let mut c = b.client();
+    rpc(&mut c, "kvs.put", json!({"key": "k", "value": 1})).unwrap();
+    rpc(&mut c, "late.hello", json!({"a": 1})).unwrap();
+    let out = trace.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(
+        (&records[0]["module"], &records[0]["dir"], &records[0]["type"], &records[0]["topic"]),
+        (&json!("late"), &json!("in"), &json!("request"), &json!("late.hello"))
+    );
+    assert_eq!(records[0]["payload"], json!({"a": 1}));
+    assert_eq!((&records[1]["dir"], &records[1]["type"]), (&json!("out"), &json!("response")));
+    // The topic and type filters.
+    let mut c2 = b.client();
+    let mut req = Message::request("module.trace", payload(json!({"names": [], "types": ["telepathy"]})));
+    req.flags = req.flags.with(switchboard_module_api::proto::Flags::STREAMING);
+    req.matchtag = 9;
+    c2.send(&req).unwrap();
+    let r = c2.wait_response(9, Some(WAIT));
+    assert!(errtext(&r).contains("unknown message type 'telepathy'"), "{r:?}");
+}
+
+#[test]
+fn stats_count_messages_errors_and_process_resources() {
+    let b = Broker::start();
+    b.load(&bin("echo"), Some("pecho"), &[]);
+    b.load(&module("kvs"), None, &[]);
+    let mut c = b.client();
+    for _ in 0..3 {
+        rpc(&mut c, "pecho.x", json!({})).unwrap();
+    }
+    assert_eq!(errno_of(&rpc(&mut c, "kvs.get", json!({"key": "absent"}))), "ENOENT");
+    let s: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["stats", "pecho", "--json"])).unwrap();
+    assert_eq!(s["msgs_in"], 3);
+    assert_eq!(s["msgs_out"], 3);
+    assert_eq!(s["errors"], 0);
+    assert!(s["rss_bytes"].as_u64().unwrap() > 0 && s["cpu_ms"].is_u64() && s["pid"].is_u64(), "{s}");
+    let k: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["stats", "kvs", "--json"])).unwrap();
+    assert_eq!(k["errors"], 1);
+    assert!(k["last_error"].as_str().unwrap().contains("ENOENT"), "{k}");
+    let text = b.modctl_ok(&["stats", "kvs"]);
+    assert!(text.contains("errors:") && text.contains("last error:"), "{text}");
+}
+
+#[test]
+fn config_reload_and_sighup_apply_the_site_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    write(&site, &entry("echo", &module("echo"), ""));
+    let b = Broker::start_site(&site);
+    write(&site, &format!("{}{}", entry("echo", &module("echo"), ""), entry("kvs", &module("kvs"), "")));
+    let out = b.modctl_ok(&["config", "reload"]);
+    assert!(out.contains("load      kvs"), "{out}");
+    assert!(row(&mut b.client(), "kvs").is_some());
+    write(&site, &entry("kvs", &module("kvs"), ""));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGHUP) };
+    assert!(wait_until(|| row(&mut b.client(), "echo").is_none()), "SIGHUP did not apply the file");
+    assert!(b.wait_log("site file applied"));
+}
