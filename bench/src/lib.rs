@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod floors;
 pub mod measure;
 mod report;
+pub mod site;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -269,7 +270,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
     // All sequential benchmarks, then all pipelined ones, each group in the order above: a
     // broker figure runs right after the floor it is compared with.
     benches.sort_by_key(|b| b.mode == Mode::Pipe);
-    if benches.is_empty() {
+    if benches.is_empty() && !opts.wants("site") {
         return Err(BenchError(format!("--only {} matches no benchmark", opts.only.join(","))));
     }
 
@@ -304,13 +305,29 @@ pub fn run(opts: &Opts) -> Result<bool> {
     if opts.verbose {
         println!();
     }
-    report::table(&benches, window);
+    if !benches.is_empty() {
+        report::table(&benches, window);
+    }
     for s in &skipped {
         println!("  skipped  {s}");
     }
     let wasm = extra.iter().find(|(n, _)| *n == "wecho").map(|(_, p)| p.clone());
     if let (Some(path), true) = (wasm, opts.wants("wasm-load")) {
         report::wasm_loads(&fixture::wasm_loads(&broker, &path, if opts.quick { 3 } else { 10 })?);
+    }
+    if opts.wants("site") {
+        let switchboard = modules.join("switchboard");
+        let files = site::files(
+            &broker.echo_so,
+            fixture::process_echo(&modules),
+            fixture::wasm_echo(&modules),
+            if opts.quick { 20 } else { 100 },
+        );
+        let mut rows = Vec::new();
+        for (what, paths) in files {
+            rows.push(site::measure(&switchboard, &what, &paths, if opts.quick { 1 } else { 3 })?);
+        }
+        report::site(&rows);
     }
     let ok = benches.iter().all(|b| b.error.is_none());
     drop(benches);

@@ -173,13 +173,44 @@ pub fn table(benches: &[Bench], window: usize) {
 }
 
 /// The WASM load section: cold and warm load times, memory per instance, the target.
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The median of `v` in milliseconds.
+fn med(v: &[Duration]) -> f64 {
+    let mut v: Vec<f64> = v.iter().map(ms).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Site files at scale: one row per file.
+pub fn site(rows: &[crate::site::SiteTimes]) {
+    println!();
+    println!("Site files (switchboard --config as its own process; medians of the rounds, in ms):");
+    println!(
+        "  {:<36} {:>7} {:>9} {:>11} {:>9} {:>10} {:>8}",
+        "file", "modules", "start", "one by one", "apply 1", "apply none", "stop"
+    );
+    for r in rows {
+        println!(
+            "  {:<36} {:>7} {:>9.1} {:>11.1} {:>9.2} {:>10.2} {:>8.1}",
+            r.what,
+            r.modules,
+            med(&r.start),
+            ms(&r.one_by_one),
+            med(&r.apply_one),
+            med(&r.apply_none),
+            med(&r.stop)
+        );
+    }
+    println!("  start: exec to the address line, every module running (levels load in parallel);");
+    println!("  one by one: the same modules, one module.load request after another;");
+    println!("  apply 1: module.apply of the file with one module's args changed (one reload);");
+    println!("  apply none: module.apply of an unchanged file; stop: SIGTERM to exit, all removed.");
+}
+
 pub fn wasm_loads(w: &crate::fixture::WasmLoads) {
-    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
-    let med = |v: &[Duration]| {
-        let mut v: Vec<f64> = v.iter().map(ms).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let list = |v: &[Duration]| v.iter().map(|d| format!("{:.2}", ms(d))).collect::<Vec<_>>().join(" ");
     println!();
     println!("WASM module loading (module.load of echo.wasm, wall time in the broker):");

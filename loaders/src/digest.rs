@@ -30,3 +30,29 @@ pub fn file_digest(path: &Path) -> Result<(String, u64), LoadError> {
 pub fn bytes_digest(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// `file_digest` remembered per path while the file's identity and times stay the same
+/// (device, inode, size, modification and change time), so checking a site file's hundred
+/// modules for changes does not read them all each time.
+#[derive(Default)]
+pub struct DigestCache {
+    seen: parking_lot::Mutex<std::collections::HashMap<std::path::PathBuf, (Stamp, String)>>,
+}
+
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+impl DigestCache {
+    pub fn digest(&self, path: &Path) -> Result<String, LoadError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+        let stamp = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        if let Some((s, d)) = self.seen.lock().get(path) {
+            if *s == stamp {
+                return Ok(d.clone());
+            }
+        }
+        let (digest, _) = file_digest(path)?;
+        self.seen.lock().insert(path.to_owned(), (stamp, digest.clone()));
+        Ok(digest)
+    }
+}

@@ -26,6 +26,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
+use switchboard_loaders::digest::DigestCache;
 use switchboard_loaders::SearchPath;
 use switchboard_loaders::{LoadRequest, LoadedModule, ModuleInfo, ModuleKind, ModuleLink, ModuleState, Registry};
 use switchboard_module_api::mgmt::{LifecycleEvent, ModuleStats, ModuleStatus};
@@ -51,6 +52,8 @@ pub struct Supervisor {
     /// Names a remove, reload, restart or configure is working on: one at a time each.
     busy: Mutex<HashSet<String>>,
     search: RwLock<SearchPath>,
+    /// File digests for `apply`'s change check.
+    digests: DigestCache,
     grace: Duration,
     me: Weak<Supervisor>,
 }
@@ -80,6 +83,7 @@ impl Supervisor {
             loading: Mutex::new(()),
             busy: Mutex::new(HashSet::new()),
             search: RwLock::new(SearchPath::default()),
+            digests: DigestCache::default(),
             grace,
             me: me.clone(),
         })

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 
-use switchboard_loaders::digest::file_digest;
 use switchboard_module_api::mgmt::{ApplyReport, ApplyStep};
 use switchboard_module_api::Error;
 
@@ -151,7 +150,7 @@ impl Supervisor {
                     None => (Action::Load, "not loaded".to_string()),
                     Some(r) if r.state().is_final() => (Action::Load, format!("it is {}", r.state().as_str())),
                     Some(r) => {
-                        let digest = file_digest(&spec.request.path).ok().map(|(d, _)| d);
+                        let digest = self.digests.digest(&spec.request.path).ok();
                         match r.spec.lock().change_to(&r.info.digest, spec, digest.as_deref()) {
                             Change::None => {
                                 unchanged.push(name.clone());

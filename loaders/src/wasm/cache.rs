@@ -3,8 +3,12 @@
 //! a checksum of its own bytes: an entry that is stale, truncated or altered is ignored and
 //! rebuilt, never handed to wasmtime unchecked.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -41,8 +45,24 @@ fn key(engine: &Engine, digest: &str) -> String {
     format!("{}-{}-{:016x}", &digest[..32], env!("CARGO_PKG_VERSION"), h.finish())
 }
 
+/// The lock that makes loads of one file at the same moment (a site starting many instances
+/// of it) compile it once: the first compiles, the others wait and find it in the cache.
+fn in_flight(digest: &str) -> Arc<Mutex<()>> {
+    static FLIGHTS: OnceLock<Mutex<HashMap<String, Weak<Mutex<()>>>>> = OnceLock::new();
+    let mut flights = FLIGHTS.get_or_init(Default::default).lock();
+    if let Some(lock) = flights.get(digest).and_then(Weak::upgrade) {
+        return lock;
+    }
+    flights.retain(|_, w| w.strong_count() > 0);
+    let lock = Arc::new(Mutex::new(()));
+    flights.insert(digest.to_string(), Arc::downgrade(&lock));
+    lock
+}
+
 /// The component for `bytes`, from the cache when a sound entry is there.
 pub fn load_or_compile(engine: &Engine, bytes: &[u8], digest: &str) -> Result<(Component, CacheOutcome), String> {
+    let flight = in_flight(digest);
+    let _one_at_a_time = flight.lock();
     let dir = cache_dir();
     // Only a directory nobody else can write to is trusted to hold compiled code.
     let usable = switchboard_module_api::uri::private_dir(&dir, 0o700).is_ok();
