@@ -324,3 +324,26 @@ fn config_reload_and_sighup_apply_the_site_file() {
     assert!(wait_until(|| row(&mut b.client(), "echo").is_none()), "SIGHUP did not apply the file");
     assert!(b.wait_log("site file applied"));
 }
+
+#[test]
+fn a_python_module_takes_a_config_update_in_place_or_refuses_it() {
+    let b = Broker::start_python();
+    let site = b.dir.path().join("site.toml");
+    let with = |config: &str| entry("conf", &script("configurable.py"), &format!("config = {config}"));
+    write(&site, &with("{ level = 1 }"));
+    b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    let mut c = b.client();
+    let pid = row(&mut c, "conf").unwrap()["pid"].clone();
+    write(&site, &with("{ level = 2 }"));
+    let out = b.modctl_ok(&["apply", site.to_str().unwrap()]);
+    assert!(out.contains("configure conf") && out.contains("config-update accepted"), "{out}");
+    assert_eq!(json(&rpc(&mut c, "conf.get", json!({})).unwrap()), json!({"level": 2}));
+    assert_eq!(row(&mut c, "conf").unwrap()["pid"], pid, "the same process took it");
+    // A refused update is reported and the old table stays.
+    write(&site, &with("{ level = 3, refuse = true }"));
+    let out = b.modctl(&["apply", site.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EINVAL: refusing this config"), "{text}");
+    assert_eq!(json(&rpc(&mut c, "conf.get", json!({})).unwrap()), json!({"level": 2}));
+}

@@ -185,6 +185,7 @@ class Module:
         self._on_init = None
         self._on_shutdown = None
         self._on_disconnect = None
+        self._on_config = None
         self._link = None
         self._deferred = []
         self._tag = 0
@@ -220,6 +221,13 @@ class Module:
 
     def on_shutdown(self, fn):
         self._on_shutdown = fn
+        return fn
+
+    def on_config(self, fn):
+        """Decorator: the site's config table changed; fn(module) runs with `module.config`
+        already the new table. Raising Error keeps the old table. Without it the broker
+        reloads the module instead (RFC 3, config-update)."""
+        self._on_config = fn
         return fn
 
     def on_disconnect(self, fn):
@@ -335,12 +343,32 @@ class Module:
         except Exception:
             self.log("error", traceback.format_exc().strip().replace("\n", " | "))
 
+    def _reconfigure(self, msg, req):
+        if not req.is_owner:
+            return self._respond(msg, None, EPERM, f"{msg.topic} is for the instance owner only")
+        new = req.payload
+        if not isinstance(new, dict):
+            return self._respond(msg, None, EPROTO, "config-update: the payload must be a map")
+        old, self.config = self.config, new
+        try:
+            self._on_config(self)
+        except Error as e:
+            self.config = old
+            return self._respond(msg, None, e.errnum, e.text)
+        except Exception as e:
+            self.config = old
+            self.log("error", "config-update: " + traceback.format_exc().strip().replace("\n", " | "))
+            return self._respond(msg, None, EIO, f"config-update failed: {type(e).__name__}: {e}")
+        self._respond(msg, {})
+
     def _dispatch(self, msg):
         req = Request(self, msg)
         if req.method == "disconnect":
             if self._on_disconnect:
                 self._guarded(self._on_disconnect, req)
             return
+        if req.method == "config-update" and self._on_config and "config-update" not in self._methods:
+            return self._reconfigure(msg, req)
         fn = self._methods.get(req.method)
         if fn is None and self._otherwise is not None:
             fn = self._otherwise
