@@ -49,6 +49,22 @@ pub struct DirArgs {
     pub writable: bool,
 }
 
+impl DirArgs {
+    /// `HOST[:GUEST][:rw|:ro]` (read-only unless `:rw`), the host path as written: the
+    /// notation of `modctl load --dir` and a site file's `dirs`. None when HOST is empty.
+    pub fn parse(spec: &str) -> Option<DirArgs> {
+        let (rest, writable) = match spec.strip_suffix(":rw") {
+            Some(r) => (r, true),
+            None => (spec.strip_suffix(":ro").unwrap_or(spec), false),
+        };
+        let (host, guest) = match rest.split_once(':') {
+            Some((h, g)) => (h, Some(g.to_string())),
+            None => (rest, None),
+        };
+        (!host.is_empty()).then(|| DirArgs { host: host.to_string(), guest, writable })
+    }
+}
+
 /// `module.remove` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveArgs {

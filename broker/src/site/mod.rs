@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use switchboard_loaders::{check_name, search, DirGrant, LoadRequest, Sandbox, SearchPath};
+use switchboard_module_api::mgmt::DirArgs;
 
 use crate::supervisor::{levels, ModuleSpec, Node, RestartPolicy};
 
@@ -234,19 +235,9 @@ fn absolute(base: &Path, p: &str) -> PathBuf {
 
 /// `HOST[:GUEST][:rw|:ro]`, the host path relative to the file's folder.
 pub fn dir_grant(base: &Path, spec: &str) -> Result<DirGrant, String> {
-    let (rest, writable) = match spec.strip_suffix(":rw") {
-        Some(r) => (r, true),
-        None => (spec.strip_suffix(":ro").unwrap_or(spec), false),
-    };
-    let (host, guest) = match rest.split_once(':') {
-        Some((h, g)) => (h, Some(g.to_string())),
-        None => (rest, None),
-    };
-    if host.is_empty() {
-        return Err(format!("'{spec}' has no host directory (write HOST[:GUEST][:rw])"));
-    }
-    let host = absolute(base, host);
-    Ok(DirGrant { guest: guest.unwrap_or_else(|| host.display().to_string()), host, writable })
+    let d = DirArgs::parse(spec).ok_or_else(|| format!("'{spec}' has no host directory (write HOST[:GUEST][:rw])"))?;
+    let host = absolute(base, &d.host);
+    Ok(DirGrant { guest: d.guest.unwrap_or_else(|| host.display().to_string()), host, writable: d.writable })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub fn run(client: &mut Client, command: Command) -> Result<(), CliError> {
     match command {
         Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
             let config = config.as_deref().map(crate::json::value).transpose()?;
-            let dirs = dirs.iter().map(|d| modules::dir_grant(d)).collect();
+            let dirs = dirs.iter().map(|d| modules::dir_grant(d)).collect::<Result<_, _>>()?;
             let request = LoadArgs {
                 path: String::new(),
                 name,

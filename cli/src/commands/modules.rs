@@ -154,15 +154,10 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
 }
 
 /// `HOST[:GUEST][:rw]` as a directory grant; the host path is made absolute.
-pub fn dir_grant(spec: &str) -> DirArgs {
-    let (rest, writable) = match spec.strip_suffix(":rw") {
-        Some(r) => (r, true),
-        None => (spec.strip_suffix(":ro").unwrap_or(spec), false),
-    };
-    let (host, guest) = match rest.split_once(':') {
-        Some((h, g)) => (h, Some(g.to_string())),
-        None => (rest, None),
-    };
-    let host = absolute(Path::new(host)).display().to_string();
-    DirArgs { guest: guest.or_else(|| Some(host.clone())), host, writable }
+pub fn dir_grant(spec: &str) -> Result<DirArgs, CliError> {
+    let mut d = DirArgs::parse(spec)
+        .ok_or_else(|| CliError::Usage(format!("--dir {spec}: no host directory (write HOST[:GUEST][:rw])")))?;
+    d.host = absolute(Path::new(&d.host)).display().to_string();
+    d.guest = d.guest.or_else(|| Some(d.host.clone()));
+    Ok(d)
 }
