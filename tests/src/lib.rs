@@ -212,13 +212,27 @@ impl Broker {
         Client::connect(&self.socket).expect("connect to the broker")
     }
 
-    /// Run `modctl` against this broker.
+    /// Run `modctl` against this broker; a modctl that hangs fails the test after a minute.
     pub fn modctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("modctl"))
+        let mut child = Command::new(bin("modctl"))
             .args(args)
             .env("SWITCHBOARD_URI", format!("local://{}", self.socket.display()))
-            .output()
-            .expect("run modctl")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run modctl");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(3 * WAIT).is_err() {
+                // SAFETY: signalling our own child, which is still running.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        });
+        let out = child.wait_with_output().expect("run modctl");
+        let _ = tx.send(());
+        assert!(out.status.code().is_some(), "modctl {args:?} hung and was killed; broker log:\n{}", self.log());
+        out
     }
 
     /// Run `modctl`, require success, return its stdout.

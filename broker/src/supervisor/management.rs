@@ -52,7 +52,14 @@ where
 {
     let reply_to = msg.clone();
     let cx2 = cx.clone();
-    let spawned = std::thread::Builder::new().name(what.into()).spawn(move || answer(&cx2.router, &msg, work(&cx2)));
+    let what2 = what.to_string();
+    let spawned = std::thread::Builder::new().name(what.into()).spawn(move || {
+        // A bug must not leave the requester waiting: a panic is answered too.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&cx2))).unwrap_or_else(|_| {
+            Err(Error::new(Errno::EIO, format!("the broker failed while doing the {what2}; see its log")))
+        });
+        answer(&cx2.router, &msg, result)
+    });
     if let Err(e) = spawned {
         cx.router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start the {what}: {e}"));
     }

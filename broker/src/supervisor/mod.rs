@@ -520,11 +520,11 @@ impl Supervisor {
         self.modules.lock().len()
     }
 
-    /// Remove every module, last loaded first (so dependents go before what they require).
+    /// Remove every module, dependents before what they require, independent ones in parallel.
     pub fn remove_all(&self) {
         let names: Vec<String> = self.modules.lock().iter().rev().map(|r| r.name().to_string()).collect();
-        for name in names {
-            if let Err(e) = self.remove(&name, None, true) {
+        for (name, outcome) in names.iter().zip(self.remove_many(&names)) {
+            if let Err(e) = outcome {
                 tracing::warn!(module = %name, "{e}");
             }
         }

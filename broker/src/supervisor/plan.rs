@@ -64,9 +64,9 @@ impl Supervisor {
             report.steps = steps.into_iter().map(|s| to_wire(s, None)).collect();
             return Ok(report);
         }
-        for step in &removals {
-            let outcome = self.remove(&step.name, None, true).map(|()| "ok".to_string());
-            report.steps.push(to_wire(step, Some(outcome)));
+        let gone: Vec<String> = removals.iter().map(|s| s.name.clone()).collect();
+        for (step, outcome) in removals.iter().zip(self.remove_many(&gone)) {
+            report.steps.push(to_wire(step, Some(outcome.map(|()| "ok".to_string()))));
         }
         let mut failed: HashSet<String> = HashSet::new();
         for level in &by_level {
@@ -99,6 +99,39 @@ impl Supervisor {
         let order: Vec<&str> = levels.iter().flatten().map(|&i| names[i].as_str()).collect();
         self.modules.lock().sort_by_key(|r| order.iter().position(|n| *n == r.name()));
         Ok(report)
+    }
+
+    /// Remove `names` (forced), dependents first: the reverse of their start levels, the
+    /// modules of one level in parallel. Outcomes in the order of `names`.
+    pub(super) fn remove_many(&self, names: &[String]) -> Vec<Result<(), Error>> {
+        let deps: Vec<Vec<String>> = names
+            .iter()
+            .map(|n| {
+                self.find(n).map_or_else(Vec::new, |r| {
+                    let s = r.spec.lock();
+                    s.requires.iter().chain(&s.after).cloned().collect()
+                })
+            })
+            .collect();
+        let nodes: Vec<Node<'_>> = names
+            .iter()
+            .zip(&deps)
+            .map(|(n, d)| Node { name: n, deps: d.iter().map(String::as_str).collect() })
+            .collect();
+        // A cycle cannot be loaded; should one be recorded anyway, go one at a time.
+        let levels = levels(&nodes).unwrap_or_else(|_| (0..names.len()).rev().map(|i| vec![i]).collect());
+        let mut outcomes: Vec<Option<Result<(), Error>>> = names.iter().map(|_| None).collect();
+        for level in levels.iter().rev() {
+            let done: Vec<(usize, Result<(), Error>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    level.iter().map(|&i| (i, scope.spawn(move || self.remove(&names[i], None, true)))).collect();
+                handles.into_iter().map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(panicked())))).collect()
+            });
+            for (i, outcome) in done {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(panicked()))).collect()
     }
 
     fn carry_out(&self, step: &Step, spec: &ModuleSpec) -> Result<String, Error> {
