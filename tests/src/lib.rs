@@ -214,7 +214,7 @@ impl Broker {
 
     /// Run `modctl` against this broker; a modctl that hangs fails the test after a minute.
     pub fn modctl(&self, args: &[&str]) -> Output {
-        let mut child = Command::new(bin("modctl"))
+        let child = Command::new(bin("modctl"))
             .args(args)
             .env("SWITCHBOARD_URI", format!("local://{}", self.socket.display()))
             .stdout(Stdio::piped())
