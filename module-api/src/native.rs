@@ -197,8 +197,8 @@ macro_rules! export_module {
                 fn handle_message(msg: Message) {
                     $crate::wasm::handle_message::<$actor>(msg)
                 }
-                fn handle_messages(msgs: Vec<Message>) {
-                    $crate::wasm::handle_messages::<$actor>(msgs)
+                fn handle_messages(frames: Vec<u8>) {
+                    $crate::wasm::handle_messages::<$actor>(frames)
                 }
                 fn shutdown() {
                     $crate::wasm::shutdown::<$actor>()

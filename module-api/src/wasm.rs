@@ -12,7 +12,7 @@ use crate::actor::{dispatch, Actor, Methods};
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::link::{Level, Link, LinkError};
-use crate::proto::{Cred, Errno, Flags, Message, MsgType, Route};
+use crate::proto::{encode_frame_into, frames, Cred, Errno, Flags, Message, MsgType, Route};
 
 /// The generated bindings of `wit/world.wit`.
 pub mod bindings {
@@ -73,23 +73,28 @@ fn failure(f: Failure) -> Error {
 }
 
 /// The module's link to the host. Sends made while a batch of messages is being handled
-/// are held and go to the host in one `send-all` at the end of the batch (or before a
-/// `request`, so that they keep their order).
+/// are held, encoded as frames, and go to the host in one `send-all` at the end of the batch
+/// (or before a `request`, so that they keep their order).
 #[derive(Default)]
 struct WasmLink {
     batching: Cell<bool>,
-    held: RefCell<Vec<Message>>,
+    held: RefCell<Vec<u8>>,
 }
+
+/// Capacity of the held buffer kept between batches: one large batch does not pin its size
+/// in the module's (capped) memory.
+const KEEP_HELD: usize = 64 << 10;
 
 impl WasmLink {
     fn flush(&self) -> Result<(), LinkError> {
         let Ok(mut held) = self.held.try_borrow_mut() else { return Ok(()) };
-        let held = std::mem::take(&mut *held);
         if held.is_empty() {
             return Ok(());
         }
-        let views: Vec<MessageParam<'_>> = held.iter().map(to_wit).collect();
-        host::send_all(&views).map_err(|f| LinkError::Refused(f.text))
+        let sent = host::send_all(&held);
+        held.clear();
+        held.shrink_to(KEEP_HELD);
+        sent.map_err(|f| LinkError::Refused(f.text))
     }
 }
 
@@ -101,7 +106,7 @@ impl Link for Rc<WasmLink> {
 
     fn send(&self, msg: &Message) -> Result<(), LinkError> {
         if self.batching.get() {
-            self.held.borrow_mut().push(msg.clone());
+            encode_frame_into(msg, &mut self.held.borrow_mut());
             return Ok(());
         }
         host::send(to_wit(msg)).map_err(|f| LinkError::Refused(f.text))
@@ -175,8 +180,7 @@ pub fn init<A: Actor>(name: String, args: Vec<String>, config: Vec<u8>) -> Resul
     Ok(())
 }
 
-fn handle<A: Actor>(st: &mut State<A>, msg: WitMessage) {
-    let Some(msg) = from_wit(msg) else { return };
+fn handle<A: Actor>(st: &mut State<A>, msg: Message) {
     match msg.kind {
         MsgType::Request => dispatch(&mut st.actor, &st.methods, &st.handle, &msg),
         MsgType::Event => st.actor.event(&st.handle, &msg),
@@ -186,15 +190,25 @@ fn handle<A: Actor>(st: &mut State<A>, msg: WitMessage) {
 
 #[doc(hidden)]
 pub fn handle_message<A: Actor>(msg: WitMessage) {
-    with_state::<A>(|st| handle(st, msg));
+    with_state::<A>(|st| {
+        if let Some(msg) = from_wit(msg) {
+            handle(st, msg)
+        }
+    });
 }
 
 #[doc(hidden)]
-pub fn handle_messages<A: Actor>(msgs: Vec<WitMessage>) {
+pub fn handle_messages<A: Actor>(batch: Vec<u8>) {
     with_state::<A>(|st| {
         st.link.batching.set(true);
-        for msg in msgs {
-            handle(st, msg);
+        for msg in frames(batch.into()) {
+            match msg {
+                Ok(msg) => handle(st, msg),
+                Err(e) => {
+                    st.handle.log(Level::Error, &format!("the broker sent a malformed frame: {e}"));
+                    break;
+                }
+            }
         }
         st.link.batching.set(false);
         if let Err(e) = st.link.flush() {

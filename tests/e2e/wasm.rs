@@ -121,6 +121,20 @@ fn a_trap_fails_the_module_with_its_panic_message() {
 }
 
 #[test]
+fn a_malformed_frame_fails_the_module_that_sent_it() {
+    let b = Broker::start();
+    load_wasm(&b, "garbler", "faulty", json!({})).unwrap();
+    let mut c = b.client();
+    // The good frame before the bad one was sent: the request has its answer.
+    let r = rpc(&mut c, "garbler.garbage", json!({}));
+    assert!(r.is_ok(), "{r:?}");
+    failed_with(&b, "garbler", "it sent a malformed frame (frame 2 of a send-all)");
+    failed_with(&b, "garbler", "unknown message type 3");
+    assert_eq!(errno_of(&rpc(&mut c, "garbler.whoami", json!({}))), "ENOSYS");
+    rpc(&mut c, "broker.ping", json!({})).unwrap();
+}
+
+#[test]
 fn files_are_out_of_reach_without_a_grant_and_readable_with_one() {
     let b = Broker::start();
     let shared = b.dir.path().join("shared");

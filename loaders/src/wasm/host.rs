@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::inbox::{Inbox, RecvError};
-use switchboard_module_api::proto::{Cred, Flags, MsgType, Route};
+use bytes::Bytes;
+use switchboard_module_api::proto::{frames, Cred, Flags, FrameError, MsgType, Route};
 use switchboard_module_api::{Errno, Level, Message};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -16,7 +17,12 @@ use super::runtime::TICK;
 use crate::module::BrokerPort;
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../module-api/wit", world: "module" });
+    wasmtime::component::bindgen!({
+        path: "../module-api/wit",
+        world: "module",
+        // A malformed frame is the module's fault: it fails the module, not the call.
+        imports: { "switchboard:module/host.send-all": trappable },
+    });
 }
 
 pub use bindings::switchboard::module::types::{Failure, Message as WitMessage};
@@ -53,6 +59,14 @@ impl ResourceLimiter for Limits {
     }
 }
 
+/// How a module broke the interface. The host call that found it traps, and the module fails
+/// with this as its reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error("it sent a malformed frame (frame {number} of a send-all): {source}")]
+    Frame { number: usize, source: FrameError },
+}
+
 /// Everything a module's store holds.
 pub struct HostState {
     wasi: WasiCtx,
@@ -71,6 +85,8 @@ pub struct HostState {
     pub last_error: Option<String>,
     /// The CPU deadline of the current call, for the failure reason.
     pub cpu: Duration,
+    /// Set when the module broke the interface: the failure reason.
+    pub fault: Option<Fault>,
 }
 
 impl HostState {
@@ -86,6 +102,7 @@ impl HostState {
             blocked_ticks: 0,
             last_error: None,
             cpu: Duration::ZERO,
+            fault: None,
         }
     }
 
@@ -149,12 +166,23 @@ impl host::Host for HostState {
         Ok(())
     }
 
-    fn send_all(&mut self, msgs: Vec<WitMessage>) -> Result<(), Failure> {
-        let port = self.port()?.clone();
-        for m in msgs {
-            port.send(from_wit(m)?);
+    fn send_all(&mut self, batch: Vec<u8>) -> wasmtime::Result<Result<(), Failure>> {
+        let port = match self.port() {
+            Ok(port) => port.clone(),
+            Err(f) => return Ok(Err(f)),
+        };
+        for (i, msg) in frames(Bytes::from(batch)).enumerate() {
+            match msg {
+                Ok(msg) => port.send(msg),
+                Err(source) => {
+                    let fault = Fault::Frame { number: i + 1, source };
+                    let trap = wasmtime::format_err!("{fault}");
+                    self.fault = Some(fault);
+                    return Err(trap);
+                }
+            }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn request(&mut self, topic: String, payload: Vec<u8>, timeout_ms: Option<u32>) -> Result<WitMessage, Failure> {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use switchboard_module_api::proto::MsgType;
+use switchboard_module_api::proto::{encode_frame_into, MsgType};
 use switchboard_module_api::SHUTDOWN;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -59,6 +59,9 @@ pub fn describe_error(store: &Store<HostState>, e: &wasmtime::Error) -> String {
     if let Some(hit) = &st.limits.hit {
         return hit.clone();
     }
+    if let Some(fault) = &st.fault {
+        return fault.to_string();
+    }
     let base = match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => return format!("it exceeded its CPU deadline of {} ms", st.cpu.as_millis()),
         Some(t) => format!("trapped: {t}"),
@@ -107,6 +110,7 @@ fn serve(
     }
     port.set_state(ModuleState::Running);
     let mut batch = Vec::new();
+    let mut frames = Vec::new();
     loop {
         let msg = match next(store, inbox, port) {
             Some(m) => m,
@@ -116,7 +120,7 @@ fn serve(
             return stop(store, world, cpu, port);
         }
         // Whatever else is already queued goes in the same call, up to a shutdown.
-        batch.push(to_wit(msg));
+        batch.push(msg);
         let mut stopping = false;
         while batch.len() < BATCH {
             let more = match store.data_mut().deferred.pop_front() {
@@ -128,7 +132,7 @@ fn serve(
                     stopping = true;
                     break;
                 }
-                Some(m) => batch.push(to_wit(m)),
+                Some(m) => batch.push(m),
                 None => break,
             }
         }
@@ -143,11 +147,15 @@ fn serve(
         store.data_mut().cpu = cpu;
         let result = if batch.len() == 1 {
             let one = batch.pop();
-            one.map_or(Ok(()), |m| world.call_handle_message(&mut *store, &m))
+            one.map_or(Ok(()), |m| world.call_handle_message(&mut *store, &to_wit(m)))
         } else {
-            world.call_handle_messages(&mut *store, &batch)
+            frames.clear();
+            frames.shrink_to(KEEP_FRAMES);
+            for m in batch.drain(..) {
+                encode_frame_into(&m, &mut frames);
+            }
+            world.call_handle_messages(&mut *store, &frames)
         };
-        batch.clear();
         if let Err(e) = result {
             return ExitStatus::Failed(describe_error(store, &e));
         }
@@ -159,6 +167,8 @@ fn serve(
 
 /// Messages given to one call at most.
 const BATCH: usize = 64;
+/// Capacity of the frame buffer kept between calls (one large batch does not pin its size).
+const KEEP_FRAMES: usize = 1 << 20;
 
 fn is_shutdown(m: &switchboard_module_api::Message) -> bool {
     m.kind == MsgType::Control && m.topic == SHUTDOWN

@@ -41,10 +41,19 @@ pub enum DecodeError {
 
 // ---------------------------------------------------------------- encoding
 
+/// Most header integers are below 128, one byte: that case inline, the others out of line.
+/// (This matters most in a WASM module, where calls are dearer.)
+#[inline(always)]
 fn put_uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
-    } else if v <= u8::MAX as u64 {
+    } else {
+        put_wide_uint(out, v);
+    }
+}
+
+fn put_wide_uint(out: &mut Vec<u8>, v: u64) {
+    if v <= u8::MAX as u64 {
         out.extend_from_slice(&[0xcc, v as u8]);
     } else if v <= u16::MAX as u64 {
         out.push(0xcd);
@@ -88,6 +97,10 @@ fn put_array_len(out: &mut Vec<u8>, n: usize) {
 
 /// Append the msgpack header of `msg` to `out`.
 pub fn encode_header(msg: &Message, out: &mut Vec<u8>) {
+    // At most: array marker, 11 integers of 9 bytes, two strings with 5-byte markers, the
+    // route's marker and hops. One reservation, so no field reallocates.
+    let strings = msg.topic.len() + msg.errstr.as_ref().map_or(0, String::len);
+    out.reserve(1 + 11 * 9 + 2 * 5 + strings + 5 + 9 * msg.route.len());
     put_array_len(out, HEADER_FIELDS as usize);
     put_uint(out, PROTOCOL_VERSION as u64);
     put_uint(out, msg.kind as u64);
@@ -141,8 +154,19 @@ impl<'a> Reader<'a> {
         self.buf.get(self.pos).copied()
     }
 
-    /// Any non-negative msgpack integer.
+    /// Any non-negative msgpack integer. A positive fixint (the common case) inline.
+    #[inline(always)]
     fn uint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        match self.peek() {
+            Some(m) if m < 0x80 => {
+                self.pos += 1;
+                Ok(m as u64)
+            }
+            _ => self.wide_uint(field),
+        }
+    }
+
+    fn wide_uint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         let m = self.byte()?;
         let signed = |v: i64| -> Result<u64, DecodeError> {
             u64::try_from(v).map_err(|_| DecodeError::Range { field, value: v as u64 })
@@ -161,6 +185,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(always)]
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         let v = self.uint(field)?;
         u32::try_from(v).map_err(|_| DecodeError::Range { field, value: v })

@@ -24,6 +24,8 @@ pub enum FrameError {
     HeaderOverrun { hlen: usize, len: usize },
     #[error("malformed header: {0}")]
     Header(#[from] DecodeError),
+    #[error("frame runs past the end of its buffer ({needed} bytes needed, {left} left)")]
+    Incomplete { needed: usize, left: usize },
 }
 
 /// Append one whole frame for `msg` to `out`.
@@ -57,6 +59,51 @@ pub fn decode_frame(mut body: Bytes) -> Result<Message, FrameError> {
     }
     let payload = body.split_off(hlen);
     Ok(decode_header(&body, payload)?)
+}
+
+/// The messages in `buf`, whole frames back to back (a WASM module's batches, RFC 6 §2),
+/// decoded in order; payloads are slices of `buf`. Ends after the first error: a buffer
+/// cannot be resynchronised.
+pub fn frames(buf: Bytes) -> Frames {
+    Frames { rest: buf }
+}
+
+/// The iterator [`frames`] returns.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    rest: Bytes,
+}
+
+impl Frames {
+    fn next_body(&mut self) -> Result<Bytes, FrameError> {
+        let left = self.rest.len();
+        let prefix = self.rest.get(..FRAME_PREFIX).and_then(|p| <[u8; FRAME_PREFIX]>::try_from(p).ok());
+        let Some(prefix) = prefix else {
+            return Err(FrameError::Incomplete { needed: FRAME_PREFIX, left });
+        };
+        let needed = FRAME_PREFIX.saturating_add(u32::from_be_bytes(prefix) as usize);
+        if needed > left {
+            return Err(FrameError::Incomplete { needed, left });
+        }
+        let mut body = self.rest.split_to(needed);
+        body.advance(FRAME_PREFIX);
+        Ok(body)
+    }
+}
+
+impl Iterator for Frames {
+    type Item = Result<Message, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let msg = self.next_body().and_then(decode_frame);
+        if msg.is_err() {
+            self.rest = Bytes::new();
+        }
+        Some(msg)
+    }
 }
 
 /// Splits a byte stream into frame bodies.
@@ -158,8 +205,17 @@ mod tests {
         }
 
         #[test]
+        fn a_buffer_of_frames_round_trips(msgs in proptest::collection::vec(arb_message(), 0..5)) {
+            let mut wire = Vec::new();
+            for m in &msgs { encode_frame_into(m, &mut wire); }
+            let back: Vec<Message> = frames(Bytes::from(wire)).map(|r| r.expect("decodes")).collect();
+            prop_assert_eq!(back, msgs);
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_all(&bytes, 256);
+            let _ = frames(Bytes::from(bytes.clone())).count();
             let _ = decode_header(&bytes, Bytes::new());
             let _ = decode_frame(Bytes::from(bytes));
         }
@@ -170,8 +226,10 @@ mod tests {
             let i = pos % wire.len();
             wire[i] = byte;
             let _ = parse_all(&wire, DEFAULT_MAX_FRAME);
+            let _ = frames(Bytes::from(wire.clone())).count();
             wire.truncate(i);
             let _ = parse_all(&wire, DEFAULT_MAX_FRAME);
+            let _ = frames(Bytes::from(wire)).count();
         }
     }
 
@@ -180,6 +238,20 @@ mod tests {
         let reader = FrameReader::new(1024);
         let mut buf = BytesMut::from(&(4096u32.to_be_bytes())[..]);
         assert_eq!(reader.next_frame(&mut buf), Err(FrameError::Oversized { len: 4096, max: 1024 }));
+    }
+
+    #[test]
+    fn a_cut_buffer_yields_the_whole_frames_then_one_error() {
+        let m = Message::request("a.b", Bytes::from_static(b"xyz"));
+        let mut wire = encode_frame(&m);
+        let one = wire.len();
+        encode_frame_into(&m, &mut wire);
+        wire.truncate(2 * one - 1);
+        let got: Vec<_> = frames(Bytes::from(wire.clone())).collect();
+        assert_eq!(got, vec![Ok(m.clone()), Err(FrameError::Incomplete { needed: one, left: one - 1 })]);
+        wire.truncate(one + 3);
+        let got: Vec<_> = frames(Bytes::from(wire)).collect();
+        assert_eq!(got, vec![Ok(m), Err(FrameError::Incomplete { needed: 4, left: 3 })]);
     }
 
     #[test]
