@@ -41,8 +41,12 @@ fn main() -> ExitCode {
         }
     };
     let filter = args.log.clone().or_else(|| site.as_ref().and_then(|s| s.log.clone())).unwrap_or("info".into());
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("switchboard: log filter '{filter}' is not valid ({e}); logging at info");
+        "info".into()
+    });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

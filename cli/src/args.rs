@@ -16,8 +16,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load a module and start it. PATH with no `/` is a name looked up on the broker's
-    /// search path (`kvs` finds kvs.so, libkvs.so, kvs.wasm or an executable kvs).
+    /// Load a module and start it. A PATH that is a plain module name (no `/`, no `.`) is
+    /// looked up on the broker's search path (`kvs` finds kvs.so, libkvs.so, kvs.wasm or an
+    /// executable kvs); anything else is a file.
     Load {
         path: PathBuf,
         /// Instance name (default: the module's own name).

@@ -197,7 +197,7 @@ pub struct TraceRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LifecycleEvent {
     pub name: String,
-    /// loaded, reloaded, configured, failed, restarted, gave-up, removed
+    /// loaded, reloaded, configured, failed, restarted, gave-up, removed, exited
     pub event: String,
     #[serde(default)]
     pub services: Vec<String>,

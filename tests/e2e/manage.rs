@@ -306,6 +306,13 @@ fn stats_count_messages_errors_and_process_resources() {
     assert!(k["last_error"].as_str().unwrap().contains("ENOENT"), "{k}");
     let text = b.modctl_ok(&["stats", "kvs"]);
     assert!(text.contains("errors:") && text.contains("last error:"), "{text}");
+    assert!(k["last_error"].as_str().unwrap().starts_with("kvs.get: ENOENT: "), "{k}");
+    // A WASM module reports its linear memory.
+    b.load(&switchboard_tests::wasm_module("echo"), Some("wecho"), &[]);
+    rpc(&mut c, "wecho.x", json!({})).unwrap();
+    let w: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["stats", "wecho", "--json"])).unwrap();
+    let mem = w["memory_bytes"].as_u64().unwrap_or(0);
+    assert!((64 * 1024..=64 << 20).contains(&mem), "{w}");
 }
 
 #[test]

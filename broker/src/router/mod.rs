@@ -152,7 +152,7 @@ impl Router {
             // Requests it never took are its successor's; its inbox is sealed, so no more come.
             for msg in m.take_all() {
                 if msg.kind == MsgType::Request && ep.inflight.forget(&msg) {
-                    self.deliver(next, msg);
+                    self.deliver_traced(next, msg);
                 }
             }
         }
@@ -353,6 +353,11 @@ impl Router {
                 self.trace(module, Dir::In, &msg);
             }
         }
+        self.deliver_traced(ep, msg);
+    }
+
+    /// `deliver` for a message already traced on its way in (one handed to a successor).
+    fn deliver_traced(&self, ep: &Endpoint, msg: Message) {
         ep.inflight.track(&msg);
         let refused = match &ep.sink {
             Sink::Conn(c) => {
@@ -364,7 +369,7 @@ impl Router {
         // Sealed for a reload: the new instance answers it.
         if let (Some(msg), Some(next)) = (refused, ep.successor.get()) {
             if ep.inflight.forget(&msg) {
-                return self.deliver(next, *msg);
+                return self.deliver_traced(next, *msg);
             }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see

@@ -15,7 +15,7 @@ pub enum RcError {
     Failed { path: PathBuf, status: std::process::ExitStatus },
 }
 
-/// Run `script` to completion with the broker at `uri`; its output goes where the broker's does.
+/// Run `script` to completion with the broker at `uri`; its output goes to the broker's stderr.
 pub fn run_script(script: &Path, uri: &str) -> Result<(), RcError> {
     let executable = std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     let mut cmd = if executable {
@@ -26,6 +26,9 @@ pub fn run_script(script: &Path, uri: &str) -> Result<(), RcError> {
         c
     };
     cmd.env("SWITCHBOARD_URI", uri);
+    // Its output goes to the broker's log stream: the broker's stdout carries only its
+    // address line (RFC 1 §7.2).
+    cmd.stdout(std::process::Stdio::from(std::io::stderr()));
     if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let dirs = std::iter::once(dir.to_owned()).chain(std::env::split_paths(&path));

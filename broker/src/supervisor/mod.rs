@@ -49,6 +49,8 @@ pub struct Supervisor {
     modules: Mutex<Vec<Arc<ModuleRecord>>>,
     /// Serialises the name check and registration of a new instance.
     loading: Mutex<()>,
+    /// One `apply` at a time (SIGHUP and `modctl apply` may come together).
+    applying: Mutex<()>,
     /// Names a remove, reload, restart or configure is working on: one at a time each.
     busy: Mutex<HashSet<String>>,
     search: RwLock<SearchPath>,
@@ -81,6 +83,7 @@ impl Supervisor {
             registry,
             modules: Mutex::new(Vec::new()),
             loading: Mutex::new(()),
+            applying: Mutex::new(()),
             busy: Mutex::new(HashSet::new()),
             search: RwLock::new(SearchPath::default()),
             digests: DigestCache::default(),
@@ -428,7 +431,11 @@ impl Supervisor {
             self.forget(rec);
             return;
         }
-        let Some(reason) = reason else { return };
+        let Some(reason) = reason else {
+            // It returned on its own: nobody asked it to stop.
+            self.announce(rec.name(), "exited", &rec.info.services, None);
+            return;
+        };
         let reason = reason.unwrap_or_else(|| "it failed".to_string());
         rec.history.lock().last_failure = Some(reason.clone());
         self.announce(rec.name(), "failed", &rec.info.services, Some(&reason));
@@ -470,7 +477,20 @@ impl Supervisor {
             if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
                 return;
             }
-            let Ok(_claim) = self.claim(&name) else { return };
+            // A reload or remove of the name is under way: wait for it; it may have replaced
+            // or removed the failed instance, which cancels the restart.
+            let _claim = loop {
+                match self.claim(&name) {
+                    Ok(c) => break c,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+                if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
+                    return;
+                }
+            };
+            if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
+                return;
+            }
             let mut history = old.history.lock().clone();
             history.restarts += 1;
             tracing::info!(module = %name, restart = history.restarts, "restarting module");

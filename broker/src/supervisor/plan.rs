@@ -49,6 +49,7 @@ impl Supervisor {
     /// no cycle). With `dry_run`, only say what would be done. Every step is attempted; a
     /// step whose requirement failed is skipped. The report says what happened to each.
     pub fn apply(&self, want: &[ModuleSpec], dry_run: bool) -> Result<ApplyReport, Cycle> {
+        let _one_at_a_time = self.applying.lock();
         let names: Vec<String> = want.iter().map(spec_name).collect();
         let nodes: Vec<Node<'_>> = want
             .iter()

@@ -31,7 +31,7 @@ impl BrokerPort for ModulePort {
         if msg.kind == MsgType::Response && msg.is_error() && Errno(msg.errnum) != Errno::ENODATA {
             self.record.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let text = msg.errstr.as_deref().unwrap_or("");
-            *self.record.last_error.lock() = Some(format!("{}: {} {text}", msg.topic, Errno(msg.errnum).name()));
+            *self.record.last_error.lock() = Some(format!("{}: {}: {text}", msg.topic, Errno(msg.errnum).name()));
         }
         self.router.route(&self.record.endpoint, msg);
     }

@@ -33,7 +33,8 @@ pub fn trace(
         }
         if msg.is_error() {
             let text = msg.errstr.clone().unwrap_or_default();
-            return Err(CliError::Usage(format!("trace: {text}")));
+            let name = switchboard_module_api::Errno(msg.errnum).name();
+            return Err(CliError::Usage(format!("trace: {name}: {text}")));
         }
         if !started {
             // The first response says the trace runs.

@@ -2,6 +2,7 @@
 //! store state (WASI context, limits, the module's mailbox), and the memory limiter.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,16 +34,18 @@ pub use bindings::{Module as WasmWorld, ModulePre as WasmWorldPre};
 pub struct Limits {
     memory: usize,
     pub hit: Option<String>,
+    /// Linear memory granted so far, in bytes, readable from other threads (`module.stats`).
+    pub used: Arc<AtomicU64>,
 }
 
 impl Limits {
     pub fn new(memory: usize) -> Self {
-        Limits { memory, hit: None }
+        Limits { memory, hit: None, used: Arc::default() }
     }
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = Some(format!(
                 "it exceeded its memory limit of {} MiB (asked for {} MiB)",
@@ -51,6 +54,7 @@ impl ResourceLimiter for Limits {
             ));
             return Ok(false);
         }
+        self.used.fetch_add(desired.saturating_sub(current) as u64, Ordering::Relaxed);
         Ok(true)
     }
 

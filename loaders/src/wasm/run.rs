@@ -1,7 +1,7 @@
 //! A running WASM module: the thread that owns its store, feeds it messages one call at a
 //! time, and turns a trap, an overrun deadline or exhausted memory into a failure reason.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,11 +13,12 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::host::{to_wit, HostState, WasmWorld};
 use super::runtime::TICK;
-use crate::module::{ExitStatus, ModuleLink, ModuleState, RunningModule};
+use crate::module::{ExitStatus, ModuleLink, ModuleState, RunningModule, Usage};
 
 pub struct WasmRunning {
     kill: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    memory: Arc<AtomicU64>,
 }
 
 impl RunningModule for WasmRunning {
@@ -25,6 +26,10 @@ impl RunningModule for WasmRunning {
     fn terminate(&self, _grace: Duration) -> bool {
         self.kill.store(true, Ordering::SeqCst);
         true
+    }
+
+    fn usage(&self) -> Usage {
+        Usage { memory_bytes: Some(self.memory.load(Ordering::Relaxed)), ..Usage::default() }
     }
 
     fn wait(self: Box<Self>) {
@@ -82,13 +87,14 @@ pub fn start(
     let ModuleLink { name, args, config, inbox, port } = link;
     store.data_mut().port = Some(port.clone());
     store.data_mut().inbox = Some(inbox.clone());
+    let memory = store.data().limits.used.clone();
     let thread = std::thread::Builder::new().name(format!("mod:{name}")).spawn(move || {
         let cpu = store.data().cpu;
         let status = serve(&mut store, &world, cpu, &name, &args, &config, &inbox, &*port);
         port.flush();
         port.exited(status);
     })?;
-    Ok(WasmRunning { kill, thread: Mutex::new(Some(thread)) })
+    Ok(WasmRunning { kill, thread: Mutex::new(Some(thread)), memory })
 }
 
 #[allow(clippy::too_many_arguments)]
