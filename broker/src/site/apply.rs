@@ -36,7 +36,15 @@ pub fn apply_file(
     }
     let mut report = sup.apply(&site.wanted(), dry_run).map_err(|c| Error::new(Errno::EINVAL, c.to_string()))?;
     report.path = site.path.display().to_string();
-    if site.listen.as_ref().is_some_and(|l| *l != running.listen) {
+    for step in report.steps.iter_mut().filter(|s| s.action == "remove") {
+        if let Some(line) =
+            site.modules.iter().find(|m| m.spec.request.name.as_deref() == Some(&step.name)).map(|m| m.line)
+        {
+            step.why = format!("disabled in the file (line {line})");
+        }
+    }
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    if site.listen.as_deref().is_some_and(|l| canonical(l) != canonical(&running.listen)) {
         report.needs_restart.push("listen".into());
     }
     if site.allow_guests != running.allow_guests {

@@ -51,6 +51,7 @@ pub struct Supervisor {
     loading: Mutex<()>,
     /// One `apply` at a time (SIGHUP and `modctl apply` may come together).
     applying: Mutex<()>,
+    next_group: std::sync::atomic::AtomicU64,
     /// Names a remove, reload, restart or configure is working on: one at a time each.
     busy: Mutex<HashSet<String>>,
     search: RwLock<SearchPath>,
@@ -84,6 +85,7 @@ impl Supervisor {
             modules: Mutex::new(Vec::new()),
             loading: Mutex::new(()),
             applying: Mutex::new(()),
+            next_group: std::sync::atomic::AtomicU64::new(1),
             busy: Mutex::new(HashSet::new()),
             search: RwLock::new(SearchPath::default()),
             digests: DigestCache::default(),
@@ -161,7 +163,16 @@ impl Supervisor {
 
     /// Load and start a module; returns once it is running (or failed to start).
     pub fn load(&self, spec: ModuleSpec) -> Result<ModuleInfo, Error> {
-        self.start(spec, History::default(), "loaded")
+        self.load_in_group(spec, self.new_start_group())
+    }
+
+    /// Load as one of a group started together (see `History::start_group`).
+    fn load_in_group(&self, spec: ModuleSpec, start_group: u64) -> Result<ModuleInfo, Error> {
+        self.start(spec, History { start_group, ..History::default() }, "loaded")
+    }
+
+    fn new_start_group(&self) -> u64 {
+        self.next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn start(&self, mut spec: ModuleSpec, history: History, event: &str) -> Result<ModuleInfo, Error> {
@@ -540,7 +551,7 @@ impl Supervisor {
         self.modules.lock().len()
     }
 
-    /// Remove every module, dependents before what they require, independent ones in parallel.
+    /// Remove every module, last started first; modules started together go together.
     pub fn remove_all(&self) {
         let names: Vec<String> = self.modules.lock().iter().rev().map(|r| r.name().to_string()).collect();
         for (name, outcome) in names.iter().zip(self.remove_many(&names)) {

@@ -71,6 +71,7 @@ impl Supervisor {
         }
         let mut failed: HashSet<String> = HashSet::new();
         for level in &by_level {
+            let group = self.new_start_group();
             let outcomes: Vec<Result<String, Error>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = level
                     .iter()
@@ -81,7 +82,7 @@ impl Supervisor {
                             if let Some(q) = blocked.first() {
                                 return Ok(format!("skipped: it requires '{q}', which failed"));
                             }
-                            self.carry_out(step, spec)
+                            self.carry_out(step, spec, group)
                         })
                     })
                     .collect();
@@ -102,42 +103,29 @@ impl Supervisor {
         Ok(report)
     }
 
-    /// Remove `names` (forced), dependents first: the reverse of their start levels, the
-    /// modules of one level in parallel. Outcomes in the order of `names`.
+    /// Remove `names` (forced), given last started first: one group of modules started
+    /// together after another, each group in parallel (see `History::start_group`), so a
+    /// module goes before those started before it. Outcomes in the order of `names`.
     pub(super) fn remove_many(&self, names: &[String]) -> Vec<Result<(), Error>> {
-        let deps: Vec<Vec<String>> = names
-            .iter()
-            .map(|n| {
-                self.find(n).map_or_else(Vec::new, |r| {
-                    let s = r.spec.lock();
-                    s.requires.iter().chain(&s.after).cloned().collect()
-                })
-            })
-            .collect();
-        let nodes: Vec<Node<'_>> = names
-            .iter()
-            .zip(&deps)
-            .map(|(n, d)| Node { name: n, deps: d.iter().map(String::as_str).collect() })
-            .collect();
-        // A cycle cannot be loaded; should one be recorded anyway, go one at a time.
-        let levels = levels(&nodes).unwrap_or_else(|_| (0..names.len()).rev().map(|i| vec![i]).collect());
-        let mut outcomes: Vec<Option<Result<(), Error>>> = names.iter().map(|_| None).collect();
-        for level in levels.iter().rev() {
-            let done: Vec<(usize, Result<(), Error>)> = std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    level.iter().map(|&i| (i, scope.spawn(move || self.remove(&names[i], None, true)))).collect();
-                handles.into_iter().map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(panicked())))).collect()
-            });
-            for (i, outcome) in done {
-                outcomes[i] = Some(outcome);
-            }
+        let group = |n: &String| self.find(n).map(|r| r.history.lock().start_group);
+        let mut outcomes = Vec::with_capacity(names.len());
+        let mut i = 0;
+        while i < names.len() {
+            let g = group(&names[i]);
+            let n = names[i..].iter().take_while(|m| g.is_some() && group(m) == g).count().max(1);
+            let batch = &names[i..i + n];
+            outcomes.extend(std::thread::scope(|scope| {
+                let handles: Vec<_> = batch.iter().map(|m| scope.spawn(move || self.remove(m, None, true))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect::<Vec<_>>()
+            }));
+            i += n;
         }
-        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(panicked()))).collect()
+        outcomes
     }
 
-    fn carry_out(&self, step: &Step, spec: &ModuleSpec) -> Result<String, Error> {
+    fn carry_out(&self, step: &Step, spec: &ModuleSpec, group: u64) -> Result<String, Error> {
         match step.action {
-            Action::Load => self.load(spec.clone()).map(|_| "ok".into()),
+            Action::Load => self.load_in_group(spec.clone(), group).map(|_| "ok".into()),
             Action::Reload => self.reload(&step.name, Some(spec.clone())).map(|_| "ok".into()),
             Action::Configure => {
                 if self.configure(&step.name, spec.request.config.clone())? {

@@ -30,11 +30,14 @@ pub struct ModuleRecord {
     pub history: Mutex<History>,
 }
 
-/// Carried from one instance to the next by restarts.
+/// Carried from one instance to the next by restarts and reloads.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// Modules started together (one level of an apply) share a group; each load by hand is
+    /// a group of its own. Removal goes group by group in reverse, a group in parallel.
+    pub start_group: u64,
 }
 
 pub struct Life {
