@@ -138,7 +138,7 @@ impl BrokerBuilder {
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
         let broker = Broker { router, supervisor, listener: Some(listener), path, running };
         if let Some((_, specs)) = &self.site {
-            let report = broker.supervisor.apply(specs, false).map_err(|c| BrokerError::Site(c.to_string()));
+            let report = broker.supervisor.apply(specs, None, false).map_err(|c| BrokerError::Site(c.to_string()));
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
                     BrokerError::Site(format!(

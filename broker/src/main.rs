@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use switchboard::site::{run_script, OnStartFailure};
+use switchboard::site::{run_script, OnStartFailure, RcError};
 use switchboard::{Broker, Site};
 
 #[derive(Parser, Debug)]
@@ -79,7 +79,14 @@ fn main() -> ExitCode {
     };
     tracing::info!(uri = %broker.uri(), modules = broker.list().len(), "switchboard ready");
     if let Some(script) = site.as_ref().and_then(|s| s.rc_start.as_deref()) {
-        if let Err(e) = run_script(script, &broker.uri()) {
+        // SIGINT or SIGTERM while it runs stops it and the broker.
+        let told_to_stop = || signals.pending().any(|s| s != SIGHUP);
+        if let Err(e) = run_script(script, &broker.uri(), told_to_stop) {
+            if matches!(e, RcError::Interrupted { .. }) {
+                tracing::info!("{e}");
+                broker.shutdown();
+                return ExitCode::SUCCESS;
+            }
             if site.as_ref().is_some_and(|s| s.on_start_failure == OnStartFailure::Continue) {
                 tracing::error!("{e} (on_start_failure = \"continue\": the broker keeps running)");
             } else {
@@ -111,7 +118,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(script) = site.as_ref().and_then(|s| s.rc_stop.as_deref()) {
-        if let Err(e) = run_script(script, &broker.uri()) {
+        if let Err(e) = run_script(script, &broker.uri(), || false) {
             tracing::error!("{e}");
         }
     }

@@ -56,10 +56,17 @@ pub enum RecvError {
 impl Inbox {
     /// Queue `msg`; it comes back if the inbox is closed, or sealed and `msg` is a request.
     pub fn push(&self, msg: Message) -> Result<(), Box<Message>> {
+        self.push_with(msg, |_| {})
+    }
+
+    /// `push`, calling `accepted` on `msg` under the queue's lock once it is known to be
+    /// accepted and before the module can take it (the broker notes a request in flight so).
+    pub fn push_with(&self, msg: Message, accepted: impl FnOnce(&Message)) -> Result<(), Box<Message>> {
         let mut st = self.state.lock();
         if st.closed || (st.sealed && msg.kind == MsgType::Request) {
             return Err(Box::new(msg));
         }
+        accepted(&msg);
         st.queue.push_back(msg);
         self.queued.store(st.queue.len(), Ordering::Release);
         let wake = st.waiting;

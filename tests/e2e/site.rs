@@ -3,10 +3,10 @@
 //! key, the search path, and rc scripts with the broker's address.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::json;
-use switchboard_tests::{bin, list, module, python_path, rpc, script, wait_until, Broker};
+use switchboard_tests::{bin, list, module, python_path, rpc, script, wait_until, Broker, WAIT};
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -17,12 +17,25 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 /// Run the broker on `file` and expect it to refuse to start; returns its stderr.
 fn refused(file: &Path) -> String {
     let socket = file.with_extension("sock");
-    let out = Command::new(bin("switchboard"))
+    let child = Command::new(bin("switchboard"))
         .args(["--config", file.to_str().unwrap(), "--listen", socket.to_str().unwrap()])
         .env("PATH", python_path())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "the broker started on {}", file.display());
+    // A broker that starts after all runs until killed: fail, do not hang.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(WAIT).is_err() {
+            // SAFETY: signalling our own child, still running.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    assert!(out.status.code().is_some_and(|c| c != 0), "the broker started on {}", file.display());
     assert!(!socket.exists(), "a refused start leaves no socket behind");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -54,7 +54,12 @@ impl Mailbox {
     /// Queue `msg`; it comes back when the inbox is closed (the endpoint's in-flight record
     /// answers the sender) or sealed for a successor (the router hands it on).
     pub fn push(&self, msg: Message) -> Result<(), Box<Message>> {
-        self.inbox.push(msg)?;
+        self.push_with(msg, |_| {})
+    }
+
+    /// `push`, with `accepted` called once it is accepted, before the module can take it.
+    pub fn push_with(&self, msg: Message, accepted: impl FnOnce(&Message)) -> Result<(), Box<Message>> {
+        self.inbox.push_with(msg, accepted)?;
         self.msgs_in.fetch_add(1, Ordering::Relaxed);
         self.touch();
         Ok(())

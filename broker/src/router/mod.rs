@@ -358,18 +358,22 @@ impl Router {
 
     /// `deliver` for a message already traced on its way in (one handed to a successor).
     fn deliver_traced(&self, ep: &Endpoint, msg: Message) {
-        ep.inflight.track(&msg);
-        let refused = match &ep.sink {
+        match &ep.sink {
             Sink::Conn(c) => {
+                ep.inflight.track(&msg);
                 c.enqueue(&msg);
-                None
             }
-            Sink::Module(m) => m.push(msg).err(),
-        };
-        // Sealed for a reload: the new instance answers it.
-        if let (Some(msg), Some(next)) = (refused, ep.successor.get()) {
-            if ep.inflight.forget(&msg) {
-                return self.deliver_traced(next, *msg);
+            // Noted in flight only once the inbox has taken it, in the same step: a request
+            // the inbox refuses was never this endpoint's.
+            Sink::Module(m) => {
+                if let Err(msg) = m.push_with(msg, |m| ep.inflight.track(m)) {
+                    match ep.successor.get() {
+                        // Sealed for a reload: the new instance answers it.
+                        Some(next) => return self.deliver_traced(next, *msg),
+                        // Closed: the endpoint left; the sweep below answers it.
+                        None => ep.inflight.track(&msg),
+                    }
+                }
             }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see
@@ -430,8 +434,14 @@ impl Router {
 
     /// Send a request as the broker itself (the instance owner) and wait up to `timeout` for
     /// its response. For the supervisor, which asks modules things (`config-update`).
-    pub fn call(
+    pub fn call(&self, req: Message, timeout: std::time::Duration) -> Result<Message, switchboard_module_api::Error> {
+        self.call_to(None, req, timeout)
+    }
+
+    /// `call`, delivered to `to` itself instead of routed by service name.
+    pub fn call_to(
         &self,
+        to: Option<&Arc<Endpoint>>,
         mut req: Message,
         timeout: std::time::Duration,
     ) -> Result<Message, switchboard_module_api::Error> {
@@ -441,7 +451,15 @@ impl Router {
         let me = self.add_endpoint(Sink::Module(mailbox.clone()), cred, "the broker".to_string(), None);
         req.cred = cred;
         req.matchtag = 1;
-        self.route(&me, req);
+        match to {
+            Some(ep) => {
+                req.route.push(me.id);
+                self.deliver(ep, req);
+            }
+            None => {
+                self.route(&me, req);
+            }
+        }
         flush();
         let got = mailbox.inbox().recv(Some(timeout));
         self.retire(&me, "gave up");

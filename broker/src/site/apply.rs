@@ -31,10 +31,9 @@ pub fn apply_file(
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
-    if !dry_run {
-        sup.set_search_path(site.search_path.clone());
-    }
-    let mut report = sup.apply(&site.wanted(), dry_run).map_err(|c| Error::new(Errno::EINVAL, c.to_string()))?;
+    let mut report = sup
+        .apply(&site.wanted(), Some(site.search_path.clone()), dry_run)
+        .map_err(|c| Error::new(Errno::EINVAL, c.to_string()))?;
     report.path = site.path.display().to_string();
     for step in report.steps.iter_mut().filter(|s| s.action == "remove") {
         if let Some(line) =

@@ -24,6 +24,9 @@ use switchboard_module_api::mgmt::DirArgs;
 
 use crate::supervisor::{levels, ModuleSpec, Node, RestartPolicy};
 
+/// The largest memory cap a WASM module may be given, in MiB (1 TiB).
+pub const MAX_MEMORY_MB: u64 = 1 << 20;
+
 /// A checked site file; paths in it are absolute.
 #[derive(Debug, Clone, Default)]
 pub struct Site {
@@ -100,6 +103,7 @@ impl Site {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for m in &raw.modules {
             let line = line_col(text, m.span().start).0;
+            let table = m.span();
             let m = m.get_ref();
             let reference = Path::new(m.path.get_ref());
             let file = if SearchPath::is_bare(reference) {
@@ -126,6 +130,9 @@ impl Site {
             if let Some(first) = seen.insert(name.clone(), line) {
                 let span = m.name.as_ref().map_or(m.path.span(), |n| n.span());
                 return Err(at(span, format!("key `name`: a module named '{name}' is already on line {first}")));
+            }
+            if m.memory_mb.is_some_and(|mb| mb > MAX_MEMORY_MB) {
+                return Err(at(table, format!("key `memory_mb`: more than {MAX_MEMORY_MB} MiB")));
             }
             let mut dirs = Vec::new();
             for d in &m.dirs {

@@ -13,10 +13,13 @@ pub enum RcError {
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("rc script {} failed ({status})", path.display())]
     Failed { path: PathBuf, status: std::process::ExitStatus },
+    #[error("rc script {} was interrupted: the broker was told to stop", path.display())]
+    Interrupted { path: PathBuf },
 }
 
-/// Run `script` to completion with the broker at `uri`; its output goes to the broker's stderr.
-pub fn run_script(script: &Path, uri: &str) -> Result<(), RcError> {
+/// Run `script` to completion with the broker at `uri`; its output goes to the broker's
+/// stderr. `stop` is asked every 50 ms; when it says yes the script is killed.
+pub fn run_script(script: &Path, uri: &str, mut stop: impl FnMut() -> bool) -> Result<(), RcError> {
     let executable = std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     let mut cmd = if executable {
         Command::new(script)
@@ -39,7 +42,19 @@ pub fn run_script(script: &Path, uri: &str) -> Result<(), RcError> {
     if let Some(dir) = script.parent() {
         cmd.current_dir(dir);
     }
-    let status = cmd.status().map_err(|source| RcError::Spawn { path: script.to_owned(), source })?;
+    let spawn_error = |source| RcError::Spawn { path: script.to_owned(), source };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(spawn_error)? {
+            break status;
+        }
+        if stop() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RcError::Interrupted { path: script.to_owned() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     if status.success() {
         Ok(())
     } else {

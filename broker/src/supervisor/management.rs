@@ -107,6 +107,10 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                     return router.respond_error(&msg, Errno::EINVAL, "config must be a map");
                 }
             }
+            if a.memory_mb.is_some_and(|mb| mb > crate::site::MAX_MEMORY_MB) {
+                let text = format!("memory_mb: more than {} MiB", crate::site::MAX_MEMORY_MB);
+                return router.respond_error(&msg, Errno::EINVAL, text);
+            }
             let request = LoadRequest {
                 path: PathBuf::from(&a.path),
                 name: a.name,

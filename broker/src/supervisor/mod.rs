@@ -168,7 +168,25 @@ impl Supervisor {
 
     /// Load as one of a group started together (see `History::start_group`).
     fn load_in_group(&self, spec: ModuleSpec, start_group: u64) -> Result<ModuleInfo, Error> {
+        // Loading a name whose instance is dead replaces it: not while a restart of it runs.
+        let dead = spec.request.name.as_deref().filter(|n| self.find(n).is_some_and(|r| r.state().is_final()));
+        let _claim = match dead {
+            Some(n) => Some(self.claim_waiting(n)?),
+            None => None,
+        };
         self.start(spec, History { start_group, ..History::default() }, "loaded")
+    }
+
+    /// `claim`, waiting up to the start timeout for whoever holds the name.
+    fn claim_waiting(&self, name: &str) -> Result<Claim<'_>, Error> {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match self.claim(name) {
+                Ok(c) => return Ok(c),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     fn new_start_group(&self) -> u64 {
@@ -183,7 +201,7 @@ impl Supervisor {
         check_options(&info, &spec.request)?;
         self.check_requires(&info.name, &spec)?;
         let rec = self.register(&info, spec, history, None)?;
-        self.run(loaded, &rec)?;
+        self.run(loaded, &rec, false)?;
         self.announce(&info.name, event, &info.services, None);
         Ok(info)
     }
@@ -214,7 +232,8 @@ impl Supervisor {
         history: History,
         replacing: Option<&Arc<ModuleRecord>>,
     ) -> Result<Arc<ModuleRecord>, Error> {
-        let _serial = self.loading.lock();
+        let serial = self.loading.lock();
+        let mut dead = None;
         if let Some(old) = self.find(&info.name) {
             let replaced = replacing.is_some_and(|r| Arc::ptr_eq(r, &old));
             if !replaced && !old.state().is_final() {
@@ -229,7 +248,7 @@ impl Supervisor {
             }
             if !replaced {
                 // A dead instance only kept its name for `list`; the new one takes its place.
-                old.reclaim();
+                dead = Some(old);
             }
         }
         let mailbox = Arc::new(Mailbox::default());
@@ -251,11 +270,17 @@ impl Supervisor {
         let rec = Arc::new(ModuleRecord::new(info.clone(), spec, endpoint, mailbox));
         *rec.history.lock() = history;
         self.install(rec.clone());
+        drop(serial);
+        if let Some(d) = dead {
+            d.reclaim();
+        }
         Ok(rec)
     }
 
-    /// Start a registered instance and wait for it to run.
-    fn run(&self, loaded: Box<dyn LoadedModule>, rec: &Arc<ModuleRecord>) -> Result<(), Error> {
+    /// Start a registered instance and wait for it to run. On failure the record is
+    /// forgotten, or with `keep` left listed as failed (a reload's new instance: the old one
+    /// is gone, and the name must stay visible with its reason).
+    fn run(&self, loaded: Box<dyn LoadedModule>, rec: &Arc<ModuleRecord>, keep: bool) -> Result<(), Error> {
         let request = rec.spec.lock().request.clone();
         let link = ModuleLink {
             name: rec.name().to_string(),
@@ -273,17 +298,20 @@ impl Supervisor {
             Err(e) => {
                 // Requests may already have been routed to it: answer them.
                 self.router.retire(&rec.endpoint, "could not be started");
-                self.forget(rec);
+                rec.set_state(ModuleState::Failed, Some(e.to_string()));
+                if !keep {
+                    self.forget(rec);
+                }
                 return Err(error(e));
             }
         }
         let info = &rec.info;
         tracing::info!(module = %info.name, kind = %info.kind, path = %info.path.display(), "module loaded");
-        self.await_start(rec)
+        self.await_start(rec, keep)
     }
 
     /// Wait for `running`; a module that fails while starting fails the load.
-    fn await_start(&self, rec: &Arc<ModuleRecord>) -> Result<(), Error> {
+    fn await_start(&self, rec: &Arc<ModuleRecord>, keep: bool) -> Result<(), Error> {
         let mut life = rec.life.lock();
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         while life.state == ModuleState::Init {
@@ -291,11 +319,14 @@ impl Supervisor {
                 break;
             }
         }
-        if life.state.is_final() {
+        // One that ran and failed at once is a crash, for `on_exit` and its restart policy.
+        if life.state.is_final() && !life.ran {
             let reason = life.reason.clone().unwrap_or_else(|| "it exited while starting".to_string());
             drop(life);
-            self.forget(rec);
-            rec.reclaim();
+            if !keep {
+                self.forget(rec);
+                rec.reclaim();
+            }
             return Err(Error::new(Errno::EIO, format!("module '{}' failed to start: {reason}", rec.name())));
         }
         Ok(())
@@ -318,14 +349,14 @@ impl Supervisor {
         let history = old.history.lock().clone();
         if old.state().is_final() {
             let rec = self.register(&info, spec, history, None)?;
-            self.run(loaded, &rec)?;
+            self.run(loaded, &rec, false)?;
         } else {
             let grace = old.spec.lock().grace.unwrap_or(self.grace);
             let rec = self.register(&info, spec, history, Some(&old))?;
             if let Err(e) = self.stop(&old, grace, true) {
                 tracing::warn!(module = %name, "reload: {}", e.text);
             }
-            self.run(loaded, &rec)?;
+            self.run(loaded, &rec, true)?;
         }
         tracing::info!(module = %name, "module reloaded");
         self.announce(name, "reloaded", &info.services, None);
@@ -338,7 +369,7 @@ impl Supervisor {
         let rec = self.find_live(name)?;
         let _claim = self.claim(name)?;
         let req = Message::request(format!("{name}.config-update"), config.clone());
-        match self.router.call(req, CONFIGURE_TIMEOUT) {
+        match self.router.call_to(Some(&rec.endpoint), req, CONFIGURE_TIMEOUT) {
             Ok(_) => {
                 rec.spec.lock().request.config = config;
                 self.announce(name, "configured", &rec.info.services, None);

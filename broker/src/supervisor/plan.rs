@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 
+use switchboard_loaders::{ModuleState, SearchPath};
 use switchboard_module_api::mgmt::{ApplyReport, ApplyStep};
 use switchboard_module_api::Error;
 
@@ -48,8 +49,11 @@ impl Supervisor {
     /// Bring the broker to `want` (names resolved, validated: unique, requirements present,
     /// no cycle). With `dry_run`, only say what would be done. Every step is attempted; a
     /// step whose requirement failed is skipped. The report says what happened to each.
-    pub fn apply(&self, want: &[ModuleSpec], dry_run: bool) -> Result<ApplyReport, Cycle> {
+    pub fn apply(&self, want: &[ModuleSpec], search: Option<SearchPath>, dry_run: bool) -> Result<ApplyReport, Cycle> {
         let _one_at_a_time = self.applying.lock();
+        if let (Some(search), false) = (search, dry_run) {
+            self.set_search_path(search);
+        }
         let names: Vec<String> = want.iter().map(spec_name).collect();
         let nodes: Vec<Node<'_>> = want
             .iter()
@@ -89,7 +93,13 @@ impl Supervisor {
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect()
             });
             for (step, outcome) in level.iter().zip(outcomes) {
-                let bad = outcome.as_ref().map_or(true, |o| o.starts_with("skipped"));
+                // A refused config-update leaves the module running as it was: its
+                // dependents go on.
+                let running = self.find(&step.name).is_some_and(|r| r.state() == ModuleState::Running);
+                let bad = match &outcome {
+                    Ok(o) => o.starts_with("skipped"),
+                    Err(_) => !(step.action == Action::Configure && running),
+                };
                 if bad {
                     failed.insert(step.name.clone());
                 }
@@ -107,12 +117,32 @@ impl Supervisor {
     /// together after another, each group in parallel (see `History::start_group`), so a
     /// module goes before those started before it. Outcomes in the order of `names`.
     pub(super) fn remove_many(&self, names: &[String]) -> Vec<Result<(), Error>> {
-        let group = |n: &String| self.find(n).map(|r| r.history.lock().start_group);
+        let info = |n: &String| {
+            self.find(n).map(|r| {
+                let s = r.spec.lock();
+                let deps: Vec<String> = s.requires.iter().chain(&s.after).cloned().collect();
+                (r.history.lock().start_group, deps)
+            })
+        };
+        let known: Vec<Option<(u64, Vec<String>)>> = names.iter().map(info).collect();
+        // Two modules go together only if neither requires nor comes after the other (their
+        // settings may have changed since they started together).
+        let related = |a: usize, b: usize| {
+            let names_of = |i: usize| known[i].as_ref().map_or(&[][..], |(_, d)| &d[..]);
+            names_of(a).contains(&names[b]) || names_of(b).contains(&names[a])
+        };
         let mut outcomes = Vec::with_capacity(names.len());
         let mut i = 0;
         while i < names.len() {
-            let g = group(&names[i]);
-            let n = names[i..].iter().take_while(|m| g.is_some() && group(m) == g).count().max(1);
+            let g = known[i].as_ref().map(|(g, _)| *g);
+            let mut n = 1;
+            while i + n < names.len()
+                && g.is_some()
+                && known[i + n].as_ref().map(|(g, _)| *g) == g
+                && (i..i + n).all(|j| !related(j, i + n))
+            {
+                n += 1;
+            }
             let batch = &names[i..i + n];
             outcomes.extend(std::thread::scope(|scope| {
                 let handles: Vec<_> = batch.iter().map(|m| scope.spawn(move || self.remove(m, None, true))).collect();

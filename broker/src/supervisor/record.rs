@@ -110,14 +110,16 @@ impl ModuleRecord {
 
     /// Join the thread / reap the process, once it has ended.
     pub fn reclaim(&self) {
-        if let Some(r) = self.running.lock().take() {
+        // Not under the lock: joining may take a while, and `status` takes the lock.
+        let running = self.running.lock().take();
+        if let Some(r) = running {
             r.wait();
         }
     }
 
     pub fn status(&self) -> ModuleStatus {
-        let life = self.life.lock();
         let pid = self.running.lock().as_ref().and_then(|r| r.pid());
+        let life = self.life.lock();
         let history = self.history.lock().clone();
         let requires = self.spec.lock().requires.clone();
         ModuleStatus {

@@ -367,7 +367,10 @@ class Module:
             if self._on_disconnect:
                 self._guarded(self._on_disconnect, req)
             return
-        if req.method == "config-update" and self._on_config and "config-update" not in self._methods:
+        if req.method == "config-update" and "config-update" not in self._methods:
+            if self._on_config is None:
+                # Not for `otherwise`: the broker reloads a module that does not take it.
+                return self._respond(msg, None, ENOSYS, f"module '{self.name}' does not take a config-update")
             return self._reconfigure(msg, req)
         fn = self._methods.get(req.method)
         if fn is None and self._otherwise is not None:
