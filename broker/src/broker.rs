@@ -39,7 +39,7 @@ pub struct BrokerBuilder {
     grace: Duration,
     search_path: SearchPath,
     /// From a site file, started with `apply`.
-    site: Option<(PathBuf, Vec<ModuleSpec>)>,
+    site: Option<Site>,
     /// Added one by one, loaded after the site's in this order.
     modules: Vec<LoadRequest>,
 }
@@ -108,7 +108,7 @@ impl BrokerBuilder {
             self.grace = g;
         }
         self.search_path = site.search_path.clone();
-        self.site = Some((site.path.clone(), site.wanted()));
+        self.site = Some(site.clone());
         self
     }
 
@@ -122,7 +122,7 @@ impl BrokerBuilder {
         let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
         supervisor.set_search_path(self.search_path);
         let running = Arc::new(Running {
-            site: self.site.as_ref().map(|(p, _)| p.clone()),
+            site: self.site.clone(),
             listen: path.clone(),
             allow_guests: self.allow_guests,
             max_frame: self.max_frame,
@@ -137,8 +137,9 @@ impl BrokerBuilder {
         )
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
         let broker = Broker { router, supervisor, listener: Some(listener), path, running };
-        if let Some((_, specs)) = &self.site {
-            let report = broker.supervisor.apply(specs, None, false).map_err(|c| BrokerError::Site(c.to_string()));
+        if let Some(site) = &self.site {
+            let report =
+                broker.supervisor.apply(&site.wanted(), None, false).map_err(|c| BrokerError::Site(c.to_string()));
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
                     BrokerError::Site(format!(

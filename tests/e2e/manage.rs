@@ -342,6 +342,17 @@ fn config_reload_and_sighup_apply_the_site_file() {
     let out = b.modctl_ok(&["config", "reload"]);
     assert!(out.contains("load      kvs"), "{out}");
     assert!(row(&mut b.client(), "kvs").is_some());
+    // A setting only a restart applies is reported, not applied.
+    write(
+        &site,
+        &format!(
+            "[broker]\ngrace_ms = 100\n{}{}",
+            entry("echo", &module("echo"), ""),
+            entry("kvs", &module("kvs"), "")
+        ),
+    );
+    let out = b.modctl_ok(&["config", "reload", "--dry-run"]);
+    assert!(out.contains("note: grace_ms changed; only a broker restart applies that"), "{out}");
     write(&site, &entry("kvs", &module("kvs"), ""));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(b.pid() as i32, libc::SIGHUP) };

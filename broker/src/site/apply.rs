@@ -14,8 +14,9 @@ use crate::supervisor::Supervisor;
 /// The settings the broker was started with, to tell which file changes need a restart.
 #[derive(Debug, Clone, Default)]
 pub struct Running {
-    /// The file it was started with, if any: the default for `apply` without a path.
-    pub site: Option<PathBuf>,
+    /// The file it was started with, as it was then, if any: the default for `apply` without
+    /// a path, and what tells which of its settings changed since.
+    pub site: Option<Site>,
     pub listen: PathBuf,
     pub allow_guests: bool,
     pub max_frame: usize,
@@ -27,7 +28,7 @@ pub fn apply_file(
     path: Option<&Path>,
     dry_run: bool,
 ) -> Result<ApplyReport, Error> {
-    let path = path.or(running.site.as_deref()).ok_or_else(|| {
+    let path = path.or(running.site.as_ref().map(|s| s.path.as_path())).ok_or_else(|| {
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
@@ -51,6 +52,22 @@ pub fn apply_file(
     }
     if site.max_frame.is_some_and(|m| m != running.max_frame) {
         report.needs_restart.push("max_frame".into());
+    }
+    // Settings only the start reads: compared with the file the broker started with.
+    if let Some(was) = &running.site {
+        for (key, changed) in [
+            ("grace_ms", site.grace != was.grace),
+            ("log", site.log != was.log),
+            (
+                "rc",
+                (&site.rc_start, &site.rc_stop, site.on_start_failure)
+                    != (&was.rc_start, &was.rc_stop, was.on_start_failure),
+            ),
+        ] {
+            if changed {
+                report.needs_restart.push(key.into());
+            }
+        }
     }
     Ok(report)
 }
