@@ -273,16 +273,7 @@ fn trace_shows_the_messages_of_a_module_loaded_after_it_began() {
     let mut c = b.client();
     rpc(&mut c, "kvs.put", json!({"key": "k", "value": 1})).unwrap();
     rpc(&mut c, "late.hello", json!({"a": 1})).unwrap();
-    let pid = trace.id();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if rx.recv_timeout(WAIT).is_err() {
-            // SAFETY: signalling our own child, still running: the records did not come.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    });
-    let out = trace.wait_with_output().unwrap();
-    let _ = tx.send(());
+    let out = switchboard_tests::output_within(trace, WAIT);
     assert!(out.status.success());
     let records: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();

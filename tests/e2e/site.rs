@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use switchboard_tests::{bin, list, module, python_path, rpc, script, wait_until, Broker, WAIT};
+use switchboard_tests::{bin, list, module, output_within, python_path, rpc, script, wait_until, Broker, WAIT};
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -25,16 +25,7 @@ fn refused(file: &Path) -> String {
         .spawn()
         .unwrap();
     // A broker that starts after all runs until killed: fail, do not hang.
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if rx.recv_timeout(WAIT).is_err() {
-            // SAFETY: signalling our own child, still running.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = tx.send(());
+    let out = output_within(child, WAIT);
     assert!(out.status.code().is_some_and(|c| c != 0), "the broker started on {}", file.display());
     assert!(!socket.exists(), "a refused start leaves no socket behind");
     String::from_utf8_lossy(&out.stderr).into_owned()

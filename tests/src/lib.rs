@@ -221,16 +221,7 @@ impl Broker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run modctl");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            if rx.recv_timeout(3 * WAIT).is_err() {
-                // SAFETY: signalling our own child, which is still running.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        });
-        let out = child.wait_with_output().expect("run modctl");
-        let _ = tx.send(());
+        let out = output_within(child, 3 * WAIT);
         assert!(out.status.code().is_some(), "modctl {args:?} hung and was killed; broker log:\n{}", self.log());
         out
     }
@@ -308,6 +299,22 @@ pub fn children_of(pid: u32) -> Vec<u32> {
             stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok()) == Some(pid)
         })
         .collect()
+}
+
+/// The output of `child` (spawned with piped stdout and stderr); killed with SIGKILL if it
+/// has not exited within `limit`, so a test fails instead of hanging.
+pub fn output_within(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            // SAFETY: signalling our own child, which is still running.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for a child");
+    let _ = tx.send(());
+    out
 }
 
 /// Poll `cond` until it holds or `WAIT` passes.
