@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::LoadError;
-use crate::module::{LoadRequest, LoadedModule, Loader};
+use crate::module::{LoadRequest, LoadedModule, Loader, ModuleKind};
 use crate::native::NativeLoader;
 use crate::process::ProcessLoader;
 use crate::wasm::WasmLoader;
@@ -39,14 +39,21 @@ impl Registry {
 
     /// Recognise and open `request.path` without starting it.
     pub fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
-        let path = &request.path;
+        self.loader_for(&request.path)?.load(request)
+    }
+
+    /// Which kind of module the file at `path` is, from its name and first bytes only.
+    pub fn kind(&self, path: &Path) -> Result<ModuleKind, LoadError> {
+        Ok(self.loader_for(path)?.kind())
+    }
+
+    fn loader_for(&self, path: &Path) -> Result<&dyn Loader, LoadError> {
         let head = read_head(path)?;
-        let loader = self
-            .loaders
+        self.loaders
             .iter()
             .find(|l| l.recognizes(path, &head))
-            .ok_or_else(|| LoadError::NotRecognized { path: path.clone(), what: describe(&head) })?;
-        loader.load(request)
+            .map(|l| &**l)
+            .ok_or_else(|| LoadError::NotRecognized { path: path.to_owned(), what: describe(&head) })
     }
 }
 

@@ -154,6 +154,11 @@ impl Supervisor {
         Ok(())
     }
 
+    fn check_options(&self, r: &LoadRequest) -> Result<(), Error> {
+        let kind = self.registry.kind(&r.path).map_err(error)?;
+        check_options_for(kind, &r.path, r)
+    }
+
     /// Inspect a module file without starting it.
     pub fn info(&self, request: &LoadRequest) -> Result<ModuleInfo, Error> {
         let mut request = request.clone();
@@ -195,10 +200,10 @@ impl Supervisor {
 
     fn start(&self, mut spec: ModuleSpec, history: History, event: &str) -> Result<ModuleInfo, Error> {
         self.prepare(&mut spec.request)?;
+        self.check_options(&spec.request)?;
         let loaded = self.registry.load(&spec.request).map_err(error)?;
         let info = loaded.info().clone();
         spec.request.name = Some(info.name.clone());
-        check_options(&info, &spec.request)?;
         self.check_requires(&info.name, &spec)?;
         let rec = self.register(&info, spec, history, None)?;
         self.run(loaded, &rec, false)?;
@@ -342,9 +347,9 @@ impl Supervisor {
         let mut spec = spec.unwrap_or_else(|| old.spec.lock().clone());
         spec.request.name = Some(name.to_string());
         self.prepare(&mut spec.request)?;
+        self.check_options(&spec.request)?;
         let loaded = self.registry.load(&spec.request).map_err(error)?;
         let info = loaded.info().clone();
-        check_options(&info, &spec.request)?;
         self.check_requires(name, &spec)?;
         let history = old.history.lock().clone();
         if old.state().is_final() {
@@ -594,9 +599,10 @@ impl Supervisor {
 }
 
 /// Load options of one kind given for a module of another are a mistake, not a no-op.
-fn check_options(info: &ModuleInfo, r: &LoadRequest) -> Result<(), Error> {
+/// Checked before the file is opened (a process child started, a library mapped).
+fn check_options_for(kind: ModuleKind, path: &std::path::Path, r: &LoadRequest) -> Result<(), Error> {
     let mut wrong: Vec<&str> = Vec::new();
-    if info.kind != ModuleKind::Process {
+    if kind != ModuleKind::Process {
         if !r.env.is_empty() {
             wrong.push("env");
         }
@@ -604,7 +610,7 @@ fn check_options(info: &ModuleInfo, r: &LoadRequest) -> Result<(), Error> {
             wrong.push("hello_timeout_ms");
         }
     }
-    if info.kind != ModuleKind::Wasm {
+    if kind != ModuleKind::Wasm {
         if r.sandbox.memory.is_some() {
             wrong.push("memory_mb");
         }
@@ -622,8 +628,8 @@ fn check_options(info: &ModuleInfo, r: &LoadRequest) -> Result<(), Error> {
         Errno::EINVAL,
         format!(
             "{} is a {} module: {} do{} not apply to it (env and hello_timeout_ms are for process modules; memory_mb, cpu_ms and dirs for wasm)",
-            info.path.display(),
-            info.kind,
+            path.display(),
+            kind,
             wrong.join(", "),
             if wrong.len() == 1 { "es" } else { "" }
         ),

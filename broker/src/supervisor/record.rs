@@ -49,6 +49,8 @@ pub struct Life {
     pub stuck: bool,
     /// It reached `running` once (a failure before that is a failed load, not a crash).
     pub ran: bool,
+    /// When it reached a final state.
+    pub ended: Option<Instant>,
 }
 
 impl ModuleRecord {
@@ -68,6 +70,7 @@ impl ModuleRecord {
                 removing: false,
                 stuck: false,
                 ran: false,
+                ended: None,
             }),
             changed: Condvar::new(),
             running: Mutex::new(None),
@@ -90,6 +93,9 @@ impl ModuleRecord {
         }
         life.state = state;
         life.ran |= state == ModuleState::Running;
+        if state.is_final() {
+            life.ended = Some(Instant::now());
+        }
         if reason.is_some() {
             life.reason = reason;
         }
@@ -151,7 +157,8 @@ impl ModuleRecord {
             name: status.name,
             kind: status.kind,
             state: status.state,
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: self.life.lock().ended.unwrap_or_else(Instant::now).duration_since(self.started).as_millis()
+                as u64,
             msgs_in: status.msgs_in,
             msgs_out: status.msgs_out,
             errors: self.errors.load(Ordering::Relaxed),
