@@ -284,7 +284,24 @@ fn trace_shows_the_messages_of_a_module_loaded_after_it_began() {
     );
     assert_eq!(records[0]["payload"], json!({"a": 1}));
     assert_eq!((&records[1]["dir"], &records[1]["type"]), (&json!("out"), &json!("response")));
-    // The topic and type filters.
+    // The topic and type filters: only requests whose topic matches.
+    let mut filtered = Command::new(bin("modctl"))
+        .args(["trace", "--topic", "kvs.g*", "--type", "request", "--count", "1", "--json"])
+        .env("SWITCHBOARD_URI", b.socket.display().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(filtered.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "tracing every module");
+    rpc(&mut c, "kvs.put", json!({"key": "k", "value": 2})).unwrap();
+    rpc(&mut c, "late.get", json!({})).unwrap();
+    rpc(&mut c, "kvs.get", json!({"key": "k"})).unwrap();
+    let out = switchboard_tests::output_within(filtered, WAIT);
+    let only: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!((&only["module"], &only["type"], &only["topic"]), (&json!("kvs"), &json!("request"), &json!("kvs.get")));
+    // An unknown type is refused.
     let mut c2 = b.client();
     let mut req = Message::request("module.trace", payload(json!({"names": [], "types": ["telepathy"]})));
     req.flags = req.flags.with(switchboard_module_api::proto::Flags::STREAMING);
