@@ -13,7 +13,7 @@ use serde_json::json;
 use switchboard_module_api::proto::MsgType;
 use switchboard_module_api::Message;
 use switchboard_tests::{
-    bin, errno_of, errtext, json, list, module, payload, row, rpc, script, wait_until, Broker, WAIT,
+    bin, errno_of, errtext, json, list, module, payload, row, rpc, script, wait_until, wasm_module, Broker, WAIT,
 };
 
 /// The time of day of a log line (`2026-11-22T03:31:29.238132Z ...`), in seconds.
@@ -119,9 +119,16 @@ fn apply_loads_removes_reloads_and_reconfigures_exactly_what_changed_and_is_idem
 
 #[test]
 fn reload_under_continuous_load_fails_no_request_and_tells_subscribers() {
+    // A process module (the hand-over takes a whole process exit and start), a native one
+    // and a WASM component.
+    for (path, kind) in [(bin("echo"), "process"), (module("echo"), "native"), (wasm_module("echo"), "wasm")] {
+        reload_under_load(&path, kind);
+    }
+}
+
+fn reload_under_load(path: &Path, kind: &str) {
     let b = Broker::start();
-    // A process module: the hand-over takes a whole process exit and start.
-    b.load(&bin("echo"), Some("pecho"), &[]);
+    b.load(path, Some("e"), &[]);
     let mut w = watcher(&b);
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -135,7 +142,7 @@ fn reload_under_continuous_load_fails_no_request_and_tells_subscribers() {
                 let tags: Vec<u32> = (0..4).map(|i| tag + i).collect();
                 tag += 4;
                 for &t in &tags {
-                    let mut req = Message::request("pecho.x", payload(json!({"n": t})));
+                    let mut req = Message::request("e.x", payload(json!({"n": t})));
                     req.matchtag = t;
                     c.send(&req).unwrap();
                 }
@@ -152,20 +159,25 @@ fn reload_under_continuous_load_fails_no_request_and_tells_subscribers() {
     }
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..3 {
-        let out = b.modctl_ok(&["reload", "pecho"]);
-        assert!(out.starts_with("reloaded pecho (process"), "{out}");
-        assert_eq!(next_event(&mut w), ("pecho".into(), "reloaded".into(), String::new()));
+        let out = b.modctl_ok(&["reload", "e"]);
+        assert!(out.starts_with(&format!("reloaded e ({kind}")), "{out}");
+        assert_eq!(next_event(&mut w), ("e".into(), "reloaded".into(), String::new()));
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for c in clients {
         let (sent, failed) = c.join().unwrap();
-        assert!(failed.is_empty(), "{} of {sent} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        assert!(
+            failed.is_empty(),
+            "{kind}: {} of {sent} requests failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
         total += sent;
     }
-    assert!(total > 100, "only {total} requests were sent");
-    let r = row(&mut b.client(), "pecho").unwrap();
+    assert!(total > 100, "{kind}: only {total} requests were sent");
+    let r = row(&mut b.client(), "e").unwrap();
     assert_eq!(r["state"], "running");
 }
 
@@ -333,7 +345,7 @@ fn stats_count_messages_errors_and_process_resources() {
     assert!(text.contains("errors:") && text.contains("last error:"), "{text}");
     assert!(k["last_error"].as_str().unwrap().starts_with("kvs.get: ENOENT: "), "{k}");
     // A WASM module reports its linear memory.
-    b.load(&switchboard_tests::wasm_module("echo"), Some("wecho"), &[]);
+    b.load(&wasm_module("echo"), Some("wecho"), &[]);
     rpc(&mut c, "wecho.x", json!({})).unwrap();
     let w: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["stats", "wecho", "--json"])).unwrap();
     let mem = w["memory_bytes"].as_u64().unwrap_or(0);
