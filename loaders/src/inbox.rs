@@ -62,18 +62,12 @@ impl Inbox {
     /// `push`, calling `accepted` on `msg` under the queue's lock once it is known to be
     /// accepted and before the module can take it (the broker notes a request in flight so).
     pub fn push_with(&self, msg: Message, accepted: impl FnOnce(&Message)) -> Result<(), Box<Message>> {
-        let mut st = self.state.lock();
+        let st = self.state.lock();
         if st.closed || (st.sealed && msg.kind == MsgType::Request) {
             return Err(Box::new(msg));
         }
         accepted(&msg);
-        st.queue.push_back(msg);
-        self.queued.store(st.queue.len(), Ordering::Release);
-        let wake = st.waiting;
-        drop(st);
-        if wake {
-            self.ready.notify_one();
-        }
+        self.enqueue(st, msg);
         Ok(())
     }
 
@@ -82,9 +76,20 @@ impl Inbox {
     pub fn seal(&self, last: Message) {
         let mut st = self.state.lock();
         st.sealed = true;
+        if !st.closed {
+            self.enqueue(st, last);
+        }
+    }
+
+    /// Append `msg` under the lock `st` holds, and wake the taker if it sleeps.
+    fn enqueue(&self, mut st: parking_lot::MutexGuard<'_, State>, msg: Message) {
+        st.queue.push_back(msg);
+        self.queued.store(st.queue.len(), Ordering::Release);
+        let wake = st.waiting;
         drop(st);
-        // Not a request, so the seal lets it in.
-        let _ = self.push(last);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     fn pop(&self, st: &mut State) -> Option<Message> {

@@ -102,6 +102,16 @@ pub struct Sandbox {
     pub dirs: Vec<DirGrant>,
 }
 
+impl Sandbox {
+    /// The largest memory cap a module may be given, in MiB (1 TiB).
+    pub const MAX_MEMORY_MB: u64 = 1 << 20;
+
+    /// A memory cap given in MiB, in bytes; None above `MAX_MEMORY_MB`.
+    pub fn memory_from_mb(mb: u64) -> Option<u64> {
+        (mb <= Self::MAX_MEMORY_MB).then_some(mb << 20)
+    }
+}
+
 /// One preopened directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirGrant {

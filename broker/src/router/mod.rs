@@ -15,7 +15,6 @@ pub use batch::{flush, hold};
 pub use conn_out::ConnOut;
 pub use inflight::Inflight;
 pub use mailbox::Mailbox;
-pub use trace::glob;
 
 use self::trace::{Dir, Tracers};
 
@@ -432,34 +431,21 @@ impl Router {
         }
     }
 
-    /// Send a request as the broker itself (the instance owner) and wait up to `timeout` for
-    /// its response. For the supervisor, which asks modules things (`config-update`).
-    pub fn call(&self, req: Message, timeout: std::time::Duration) -> Result<Message, switchboard_module_api::Error> {
-        self.call_to(None, req, timeout)
-    }
-
-    /// `call`, delivered to `to` itself instead of routed by service name.
-    pub fn call_to(
+    /// Send a request as the broker itself to endpoint `to` (not routed by service name) and
+    /// wait up to `timeout` for its response. For the supervisor, which asks modules things
+    /// (`config-update`).
+    pub fn call(
         &self,
-        to: Option<&Arc<Endpoint>>,
+        to: &Endpoint,
         mut req: Message,
         timeout: std::time::Duration,
     ) -> Result<Message, switchboard_module_api::Error> {
         let mailbox = Arc::new(Mailbox::default());
-        // SAFETY: getuid cannot fail.
-        let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_module_api::proto::ROLE_OWNER };
-        let me = self.add_endpoint(Sink::Module(mailbox.clone()), cred, "the broker".to_string(), None);
-        req.cred = cred;
+        let me = self.add_endpoint(Sink::Module(mailbox.clone()), broker_cred(), "the broker".to_string(), None);
+        req.cred = me.cred;
         req.matchtag = 1;
-        match to {
-            Some(ep) => {
-                req.route.push(me.id);
-                self.deliver(ep, req);
-            }
-            None => {
-                self.route(&me, req);
-            }
-        }
+        req.route.push(me.id);
+        self.deliver(to, req);
         flush();
         let got = mailbox.inbox().recv(Some(timeout));
         self.retire(&me, "gave up");
@@ -481,6 +467,13 @@ impl Router {
         let t = self.table.read();
         (t.endpoints.len(), t.services.len())
     }
+}
+
+/// The credentials of what the broker itself sends (lifecycle events, `config-update`
+/// requests): its own uid, as the instance owner.
+pub fn broker_cred() -> Cred {
+    // SAFETY: getuid cannot fail.
+    Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_module_api::proto::ROLE_OWNER }
 }
 
 fn describe_owner(t: &Table, owner: Owner) -> String {

@@ -53,15 +53,14 @@ impl Tracers {
 
     /// Start a trace for `request` (which must want a streaming response).
     pub fn add(&self, request: Message, args: TraceArgs) -> Result<(), String> {
+        const KINDS: [MsgType; 4] = [MsgType::Request, MsgType::Response, MsgType::Event, MsgType::Control];
         let mut types = 0u8;
         for t in &args.types {
-            types |= match t.as_str() {
-                "request" => MsgType::Request as u8,
-                "response" => MsgType::Response as u8,
-                "event" => MsgType::Event as u8,
-                "control" => MsgType::Control as u8,
-                other => return Err(format!("unknown message type '{other}' (request, response, event, control)")),
-            };
+            let kind = KINDS
+                .into_iter()
+                .find(|k| k.as_str() == t.as_str())
+                .ok_or_else(|| format!("unknown message type '{t}' (request, response, event, control)"))?;
+            types |= kind as u8;
         }
         let mut list = self.list.write();
         list.push(Tracer { request, names: args.names, topic: args.topic, types });
@@ -109,17 +108,11 @@ impl Tracers {
 }
 
 fn record(module: &str, dir: Dir, msg: &Message) -> bytes::Bytes {
-    let kind = match msg.kind {
-        MsgType::Request => "request",
-        MsgType::Response => "response",
-        MsgType::Event => "event",
-        MsgType::Control => "control",
-    };
     let r = TraceRecord {
         time_us: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64),
         module: module.to_string(),
         dir: if dir == Dir::In { "in" } else { "out" }.to_string(),
-        kind: kind.to_string(),
+        kind: msg.kind.as_str().to_string(),
         topic: msg.topic.clone(),
         matchtag: msg.matchtag,
         userid: msg.cred.userid,

@@ -24,9 +24,6 @@ use switchboard_module_api::mgmt::DirArgs;
 
 use crate::supervisor::{levels, ModuleSpec, Node, RestartPolicy};
 
-/// The largest memory cap a WASM module may be given, in MiB (1 TiB).
-pub const MAX_MEMORY_MB: u64 = 1 << 20;
-
 /// A checked site file; paths in it are absolute.
 #[derive(Debug, Clone, Default)]
 pub struct Site {
@@ -131,9 +128,14 @@ impl Site {
                 let span = m.name.as_ref().map_or(m.path.span(), |n| n.span());
                 return Err(at(span, format!("key `name`: a module named '{name}' is already on line {first}")));
             }
-            if m.memory_mb.is_some_and(|mb| mb > MAX_MEMORY_MB) {
-                return Err(at(table, format!("key `memory_mb`: more than {MAX_MEMORY_MB} MiB")));
-            }
+            let memory = m
+                .memory_mb
+                .map(|mb| {
+                    Sandbox::memory_from_mb(mb).ok_or_else(|| {
+                        at(table.clone(), format!("key `memory_mb`: more than {} MiB", Sandbox::MAX_MEMORY_MB))
+                    })
+                })
+                .transpose()?;
             let mut dirs = Vec::new();
             for d in &m.dirs {
                 dirs.push(dir_grant(base, d.get_ref()).map_err(|e| at(d.span(), format!("key `dirs`: {e}")))?);
@@ -154,11 +156,7 @@ impl Site {
                     config: config_msgpack(m.config.as_ref()).into(),
                     env: m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     hello_timeout: m.hello_timeout_ms.map(Duration::from_millis),
-                    sandbox: Sandbox {
-                        memory: m.memory_mb.map(|mb| mb << 20),
-                        cpu: m.cpu_ms.map(Duration::from_millis),
-                        dirs,
-                    },
+                    sandbox: Sandbox { memory, cpu: m.cpu_ms.map(Duration::from_millis), dirs },
                     inspect_only: false,
                 },
                 requires: m.requires.iter().map(|r| r.get_ref().clone()).collect(),
@@ -200,13 +198,8 @@ impl Site {
             }
         }
         let enabled: Vec<&SiteModule> = site.modules.iter().filter(|m| m.enabled).collect();
-        let nodes: Vec<Node<'_>> = enabled
-            .iter()
-            .map(|m| Node {
-                name: name_of(m),
-                deps: m.spec.requires.iter().chain(&m.spec.after).map(String::as_str).collect(),
-            })
-            .collect();
+        let nodes: Vec<Node<'_>> =
+            enabled.iter().map(|m| Node { name: name_of(m), deps: m.spec.starts_after().collect() }).collect();
         if let Err(cycle) = levels(&nodes) {
             let lines: Vec<String> = cycle.0[..cycle.0.len() - 1]
                 .iter()

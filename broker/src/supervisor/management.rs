@@ -107,10 +107,14 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                     return router.respond_error(&msg, Errno::EINVAL, "config must be a map");
                 }
             }
-            if a.memory_mb.is_some_and(|mb| mb > crate::site::MAX_MEMORY_MB) {
-                let text = format!("memory_mb: more than {} MiB", crate::site::MAX_MEMORY_MB);
-                return router.respond_error(&msg, Errno::EINVAL, text);
-            }
+            let memory = match a.memory_mb.map(Sandbox::memory_from_mb) {
+                Some(None) => {
+                    let text = format!("memory_mb: more than {} MiB", Sandbox::MAX_MEMORY_MB);
+                    return router.respond_error(&msg, Errno::EINVAL, text);
+                }
+                Some(Some(bytes)) => Some(bytes),
+                None => None,
+            };
             let request = LoadRequest {
                 path: PathBuf::from(&a.path),
                 name: a.name,
@@ -120,7 +124,7 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                 inspect_only: false,
                 hello_timeout: a.hello_timeout_ms.map(Duration::from_millis),
                 sandbox: Sandbox {
-                    memory: a.memory_mb.map(|mb| mb << 20),
+                    memory,
                     cpu: a.cpu_ms.map(Duration::from_millis),
                     dirs: a
                         .dirs

@@ -99,10 +99,6 @@ impl Supervisor {
         *self.search.write() = search;
     }
 
-    pub fn search_path(&self) -> SearchPath {
-        self.search.read().clone()
-    }
-
     fn find(&self, name: &str) -> Option<Arc<ModuleRecord>> {
         self.modules.lock().iter().find(|r| r.name() == name).cloned()
     }
@@ -154,16 +150,19 @@ impl Supervisor {
         Ok(())
     }
 
-    fn check_options(&self, r: &LoadRequest) -> Result<(), Error> {
-        let kind = self.registry.kind(&r.path).map_err(error)?;
-        check_options_for(kind, &r.path, r)
+    /// Resolve, check and open a module file without starting it: what every load, reload
+    /// and `info` does first. Load options of the wrong kind are refused before the file is
+    /// opened (a process child started, a library mapped).
+    fn open(&self, request: &mut LoadRequest) -> Result<Box<dyn LoadedModule>, Error> {
+        self.prepare(request)?;
+        let kind = self.registry.kind(&request.path).map_err(error)?;
+        check_options(kind, request)?;
+        self.registry.load(request).map_err(error)
     }
 
     /// Inspect a module file without starting it.
     pub fn info(&self, request: &LoadRequest) -> Result<ModuleInfo, Error> {
-        let mut request = request.clone();
-        self.prepare(&mut request)?;
-        Ok(self.registry.load(&request).map_err(error)?.info().clone())
+        Ok(self.open(&mut request.clone())?.info().clone())
     }
 
     /// Load and start a module; returns once it is running (or failed to start).
@@ -199,9 +198,7 @@ impl Supervisor {
     }
 
     fn start(&self, mut spec: ModuleSpec, history: History, event: &str) -> Result<ModuleInfo, Error> {
-        self.prepare(&mut spec.request)?;
-        self.check_options(&spec.request)?;
-        let loaded = self.registry.load(&spec.request).map_err(error)?;
+        let loaded = self.open(&mut spec.request)?;
         let info = loaded.info().clone();
         spec.request.name = Some(info.name.clone());
         self.check_requires(&info.name, &spec)?;
@@ -346,9 +343,7 @@ impl Supervisor {
         let _claim = self.claim(name)?;
         let mut spec = spec.unwrap_or_else(|| old.spec.lock().clone());
         spec.request.name = Some(name.to_string());
-        self.prepare(&mut spec.request)?;
-        self.check_options(&spec.request)?;
-        let loaded = self.registry.load(&spec.request).map_err(error)?;
+        let loaded = self.open(&mut spec.request)?;
         let info = loaded.info().clone();
         self.check_requires(name, &spec)?;
         let history = old.history.lock().clone();
@@ -374,7 +369,7 @@ impl Supervisor {
         let rec = self.find_live(name)?;
         let _claim = self.claim(name)?;
         let req = Message::request(format!("{name}.config-update"), config.clone());
-        match self.router.call_to(Some(&rec.endpoint), req, CONFIGURE_TIMEOUT) {
+        match self.router.call(&rec.endpoint, req, CONFIGURE_TIMEOUT) {
             Ok(_) => {
                 rec.spec.lock().request.config = config;
                 self.announce(name, "configured", &rec.info.services, None);
@@ -519,23 +514,21 @@ impl Supervisor {
     /// or loaded anew meanwhile.
     fn restart_later(&self, old: Arc<ModuleRecord>, mut delay: Duration) {
         let name = old.name().to_string();
+        let still_listed = || self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old));
         loop {
             std::thread::sleep(delay);
-            if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
-                return;
-            }
-            // A reload or remove of the name is under way: wait for it; it may have replaced
-            // or removed the failed instance, which cancels the restart.
+            // A reload or remove of the name may be under way: wait for it; if it replaced
+            // or removed the failed instance, the restart is cancelled.
             let _claim = loop {
+                if !still_listed() {
+                    return;
+                }
                 match self.claim(&name) {
                     Ok(c) => break c,
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
-                if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
-                    return;
-                }
             };
-            if !self.find(&name).is_some_and(|r| Arc::ptr_eq(&r, &old)) {
+            if !still_listed() {
                 return;
             }
             let mut history = old.history.lock().clone();
@@ -569,8 +562,7 @@ impl Supervisor {
         };
         let Ok(payload) = Message::encode_payload(&body) else { return };
         let mut msg = Message::event(format!("module.lifecycle.{name}"), payload);
-        // SAFETY: getuid cannot fail.
-        msg.cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER };
+        msg.cred = crate::router::broker_cred();
         self.router.publish(msg);
         crate::router::flush();
     }
@@ -599,8 +591,7 @@ impl Supervisor {
 }
 
 /// Load options of one kind given for a module of another are a mistake, not a no-op.
-/// Checked before the file is opened (a process child started, a library mapped).
-fn check_options_for(kind: ModuleKind, path: &std::path::Path, r: &LoadRequest) -> Result<(), Error> {
+fn check_options(kind: ModuleKind, r: &LoadRequest) -> Result<(), Error> {
     let mut wrong: Vec<&str> = Vec::new();
     if kind != ModuleKind::Process {
         if !r.env.is_empty() {
@@ -628,7 +619,7 @@ fn check_options_for(kind: ModuleKind, path: &std::path::Path, r: &LoadRequest) 
         Errno::EINVAL,
         format!(
             "{} is a {} module: {} do{} not apply to it (env and hello_timeout_ms are for process modules; memory_mb, cpu_ms and dirs for wasm)",
-            path.display(),
+            r.path.display(),
             kind,
             wrong.join(", "),
             if wrong.len() == 1 { "es" } else { "" }

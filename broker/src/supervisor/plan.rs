@@ -37,6 +37,14 @@ impl Action {
     }
 }
 
+/// What became of a step that did not fail.
+enum Outcome {
+    /// Carried out: "ok", or "ok: ..." saying how.
+    Done(String),
+    /// Not attempted: a requirement failed.
+    Skipped(String),
+}
+
 struct Step {
     action: Action,
     name: String,
@@ -55,11 +63,8 @@ impl Supervisor {
             self.set_search_path(search);
         }
         let names: Vec<String> = want.iter().map(spec_name).collect();
-        let nodes: Vec<Node<'_>> = want
-            .iter()
-            .zip(&names)
-            .map(|(s, n)| Node { name: n, deps: s.requires.iter().chain(&s.after).map(String::as_str).collect() })
-            .collect();
+        let nodes: Vec<Node<'_>> =
+            want.iter().zip(&names).map(|(s, n)| Node { name: n, deps: s.starts_after().collect() }).collect();
         let levels = levels(&nodes)?;
         let (removals, by_level, unchanged) = self.plan(want, &names, &levels);
         let mut report = ApplyReport { dry_run, unchanged, ..Default::default() };
@@ -71,33 +76,24 @@ impl Supervisor {
         }
         let gone: Vec<String> = removals.iter().map(|s| s.name.clone()).collect();
         for (step, outcome) in removals.iter().zip(self.remove_many(&gone)) {
-            report.steps.push(to_wire(step, Some(outcome.map(|()| "ok".to_string()))));
+            report.steps.push(to_wire(step, Some(outcome.map(|()| Outcome::Done("ok".into())))));
         }
         let mut failed: HashSet<String> = HashSet::new();
         for level in &by_level {
             let group = self.new_start_group();
-            let outcomes: Vec<Result<String, Error>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = level
-                    .iter()
-                    .map(|step| {
-                        let spec = &want[step.want.unwrap_or_default()];
-                        let blocked: Vec<&String> = spec.requires.iter().filter(|q| failed.contains(*q)).collect();
-                        scope.spawn(move || {
-                            if let Some(q) = blocked.first() {
-                                return Ok(format!("skipped: it requires '{q}', which failed"));
-                            }
-                            self.carry_out(step, spec, group)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect()
+            let outcomes = in_parallel(level, |step| {
+                let spec = &want[step.want.unwrap_or_default()];
+                match spec.requires.iter().find(|q| failed.contains(*q)) {
+                    Some(q) => Ok(Outcome::Skipped(format!("skipped: it requires '{q}', which failed"))),
+                    None => self.carry_out(step, spec, group).map(Outcome::Done),
+                }
             });
             for (step, outcome) in level.iter().zip(outcomes) {
                 // A refused config-update leaves the module running as it was: its
                 // dependents go on.
                 let running = self.find(&step.name).is_some_and(|r| r.state() == ModuleState::Running);
                 let bad = match &outcome {
-                    Ok(o) => o.starts_with("skipped"),
+                    Ok(o) => matches!(o, Outcome::Skipped(_)),
                     Err(_) => !(step.action == Action::Configure && running),
                 };
                 if bad {
@@ -119,8 +115,7 @@ impl Supervisor {
     pub(super) fn remove_many(&self, names: &[String]) -> Vec<Result<(), Error>> {
         let info = |n: &String| {
             self.find(n).map(|r| {
-                let s = r.spec.lock();
-                let deps: Vec<String> = s.requires.iter().chain(&s.after).cloned().collect();
+                let deps: Vec<String> = r.spec.lock().starts_after().map(String::from).collect();
                 (r.history.lock().start_group, deps)
             })
         };
@@ -143,11 +138,7 @@ impl Supervisor {
             {
                 n += 1;
             }
-            let batch = &names[i..i + n];
-            outcomes.extend(std::thread::scope(|scope| {
-                let handles: Vec<_> = batch.iter().map(|m| scope.spawn(move || self.remove(m, None, true))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect::<Vec<_>>()
-            }));
+            outcomes.extend(in_parallel(&names[i..i + n], |m| self.remove(m, None, true)));
             i += n;
         }
         outcomes
@@ -230,17 +221,25 @@ fn spec_name(s: &ModuleSpec) -> String {
     s.request.name.clone().unwrap_or_default()
 }
 
-fn panicked() -> Error {
-    Error::new(switchboard_module_api::Errno::EIO, "the step panicked")
+/// `f` on every item at once, a thread each; the results in item order (a panic is an error).
+fn in_parallel<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> Result<T, Error> + Sync) -> Vec<Result<T, Error>> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items.iter().map(|item| scope.spawn(move || f(item))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Err(Error::new(switchboard_module_api::Errno::EIO, "the step panicked")))
+            })
+            .collect()
+    })
 }
 
-fn to_wire(step: &Step, outcome: Option<Result<String, Error>>) -> ApplyStep {
+fn to_wire(step: &Step, outcome: Option<Result<Outcome, Error>>) -> ApplyStep {
     let (outcome, ok) = match outcome {
         None => (None, false),
-        Some(Ok(o)) => {
-            let ok = !o.starts_with("skipped");
-            (Some(o), ok)
-        }
+        Some(Ok(Outcome::Done(o))) => (Some(o), true),
+        Some(Ok(Outcome::Skipped(o))) => (Some(o), false),
         Some(Err(e)) => (Some(format!("{}: {}", e.errnum.name(), e.text)), false),
     };
     ApplyStep { action: step.action.as_str().to_string(), name: step.name.clone(), why: step.why.clone(), outcome, ok }

@@ -67,6 +67,11 @@ pub enum Change {
 }
 
 impl ModuleSpec {
+    /// The modules it starts after: `requires` and `after` together (RFC 4 §7).
+    pub fn starts_after(&self) -> impl Iterator<Item = &str> {
+        self.requires.iter().chain(&self.after).map(String::as_str)
+    }
+
     /// Compare `self` (running, from a file with `digest`) with `want` (whose file now has
     /// `want_digest`; None when it cannot be read).
     pub fn change_to(&self, digest: &str, want: &ModuleSpec, want_digest: Option<&str>) -> Change {

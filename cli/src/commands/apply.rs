@@ -5,7 +5,7 @@ use std::path::Path;
 use switchboard_module_api::mgmt::{ApplyArgs, ApplyReport};
 use switchboard_module_api::Client;
 
-use super::modules::absolute;
+use super::modules::{absolute, decode};
 use crate::{CliError, Context};
 
 pub fn apply(client: &mut Client, file: Option<&Path>, dry_run: bool, as_json: bool) -> Result<(), CliError> {
@@ -16,8 +16,7 @@ pub fn apply(client: &mut Client, file: Option<&Path>, dry_run: bool, as_json: b
     };
     // Loads and removes can take a while each; no timeout.
     let reply = client.rpc("module.apply", &args).doing(&what)?;
-    let report: ApplyReport =
-        reply.decode().map_err(|e| CliError::Usage(format!("{what}: the broker sent an unexpected reply: {e}")))?;
+    let report: ApplyReport = decode(&reply, &what)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
@@ -33,9 +32,8 @@ fn print(r: &ApplyReport) {
     if r.steps.is_empty() {
         println!("nothing to do: {} module{} as {} says", r.unchanged.len(), plural(r.unchanged.len()), r.path);
     } else {
-        let verb = if r.dry_run { "would" } else { "will" };
         if r.dry_run {
-            println!("plan for {} (dry run, {verb} change nothing):", r.path);
+            println!("plan for {} (dry run, would change nothing):", r.path);
         } else {
             println!("applying {}:", r.path);
         }

@@ -25,7 +25,7 @@ fn reference(path: &Path) -> String {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(msg: &Message, what: &str) -> Result<T, CliError> {
+pub fn decode<T: serde::de::DeserializeOwned>(msg: &Message, what: &str) -> Result<T, CliError> {
     msg.decode().map_err(|e| CliError::Usage(format!("{what}: the broker sent an unexpected reply: {e}")))
 }
 
