@@ -164,8 +164,9 @@ pub fn run_actor<A: Actor>(handle: &Handle) -> Result<(), Error> {
                 actor.shutdown(handle);
                 return Ok(());
             }
-            // A late response to an rpc that gave up, or a control message for a later
-            // protocol revision: nothing to do.
+            // A response to a request the module sent with `send` and did not wait for (the
+            // handle already dropped late answers of rpcs that gave up), or a control message
+            // for a later protocol revision: nothing to do.
             MsgType::Response | MsgType::Control => {}
         }
     }
@@ -192,24 +193,24 @@ pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle
         actor.disconnect(h, msg);
         return;
     }
-    if method == "config-update" && !methods.table.contains_key(method) {
-        let sent = match reconfigure(actor, h, msg) {
-            Ok(()) => h.respond_raw(msg, Bytes::from_static(&[0x80])),
-            Err(e) => h.respond_error(msg, e.errnum, &e.text),
-        };
-        if let Err(e) = sent {
-            h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
+    // `config-update` is the helper's unless the table names it (a catch-all does not).
+    let reply = if method == "config-update" && !methods.table.contains_key(method) {
+        match reconfigure(actor, h, msg) {
+            Ok(()) => Reply::Payload(Bytes::from_static(&[0x80])),
+            Err(e) => Reply::Error(e),
         }
-        return;
-    }
-    let reply = match methods.table.get(method).or(methods.otherwise.as_ref()) {
-        // Every module answers `ping` (as Flux's do) unless it defines its own.
-        None if method == "ping" => Reply::Payload(msg.payload.clone()),
-        None => Reply::Error(Error::new(Errno::ENOSYS, format!("service '{}' has no method '{}'", h.name(), method))),
-        Some(m) if !m.guest && !msg.cred.is_owner() => {
-            Reply::Error(Error::new(Errno::EPERM, format!("{} is for the instance owner only", msg.topic)))
+    } else {
+        match methods.table.get(method).or(methods.otherwise.as_ref()) {
+            // Every module answers `ping` (as Flux's do) unless it defines its own.
+            None if method == "ping" => Reply::Payload(msg.payload.clone()),
+            None => {
+                Reply::Error(Error::new(Errno::ENOSYS, format!("service '{}' has no method '{}'", h.name(), method)))
+            }
+            Some(m) if !m.guest && !msg.cred.is_owner() => {
+                Reply::Error(Error::new(Errno::EPERM, format!("{} is for the instance owner only", msg.topic)))
+            }
+            Some(m) => (m.handler)(actor, h, msg),
         }
-        Some(m) => (m.handler)(actor, h, msg),
     };
     let sent = match reply {
         // A handler that answers a streaming request once has said all it will: end the

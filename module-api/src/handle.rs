@@ -1,8 +1,11 @@
 //! `Handle`: a module's low-level view of the broker (Flux's `flux_t`): receive, send,
-//! respond, blocking rpc, publish, subscribe, its own name, arguments and configuration.
+//! respond, blocking rpc (with a deadline), publish, subscribe, its own name, arguments and
+//! configuration.
 //!
 //! A handle belongs to the module's thread. It holds no broker state: everything it does is a
-//! message on its `Link`.
+//! message on its `Link`. What it remembers for itself: the services it added (a blocking rpc
+//! to one of them would wait on itself, EDEADLK), its rpc deadline, and the matchtags of rpcs
+//! that gave up (their late responses are dropped, never handed to `recv`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -18,6 +21,15 @@ use crate::proto::{Errno, Flags, Message, MsgType};
 /// The control topic the broker sends to ask a module to stop (RFC 1 §5).
 pub const SHUTDOWN: &str = "shutdown";
 
+/// How long `Handle::rpc` waits for its response unless the module or the call says
+/// otherwise (`Handle::set_rpc_timeout`, `Handle::rpc_timeout`).
+const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many matchtags of rpcs that gave up are remembered (oldest forgotten first). A
+/// response that arrives later than that many further give-ups reaches `recv` as a response
+/// to nothing, which `run_actor` ignores.
+const MAX_ABANDONED: usize = 1024;
+
 pub struct Handle {
     link: RefCell<Box<dyn Link>>,
     name: String,
@@ -27,6 +39,12 @@ pub struct Handle {
     /// Messages that arrived while `rpc` waited for its response, delivered next by `recv`.
     deferred: RefCell<VecDeque<Message>>,
     next_tag: Cell<u32>,
+    /// The deadline of an rpc that names none (None: wait for ever).
+    rpc_timeout: Cell<Option<Duration>>,
+    /// Services added with `add_service` (besides `name`): the module answers them itself.
+    services: RefCell<Vec<String>>,
+    /// Matchtags of rpcs that gave up, oldest first: their responses are dropped on arrival.
+    abandoned: RefCell<VecDeque<u32>>,
 }
 
 impl Handle {
@@ -38,6 +56,9 @@ impl Handle {
             config: RefCell::new(config),
             deferred: RefCell::new(VecDeque::new()),
             next_tag: Cell::new(1),
+            rpc_timeout: Cell::new(Some(DEFAULT_RPC_TIMEOUT)),
+            services: RefCell::new(Vec::new()),
+            abandoned: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -83,12 +104,20 @@ impl Handle {
         }
     }
 
-    /// The next message, waiting up to `timeout` (None = forever).
+    /// The next message, waiting up to `timeout` (None = forever). A late response to an
+    /// rpc that gave up is dropped here, never returned.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
         if let Some(m) = self.deferred.borrow_mut().pop_front() {
             return Ok(Some(m));
         }
-        self.link.borrow_mut().recv(timeout)
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.link.borrow_mut().recv(left)? {
+                Some(m) if self.is_late(&m) => continue,
+                got => return Ok(got),
+            }
+        }
     }
 
     pub fn send(&self, msg: &Message) -> Result<(), LinkError> {
@@ -115,26 +144,59 @@ impl Handle {
         self.send(&req.error_response(errnum, text)).map_err(link_err)
     }
 
-    /// Send a request to `topic` and wait for its response; other messages that arrive
-    /// meanwhile are kept for `recv`. An error response becomes `Err`.
+    /// Send a request to `topic` and wait for its response, at most the module's rpc deadline
+    /// (30 s unless `set_rpc_timeout` changed it). Other messages
+    /// that arrive meanwhile are kept for `recv`. An error response becomes `Err`; so does
+    /// the deadline passing (ETIMEDOUT), and a call that would deadlock (EDEADLK: a service
+    /// this module owns, or, from the broker, a module that is itself waiting on this one).
+    ///
+    /// While it waits the module serves nothing: a handler that calls a service which calls
+    /// back into this module would wait for ever without these checks (RFC 2 §3.6).
     pub fn rpc<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<Message, Error> {
         self.rpc_raw(topic, Message::encode_payload(value)?, None)
     }
 
-    /// `rpc` with a raw payload and an optional deadline (ETIMEDOUT when it passes).
+    /// `rpc` with its own deadline for this call (`Duration::MAX`: wait for ever).
+    pub fn rpc_timeout<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.rpc_raw(topic, Message::encode_payload(value)?, Some(timeout))
+    }
+
+    /// `rpc` with a raw payload; `timeout` None is the module's rpc deadline.
     pub fn rpc_raw(&self, topic: &str, payload: Bytes, timeout: Option<Duration>) -> Result<Message, Error> {
+        let service = topic.split_once('.').map_or(topic, |(s, _)| s);
+        if service == self.name || self.services.borrow().iter().any(|s| s == service) {
+            return Err(Error::new(
+                Errno::EDEADLK,
+                format!(
+                    "{topic}: '{}' would wait on itself (a blocking rpc to a service the module owns would deadlock)",
+                    self.name
+                ),
+            ));
+        }
+        let timeout = match timeout {
+            Some(t) => Some(t),
+            None => self.rpc_timeout.get(),
+        };
+        // None: no deadline (for ever, or too far away to name).
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let tag = self.next_matchtag();
         let mut req = Message::request(topic, payload);
         req.matchtag = tag;
-        if let Some(answer) = self.link.borrow_mut().request(&req, timeout) {
+        if let Some(answer) = self.link.borrow_mut().request(&req, deadline.and(timeout)) {
             return answer;
         }
         self.send(&req).map_err(link_err)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Err(Error::new(Errno::ETIMEDOUT, format!("no response from {topic}")));
+                self.abandon(tag);
+                let ms = timeout.unwrap_or_default().as_millis();
+                return Err(Error::new(Errno::ETIMEDOUT, format!("no response from {topic} within {ms} ms")));
             }
             // Read the link directly: deferred messages were already seen.
             let Some(msg) = self.link.borrow_mut().recv(left).map_err(link_err)? else {
@@ -146,8 +208,16 @@ impl Handle {
                     None => Ok(msg),
                 };
             }
-            self.deferred.borrow_mut().push_back(msg);
+            if !self.is_late(&msg) {
+                self.deferred.borrow_mut().push_back(msg);
+            }
         }
+    }
+
+    /// Wait at most `timeout` in every later rpc that names no deadline of its own; None
+    /// waits for ever. The default is 30 s.
+    pub fn set_rpc_timeout(&self, timeout: Option<Duration>) {
+        self.rpc_timeout.set(timeout);
     }
 
     /// Publish an event (fire and forget; the broker assigns its sequence number).
@@ -167,11 +237,15 @@ impl Handle {
     /// Answer `service` too (its requests reach this module's methods as usual). EEXIST
     /// when another endpoint owns it.
     pub fn add_service(&self, service: &str) -> Result<(), Error> {
-        self.rpc("service.add", &ServiceArg { service }).map(drop)
+        self.rpc("service.add", &ServiceArg { service })?;
+        self.services.borrow_mut().push(service.to_string());
+        Ok(())
     }
 
     pub fn remove_service(&self, service: &str) -> Result<(), Error> {
-        self.rpc("service.remove", &ServiceArg { service }).map(drop)
+        self.rpc("service.remove", &ServiceArg { service })?;
+        self.services.borrow_mut().retain(|s| s != service);
+        Ok(())
     }
 
     /// Send a request that wants no response.
@@ -181,10 +255,44 @@ impl Handle {
         self.send(&req).map_err(link_err)
     }
 
+    /// A matchtag for an rpc: 1, 2, 3, ..., skipping 0 and tags of rpcs still abandoned.
     fn next_matchtag(&self) -> u32 {
-        let tag = self.next_tag.get();
-        self.next_tag.set(tag.wrapping_add(1).max(1));
-        tag
+        loop {
+            let tag = self.next_tag.get();
+            self.next_tag.set(tag.wrapping_add(1).max(1));
+            let abandoned = self.abandoned.borrow();
+            if abandoned.is_empty() || !abandoned.contains(&tag) {
+                return tag;
+            }
+        }
+    }
+
+    /// The rpc with matchtag `tag` gave up: drop its response when it comes.
+    fn abandon(&self, tag: u32) {
+        let mut abandoned = self.abandoned.borrow_mut();
+        if abandoned.len() == MAX_ABANDONED {
+            abandoned.pop_front();
+        }
+        abandoned.push_back(tag);
+    }
+
+    /// Whether `msg` is the late response of an rpc that gave up (forgotten as it is seen:
+    /// an rpc's response is final).
+    fn is_late(&self, msg: &Message) -> bool {
+        if msg.kind != MsgType::Response {
+            return false;
+        }
+        let mut abandoned = self.abandoned.borrow_mut();
+        if abandoned.is_empty() {
+            return false;
+        }
+        match abandoned.iter().position(|t| *t == msg.matchtag) {
+            Some(i) => {
+                abandoned.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -200,4 +308,90 @@ struct ServiceArg<'a> {
 
 fn link_err(e: LinkError) -> Error {
     Error::new(Errno::ECONNRESET, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A link whose inbox the test fills; `recv` on an empty inbox waits out its timeout
+    /// (a closed link when there is none, so no test can hang).
+    #[derive(Default, Clone)]
+    struct Script {
+        inbox: Rc<RefCell<VecDeque<Message>>>,
+        sent: Rc<RefCell<Vec<Message>>>,
+    }
+
+    impl Link for Script {
+        fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
+            if let Some(m) = self.inbox.borrow_mut().pop_front() {
+                return Ok(Some(m));
+            }
+            match timeout {
+                Some(t) => {
+                    std::thread::sleep(t.min(Duration::from_millis(200)));
+                    Ok(None)
+                }
+                None => Err(LinkError::Closed),
+            }
+        }
+        fn send(&self, msg: &Message) -> Result<(), LinkError> {
+            self.sent.borrow_mut().push(msg.clone());
+            Ok(())
+        }
+        fn log(&self, _: Level, _: &str) {}
+    }
+
+    fn handle() -> (Handle, Script) {
+        let s = Script::default();
+        (Handle::new(Box::new(s.clone()), "me".into(), Vec::new(), Bytes::new()), s)
+    }
+
+    fn response(tag: u32) -> Message {
+        let mut req = Message::request("other.x", Bytes::new());
+        req.matchtag = tag;
+        req.response(Bytes::from_static(&[0xc0]))
+    }
+
+    #[test]
+    fn an_rpc_to_its_own_services_is_refused_before_sending() {
+        let (h, s) = handle();
+        let e = h.rpc("me.get", &()).unwrap_err();
+        assert_eq!(e.errnum, Errno::EDEADLK);
+        assert!(e.text.starts_with("me.get: 'me' would wait on itself"), "{e}");
+        h.services.borrow_mut().push("extra".into());
+        assert_eq!(h.rpc_timeout("extra", &(), Duration::from_secs(1)).unwrap_err().errnum, Errno::EDEADLK);
+        assert!(s.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_rpc_gives_up_at_its_deadline_and_its_late_response_is_dropped() {
+        let (h, s) = handle();
+        let e = h.rpc_timeout("other.x", &(), Duration::from_millis(30)).unwrap_err();
+        assert_eq!(e.errnum, Errno::ETIMEDOUT);
+        assert_eq!(e.text, "no response from other.x within 30 ms");
+        assert_eq!(s.sent.borrow()[0].matchtag, 1);
+        // The late answer (tag 1) comes before the next rpc's (tag 2), and again after.
+        s.inbox.borrow_mut().extend([response(1), response(2)]);
+        assert_eq!(h.rpc("other.x", &()).unwrap().matchtag, 2);
+        assert!(h.deferred.borrow().is_empty());
+        h.set_rpc_timeout(Some(Duration::from_millis(10)));
+        assert_eq!(h.rpc("other.x", &()).unwrap_err().errnum, Errno::ETIMEDOUT);
+        let event = Message::event("ev", Bytes::new());
+        s.inbox.borrow_mut().extend([response(3), event]);
+        assert_eq!(h.recv_timeout(Some(Duration::ZERO)).unwrap().map(|m| m.kind), Some(MsgType::Event));
+        // A response to nothing it abandoned still reaches recv (the module's own requests).
+        s.inbox.borrow_mut().push_back(response(3));
+        assert_eq!(h.recv_timeout(Some(Duration::ZERO)).unwrap().map(|m| m.matchtag), Some(3));
+    }
+
+    #[test]
+    fn a_tag_still_abandoned_is_not_reused() {
+        let (h, _) = handle();
+        h.abandon(2);
+        assert_eq!(h.next_matchtag(), 1);
+        assert_eq!(h.next_matchtag(), 3);
+    }
 }

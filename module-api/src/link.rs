@@ -30,7 +30,10 @@ pub trait Link {
     fn send(&self, msg: &Message) -> Result<(), LinkError>;
     fn log(&self, level: Level, text: &str);
     /// A link that can make a whole request itself (the WASM host's `request`) does it
-    /// here; the default is None, and `Handle::rpc` sends and receives.
+    /// here; the default is None, and `Handle::rpc` sends and receives. `timeout` is the
+    /// rpc's deadline (None: wait for ever); when it passes the answer is ETIMEDOUT
+    /// `no response from TOPIC within N ms`, and the link drops the response if it comes
+    /// later. `Handle::rpc` has already refused a call to the module's own services.
     fn request(&mut self, _req: &Message, _timeout: Option<Duration>) -> Option<Result<Message, crate::Error>> {
         None
     }

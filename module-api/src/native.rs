@@ -73,7 +73,8 @@ pub fn message_to_abi(msg: &Message) -> SbMsg {
 impl Link for NativeLink {
     fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, LinkError> {
         let h = self.host();
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // Rounded up: a deadline less than a millisecond away is waited for, not spun on.
+        let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
         let mut m = SbMsg::ZERO;
         // SAFETY: host functions follow the ABI contract (RFC 2).
         match unsafe { (h.recv)(h.ctx, &mut m, ms) } {

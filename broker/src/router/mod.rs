@@ -2,7 +2,8 @@
 //! and endpoints to their sinks; `Router::route` is called synchronously by whichever thread
 //! received the message (a connection reader, a module thread), so a message crosses no
 //! extra thread on its way. The router never blocks and never drops a request silently:
-//! an unroutable request gets an error response.
+//! an unroutable request gets an error response, and so does a module's call back into a
+//! module that is waiting on it (EDEADLK, RFC 1 §8.10).
 
 mod batch;
 mod clock;
@@ -247,7 +248,7 @@ impl Router {
                     return None;
                 }
                 msg.route.push(from.id);
-                self.route_request(msg)
+                self.route_request(from, msg)
             }
             MsgType::Response => {
                 // Only an answer to a request it was given: a made-up route goes nowhere.
@@ -269,7 +270,7 @@ impl Router {
         }
     }
 
-    fn route_request(&self, msg: Message) -> Option<EndpointId> {
+    fn route_request(&self, from: &Endpoint, msg: Message) -> Option<EndpointId> {
         if msg.nodeid != NODEID_ANY && msg.nodeid != RANK {
             let text = format!("no broker of rank {}: this broker is rank {RANK} and has no overlay", msg.nodeid);
             self.respond_error(&msg, Errno::EHOSTUNREACH, text);
@@ -298,6 +299,10 @@ impl Router {
                 None
             }
             Some(Ok(ep)) => {
+                if let Some(text) = call_back_into_waiting(from, &ep, &msg) {
+                    self.respond_error(&msg, Errno::EDEADLK, text);
+                    return None;
+                }
                 self.deliver(&ep, msg);
                 Some(ep.id)
             }
@@ -474,6 +479,23 @@ impl Router {
 pub fn broker_cred() -> Cred {
     // SAFETY: getuid cannot fail.
     Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_module_api::proto::ROLE_OWNER }
+}
+
+/// RFC 1 §8.10: module `from` asks module `to` for an answer while `to` has a request
+/// without STREAMING in flight at `from`. `to` is most likely blocked waiting for that answer
+/// (every module SDK's rpc blocks), so it would never serve this request, and `from` would
+/// wait on it for ever: the text of the EDEADLK answer instead of a delivery. Clients are
+/// left alone (they may be asynchronous), and so is a module's request to itself. One
+/// lookup in `from`'s in-flight counts, which are almost always empty or small.
+fn call_back_into_waiting(from: &Endpoint, to: &Endpoint, msg: &Message) -> Option<String> {
+    let (Some(caller), Some(waiting)) = (&from.module, &to.module) else { return None };
+    if from.id == to.id || !msg.wants_response() || !from.inflight.holds_request_from(to.id) {
+        return None;
+    }
+    Some(format!(
+        "{}: '{waiting}' is waiting on '{caller}' (a call back into a waiting module would deadlock)",
+        msg.topic
+    ))
 }
 
 fn describe_owner(t: &Table, owner: Owner) -> String {

@@ -82,6 +82,9 @@ pub struct HostState {
     /// Messages that arrived while `request` waited, delivered next.
     pub deferred: VecDeque<Message>,
     next_tag: u32,
+    /// Matchtags of `request`s that timed out, oldest first: their late responses are
+    /// dropped when a later `request` meets them.
+    abandoned: VecDeque<u32>,
     /// Epoch ticks spent blocked in `request`, not running: they do not count against the
     /// CPU deadline.
     pub blocked_ticks: u64,
@@ -103,6 +106,7 @@ impl HostState {
             inbox: None,
             deferred: VecDeque::new(),
             next_tag: 1,
+            abandoned: VecDeque::new(),
             blocked_ticks: 0,
             last_error: None,
             cpu: Duration::ZERO,
@@ -116,6 +120,44 @@ impl HostState {
             .ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "the module is not running yet".into() })
     }
 }
+
+impl HostState {
+    /// A matchtag for `request`: 1, 2, 3, ..., skipping 0 and tags still abandoned.
+    fn next_matchtag(&mut self) -> u32 {
+        loop {
+            let tag = self.next_tag;
+            self.next_tag = tag.wrapping_add(1).max(1);
+            if !self.abandoned.contains(&tag) {
+                return tag;
+            }
+        }
+    }
+
+    /// The request with matchtag `tag` timed out: drop its response when it comes.
+    fn abandon(&mut self, tag: u32) {
+        if self.abandoned.len() == MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(tag);
+    }
+
+    /// Whether `m` is the late response of a request that timed out (forgotten as it is seen).
+    fn is_late(&mut self, m: &Message) -> bool {
+        if m.kind != MsgType::Response || self.abandoned.is_empty() {
+            return false;
+        }
+        match self.abandoned.iter().position(|t| *t == m.matchtag) {
+            Some(i) => {
+                self.abandoned.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How many matchtags of timed-out requests a module's store remembers.
+const MAX_ABANDONED: usize = 1024;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -193,8 +235,7 @@ impl host::Host for HostState {
         let port = self.port()?.clone();
         let inbox =
             self.inbox.clone().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "not running".into() })?;
-        let tag = self.next_tag;
-        self.next_tag = tag.wrapping_add(1).max(1);
+        let tag = self.next_matchtag();
         let mut req = Message::request(topic.clone(), payload);
         req.matchtag = tag;
         port.send(req);
@@ -210,9 +251,16 @@ impl host::Host for HostState {
                         e => Err(Failure { errnum: e, text: m.errstr.unwrap_or_default() }),
                     }
                 }
+                // The answer to a request that gave up: nobody wants it.
+                Ok(m) if self.is_late(&m) => {}
                 Ok(m) => self.deferred.push_back(m),
                 Err(RecvError::Timeout) => {
-                    break Err(Failure { errnum: Errno::ETIMEDOUT.0, text: format!("no response from {topic}") })
+                    self.abandon(tag);
+                    let ms = timeout_ms.unwrap_or_default();
+                    break Err(Failure {
+                        errnum: Errno::ETIMEDOUT.0,
+                        text: format!("no response from {topic} within {ms} ms"),
+                    });
                 }
                 Err(RecvError::Closed) => {
                     break Err(Failure { errnum: Errno::ECONNRESET.0, text: "the broker closed the link".into() })

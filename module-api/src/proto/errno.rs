@@ -17,6 +17,7 @@ impl Errno {
     pub const EBUSY: Errno = Errno(16);
     pub const EEXIST: Errno = Errno(17);
     pub const EINVAL: Errno = Errno(22);
+    pub const EDEADLK: Errno = Errno(35);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENODATA: Errno = Errno(61);
     pub const EPROTO: Errno = Errno(71);
@@ -47,6 +48,7 @@ impl Errno {
             16 => ("EBUSY", "busy"),
             17 => ("EEXIST", "already exists"),
             22 => ("EINVAL", "invalid argument"),
+            35 => ("EDEADLK", "the call would deadlock"),
             38 => ("ENOSYS", "no such service or method"),
             61 => ("ENODATA", "end of stream"),
             71 => ("EPROTO", "protocol error"),
