@@ -189,3 +189,211 @@ fn a_process_module_refused_for_its_name_leaves_no_process_behind() {
     assert_eq!(errno_of(&r), "EINVAL");
     assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()));
 }
+
+/// Write an executable Python module `name` into `dir`. It runs with the SDK of this working
+/// tree (PYTHONPATH, see `python_broker`), so the tests check `sdk/python` as it is here.
+fn python_module(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/usr/bin/env python3\n{body}")).expect("write the module");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// A broker whose Python modules import `sdk/python` from this working tree (the `.venv`
+/// provides msgpack), with extra command-line arguments.
+fn python_broker(args: &[&str]) -> Broker {
+    let sdk = switchboard_tests::repo_root().join("sdk/python");
+    Broker::start_env(args, &[("PATH", &switchboard_tests::python_path()), ("PYTHONPATH", sdk.to_str().unwrap())])
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock of Python's `time.monotonic()`, so the test and a
+/// module can order events between them without comparing durations.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// A Python module whose `work` takes 100 ms and answers `{"i", "started"}`, `started` being
+/// when its handler began (time.monotonic); with an argument, it appends "done I" to that
+/// file as its handler returns.
+const SLOW_PY: &str = r#"
+import time
+from switchboard_module import Module
+
+mod = Module("slow")
+
+
+@mod.method("work")
+def work(req):
+    started = time.monotonic()
+    time.sleep(0.1)
+    if mod.args:
+        with open(mod.args[0], "a") as f:
+            f.write(f"done {req.payload['i']}\n")
+    return {"i": req.payload["i"], "started": started}
+
+
+if __name__ == "__main__":
+    mod.run()
+"#;
+
+#[test]
+fn a_python_module_sends_each_answer_when_its_handler_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = python_broker(&[]);
+    b.load(&python_module(dir.path(), "slow.py", SLOW_PY), None, &[]);
+    let mut c = b.client();
+    // Twenty requests at once: the module has all of them to read before it answers one.
+    for i in 0..20u32 {
+        let mut req = Message::request("slow.work", payload(json!({"i": i})));
+        req.matchtag = i + 1;
+        c.queue(&req);
+    }
+    c.flush().unwrap();
+    // (when the test received it, when its handler started)
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let m = c.recv_timeout(Some(WAIT)).expect("an answer");
+        let received = monotonic();
+        assert_eq!(m.errnum, 0, "{:?}", m.errstr);
+        let v = json(&m);
+        assert_eq!(v["i"].as_u64(), Some(u64::from(m.matchtag) - 1));
+        answers.push((received, v["started"].as_f64().unwrap()));
+    }
+    // In the order the handlers ran.
+    answers.sort_by(|a, b| a.1.total_cmp(&b.1));
+    // Only order between the module's clock and the test's (the same clock), no durations:
+    // each answer was here before the handler three places after its own even began. An
+    // SDK that holds answers while more requests are buffered sends them together when it
+    // runs out of input (with all twenty read at once, after the last handler).
+    for k in 0..answers.len() - 3 {
+        assert!(
+            answers[k].0 < answers[k + 3].1,
+            "answer {k} waited while later handlers ran (received, handler started): {answers:?}"
+        );
+    }
+}
+
+#[test]
+fn broker_sigterm_with_python_requests_in_flight_answers_every_one_the_module_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done.log");
+    let script = python_module(dir.path(), "slow.py", SLOW_PY);
+    // A short grace period: the module is sent SIGTERM while it still has requests to run.
+    let site = dir.path().join("site.toml");
+    std::fs::write(
+        &site,
+        format!(
+            "[broker]\ngrace_ms = 500\n\n[[module]]\nname = \"slow\"\npath = \"{}\"\nargs = [\"{}\"]\n",
+            script.display(),
+            done.display()
+        ),
+    )
+    .unwrap();
+    let mut b = python_broker(&["--config", site.to_str().unwrap()]);
+    let mut c = b.client();
+    const N: u32 = 30;
+    for i in 0..N {
+        let mut req = Message::request("slow.work", payload(json!({"i": i})));
+        req.matchtag = i + 1;
+        c.queue(&req);
+    }
+    c.flush().unwrap();
+    let finished = || -> Vec<u64> {
+        std::fs::read_to_string(&done)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("done ")?.parse().ok())
+            .collect()
+    };
+    assert!(wait_until(|| finished().len() >= 2), "the module started working; log:\n{}", b.log());
+    assert!(b.terminate().success(), "{}", b.log());
+    // The broker is gone; what it sent the client is still to be read.
+    let mut answered = Vec::new();
+    for _ in 0..N {
+        let m = c.recv_timeout(Some(WAIT)).expect("every requester is answered");
+        if m.errnum == 0 {
+            answered.push(json(&m)["i"].as_u64().unwrap());
+        } else {
+            assert_eq!(m.errnum, 113, "EHOSTUNREACH for what the module did not finish: {:?}", m.errstr);
+        }
+    }
+    answered.sort_unstable();
+    let finished = finished();
+    assert!(finished.len() < N as usize, "the module was stopped mid-work: {finished:?}\n{}", b.log());
+    assert!(b.log().contains("sent SIGTERM"), "{}", b.log());
+    // Requests are run in order; every one the module finished reached its requester.
+    assert_eq!(finished, (0..finished.len() as u64).collect::<Vec<_>>());
+    assert_eq!(answered, finished, "answered with success exactly what the module finished");
+}
+
+#[test]
+fn a_python_rpc_to_itself_is_edeadlk_and_to_a_silent_service_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = python_module(
+        dir.path(),
+        "caller.py",
+        r#"
+from switchboard_module import Module
+
+mod = Module("caller", rpc_timeout=0.3)
+
+
+@mod.on_init
+def init(m):
+    m.add_service("calleralias")
+
+
+@mod.method("call")
+def call(req):
+    # {"topic": T} with the module's default timeout, or {"topic": T, "timeout": S}.
+    p = req.payload
+    if "timeout" in p:
+        return mod.rpc(p["topic"], {}, timeout=p["timeout"])
+    return mod.rpc(p["topic"], {})
+
+
+if __name__ == "__main__":
+    mod.run()
+"#,
+    );
+    let b = python_broker(&[]);
+    b.load(&script, None, &[]);
+    let mut c = b.client();
+    // A service that never answers: a client that registers it and does not read.
+    let mut mute = b.client();
+    rpc(&mut mute, "service.add", json!({"service": "mute"})).unwrap();
+
+    for topic in ["caller.x", "calleralias.y"] {
+        let r = rpc(&mut c, "caller.call", json!({"topic": topic, "timeout": 60}));
+        assert_eq!(errno_of(&r), "EDEADLK", "{topic}");
+        assert!(errtext(&r).contains(&format!("{topic}: 'caller' would wait on itself")), "{}", errtext(&r));
+    }
+    // The module's default (rpc_timeout=0.3), then a per-call one.
+    let r = rpc(&mut c, "caller.call", json!({"topic": "mute.wait"}));
+    assert_eq!(errno_of(&r), "ETIMEDOUT");
+    assert_eq!(errtext(&r), "no response from mute.wait within 0.3 s");
+    let r = rpc(&mut c, "caller.call", json!({"topic": "mute.wait", "timeout": 0.2}));
+    assert_eq!(errno_of(&r), "ETIMEDOUT");
+    assert_eq!(errtext(&r), "no response from mute.wait within 0.2 s");
+
+    // The module still serves, and a late answer to a call it gave up on is not taken for
+    // the answer to the next one.
+    let mut req = Message::request("caller.call", payload(json!({"topic": "mute.wait", "timeout": 60})));
+    req.matchtag = 77;
+    c.send(&req).unwrap();
+    let mut late = Vec::new();
+    while late.len() < 3 {
+        let m = mute.recv_timeout(Some(WAIT)).expect("the requests reach the silent service");
+        assert_eq!(m.topic, "mute.wait");
+        late.push(m);
+    }
+    for (n, m) in late.iter().enumerate() {
+        mute.send(&m.response(payload(json!({"answer": n})))).unwrap();
+    }
+    let r = c.wait_response(77, Some(WAIT)).expect("the third call's own answer");
+    assert_eq!(json(&r), json!({"answer": 2}));
+}

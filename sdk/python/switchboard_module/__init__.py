@@ -6,10 +6,14 @@ descriptor named by SWITCHBOARD_MODULE_FD, receives a `welcome`, answers `hello`
 Frames and headers are RFC 1; the handshake is RFC 5. This module is the whole SDK.
 """
 
+import math
 import os
+import select
+import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 
@@ -17,11 +21,11 @@ import msgpack
 
 __all__ = [
     "Module", "Request", "Error", "Raw",
-    "EPERM", "ENOENT", "EIO", "EAGAIN", "EEXIST", "EINVAL", "ENOSYS", "ENODATA",
+    "EPERM", "ENOENT", "EIO", "EAGAIN", "EEXIST", "EINVAL", "EDEADLK", "ENOSYS", "ENODATA",
     "EPROTO", "ETIMEDOUT", "EHOSTUNREACH", "ECANCELED",
 ]
 
-EPERM, ENOENT, EIO, EAGAIN, EEXIST, EINVAL = 1, 2, 5, 11, 17, 22
+EPERM, ENOENT, EIO, EAGAIN, EEXIST, EINVAL, EDEADLK = 1, 2, 5, 11, 17, 22, 35
 ENOSYS, ENODATA, EPROTO, ETIMEDOUT, EHOSTUNREACH, ECANCELED = 38, 61, 71, 110, 113, 125
 
 REQUEST, RESPONSE, EVENT, CONTROL = 1, 2, 4, 8
@@ -32,6 +36,8 @@ PROTOCOL_VERSION = 1
 HANDSHAKE_PROTOCOL = 1
 FD_ENV = "SWITCHBOARD_MODULE_FD"
 MAX_FRAME = 16 << 20
+RPC_TIMEOUT = 30.0  # seconds a blocking rpc waits for its response, unless told otherwise
+_DEFAULT = object()
 
 
 class Error(Exception):
@@ -121,13 +127,30 @@ class Request:
 
 
 class _Link:
-    """Frames over the inherited socket, with output held while more input is buffered."""
+    """Frames over the inherited socket.
+
+    The module's own thread reads; a writer thread writes. `send` only queues the encoded
+    frame and wakes the writer, so every message (a handler's answer above all) is on its way
+    to the broker as soon as it is sent: it never waits while the module reads more input or
+    runs the next handler. Frames queued while the writer is busy with a write are written
+    together by its next one (that is the only batching), so a burst of quick answers still
+    costs few system calls.
+    """
 
     def __init__(self, fd):
         self.sock = socket.socket(fileno=fd)
         self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.hold = False
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        # An RLock: the SIGTERM handler (Module.run) runs on the module's thread and flushes,
+        # possibly while that thread is inside `send` holding the lock.
+        self._lock = threading.RLock()
+        self._work = threading.Condition(self._lock)     # the writer waits for frames
+        self._drained = threading.Condition(self._lock)  # flush waits for the writer
+        self._out = bytearray()    # frames queued and not yet taken by the writer
+        self._writing = False      # the writer is writing frames it took
+        self._failed = None        # why writing failed (the broker is gone)
+        threading.Thread(target=self._write_loop, name="switchboard-writer", daemon=True).start()
 
     def _frame_ready(self):
         if len(self.rbuf) < 4:
@@ -140,42 +163,68 @@ class _Link:
     def recv(self, timeout=None):
         """The next message, or None when `timeout` seconds pass first."""
         while not self._frame_ready():
-            self.hold = False
-            self.flush()
-            self.sock.settimeout(timeout)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
+            # The socket stays blocking (the writer thread shares it): wait with poll.
+            if timeout is not None and not self._poll.poll(max(0, math.ceil(timeout * 1000))):
                 return None
+            chunk = self.sock.recv(65536)
             if not chunk:
                 raise EOFError("the broker closed the socket")
             self.rbuf += chunk
         (n,) = struct.unpack_from(">I", self.rbuf)
         body = bytes(self.rbuf[4:4 + n])
         del self.rbuf[:4 + n]
-        self.hold = self._frame_ready()
-        if not self.hold:
-            self.flush()
         return Message.decode(body)
 
     def send(self, msg):
-        self.wbuf += msg.encode()
-        if not self.hold:
-            self.flush()
+        """Queue `msg` for the writer; it is written at once unless a write is under way."""
+        frame = msg.encode()
+        with self._lock:
+            if self._failed is not None:
+                raise EOFError(f"the broker's socket cannot be written: {self._failed}")
+            idle = not self._out and not self._writing
+            self._out += frame
+            if idle:
+                self._work.notify()
 
-    def flush(self):
-        if self.wbuf:
-            self.sock.settimeout(None)
-            self.sock.sendall(self.wbuf)
-            self.wbuf.clear()
+    def flush(self, timeout=None):
+        """Wait until every frame sent so far is written (or writing failed, or `timeout`
+        seconds passed); True if all were written."""
+        with self._lock:
+            if self._out:
+                self._work.notify()
+            self._drained.wait_for(lambda: self._failed is not None or not (self._out or self._writing), timeout)
+            return self._failed is None and not (self._out or self._writing)
+
+    def _write_loop(self):
+        while True:
+            with self._lock:
+                while not self._out:
+                    self._writing = False
+                    self._drained.notify_all()
+                    self._work.wait()
+                data, self._out = self._out, bytearray()
+                self._writing = True
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                with self._lock:
+                    self._failed, self._writing = e, False
+                    self._out.clear()
+                    self._drained.notify_all()
+                return
 
 
 class Module:
-    """A module: its method table, event handlers and lifecycle hooks, and its broker handle."""
+    """A module: its method table, event handlers and lifecycle hooks, and its broker handle.
 
-    def __init__(self, name):
+    `rpc_timeout` is how many seconds `rpc` waits for a response unless the call names its
+    own timeout (None: for ever); it may be changed at any time through the attribute.
+    """
+
+    def __init__(self, name, rpc_timeout=RPC_TIMEOUT):
         self.default_name = name
         self.name = name
+        self.rpc_timeout = rpc_timeout
         self.args = []
         self.config = {}
         self._methods = {}
@@ -189,6 +238,7 @@ class Module:
         self._link = None
         self._deferred = []
         self._tag = 0
+        self._added = set()  # services added with add_service
 
     # ---------------------------------------------------------------- registration
 
@@ -247,20 +297,35 @@ class Module:
     def publish(self, topic, value=None):
         self.send(Message(EVENT, topic, pack(value if value is not None else {})))
 
-    def rpc(self, topic, value=None, timeout=None):
-        """Call another service and return its decoded response; raises Error on an error."""
+    def rpc(self, topic, value=None, timeout=_DEFAULT):
+        """Call another service and return its decoded response; raises Error on an error.
+
+        The module serves nothing while it waits: requests that arrive meanwhile are handled
+        after it returns. So the call waits at most `timeout` seconds (default: the module's
+        `rpc_timeout`, 30 s; None waits for ever) and then raises Error(ETIMEDOUT); the
+        request is not withdrawn, and a late response is dropped. A call to a service this
+        module owns (its name, or one it added) could never be answered: it raises
+        Error(EDEADLK) at once, without sending anything."""
+        service = topic.split(".", 1)[0]
+        if service == self.name or service in self._added:
+            raise Error(EDEADLK, f"{topic}: '{self.name}' would wait on itself "
+                                 "(a blocking rpc to a service the module owns would deadlock)")
+        if timeout is _DEFAULT:
+            timeout = self.rpc_timeout
         self._tag = (self._tag % 0xFFFFFFFF) + 1
         tag = self._tag
         self.send(Message(REQUEST, topic, pack(value if value is not None else {}), 0, tag))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
-                raise Error(ETIMEDOUT, f"no response from {topic}")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Error(ETIMEDOUT, f"no response from {topic} within {timeout:g} s")
             msg = self._link.recv(left)
             if msg is None:
                 continue
-            if msg.type == RESPONSE and msg.matchtag == tag:
+            if msg.type == RESPONSE:
+                if msg.matchtag != tag:
+                    continue  # the late answer to an rpc that timed out
                 if msg.errnum:
                     raise Error(msg.errnum, msg.errstr or "")
                 return unpack(msg.payload)
@@ -273,7 +338,13 @@ class Module:
         self.rpc("event.unsubscribe", {"topic": prefix})
 
     def add_service(self, service):
+        """Also answer requests for `service` (RFC 3 service.add)."""
         self.rpc("service.add", {"service": service})
+        self._added.add(service)
+
+    def remove_service(self, service):
+        self.rpc("service.remove", {"service": service})
+        self._added.discard(service)
 
     def _respond(self, req, value, errnum=0, errstr=None):
         if req.flags & NO_RESPONSE:
@@ -295,10 +366,23 @@ class Module:
                   file=sys.stderr)
             sys.exit(2)
         self._link = _Link(int(fd))
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._terminated)
         try:
-            sys.exit(self._serve())
+            status = self._serve()
         except EOFError:
-            sys.exit(0)
+            status = 0
+        finally:
+            # Every answer already computed goes out before the process ends.
+            self._link.flush()
+        sys.exit(status)
+
+    def _terminated(self, signum, frame):
+        """SIGTERM (the broker's, when finalizing took longer than the grace period): write
+        every finished answer, then die of the signal as if there were no handler."""
+        self._link.flush(timeout=2.0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _serve(self):
         welcome = self._link.recv()
@@ -308,7 +392,6 @@ class Module:
         w = unpack(welcome.payload)
         self._control("hello", {"protocol": HANDSHAKE_PROTOCOL, "name": self.default_name})
         if w.get("describe"):
-            self._link.flush()
             return 0
         self.name = w.get("name") or self.default_name
         self.args = list(w.get("args") or [])
@@ -331,10 +414,11 @@ class Module:
                     if msg.topic.startswith(prefix):
                         self._guarded(fn, msg.topic, unpack(msg.payload))
             elif msg.type == CONTROL and msg.topic == "shutdown":
+                # Every request that came before the shutdown has been answered (messages are
+                # handled in order); run() writes what is still queued before exiting.
                 self._control("status", {"state": "finalizing"})
                 if self._on_shutdown:
                     self._guarded(self._on_shutdown)
-                self._link.flush()
                 return 0
 
     def _guarded(self, fn, *args):
