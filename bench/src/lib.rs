@@ -12,6 +12,7 @@
 //! so that noise from other work on the machine spreads over floors and broker alike; the
 //! table shows the median and the best round.
 
+pub mod churn;
 pub mod fixture;
 pub mod floors;
 pub mod measure;
@@ -76,6 +77,18 @@ pub struct Opts {
     /// Print every round's figure as it is measured.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Module churn: load, call, remove cycles per broker environment (`--quick`: 150).
+    #[arg(long, default_value_t = 1500)]
+    pub churn_cycles: usize,
+    /// Module churn: one row per use, the broker's environment changed by `NAME=VALUE` and
+    /// `-NAME` words, e.g. `--churn-env 'MALLOC_ARENA_MAX=1'` (default: `-MALLOC_ARENA_MAX`
+    /// and `MALLOC_ARENA_MAX=<8 x cpus>`, glibc's own limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pub churn_env: Vec<String>,
+    /// The `switchboard` binary run by the site and churn benchmarks (default: beside the
+    /// modules).
+    #[arg(long)]
+    pub switchboard: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -270,7 +283,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
     // All sequential benchmarks, then all pipelined ones, each group in the order above: a
     // broker figure runs right after the floor it is compared with.
     benches.sort_by_key(|b| b.mode == Mode::Pipe);
-    if benches.is_empty() && !opts.wants("site") {
+    if benches.is_empty() && !opts.wants("site") && !opts.wants("churn") {
         return Err(BenchError(format!("--only {} matches no benchmark", opts.only.join(","))));
     }
 
@@ -315,8 +328,8 @@ pub fn run(opts: &Opts) -> Result<bool> {
     if let (Some(path), true) = (wasm, opts.wants("wasm-load")) {
         report::wasm_loads(&fixture::wasm_loads(&broker, &path, if opts.quick { 3 } else { 10 })?);
     }
+    let switchboard = opts.switchboard.clone().unwrap_or_else(|| modules.join("switchboard"));
     if opts.wants("site") {
-        let switchboard = modules.join("switchboard");
         let files = site::files(
             &broker.echo_so,
             fixture::process_echo(&modules),
@@ -328,6 +341,21 @@ pub fn run(opts: &Opts) -> Result<bool> {
             rows.push(site::measure(&switchboard, &what, &paths, if opts.quick { 1 } else { 3 })?);
         }
         report::site(&rows);
+    }
+    if opts.wants("churn") {
+        let (kinds, missing) =
+            churn::kinds(&broker.echo_so, fixture::process_echo(&modules), fixture::wasm_echo(&modules));
+        let variants = if opts.churn_env.is_empty() {
+            churn::Variant::defaults()
+        } else {
+            opts.churn_env.iter().map(|s| churn::Variant::parse(s)).collect::<Result<_>>()?
+        };
+        let cycles = if opts.quick { 150 } else { opts.churn_cycles.max(1) };
+        let mut rows = Vec::new();
+        for v in &variants {
+            rows.push(churn::measure(&switchboard, v, &kinds, cycles, cycles.div_ceil(6))?);
+        }
+        report::churn(&rows, &kinds, &missing);
     }
     let ok = benches.iter().all(|b| b.error.is_none());
     drop(benches);

@@ -210,6 +210,49 @@ pub fn site(rows: &[crate::site::SiteTimes]) {
     println!("  apply none: module.apply of an unchanged file; stop: SIGTERM to exit, all removed.");
 }
 
+/// Module churn: one row per broker environment, then each row's samples.
+pub fn churn(rows: &[crate::churn::ChurnRow], kinds: &[std::path::PathBuf], missing: &[String]) {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let names: Vec<String> =
+        kinds.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+    println!();
+    println!("Module churn (switchboard as its own process; each cycle loads one of {}, calls it", names.join(", "));
+    println!("once and removes it; resident memory in MiB from /proc/PID/status):");
+    println!(
+        "  {:<28} {:>7} {:>7} {:>7} {:>7} {:>14} {:>12} {:>9}",
+        "broker environment", "cycles", "idle", "start", "end", "MiB/1000 cyc", "threads s/e", "cycles/s"
+    );
+    for r in rows {
+        let (Some(s), Some(e)) = (r.start(), r.end()) else { continue };
+        println!(
+            "  {:<28} {:>7} {:>7.1} {:>7.1} {:>7.1} {:>14.2} {:>12} {:>9.0}",
+            r.label,
+            e.cycles,
+            mib(r.idle.rss),
+            mib(s.rss),
+            mib(e.rss),
+            r.growth_per_1000().map_or(f64::NAN, mib_f),
+            format!("{}/{}", s.threads, e.threads),
+            r.cycles_per_sec()
+        );
+    }
+    for r in rows {
+        let pts: Vec<String> = r.points.iter().map(|p| format!("{}:{:.1}", p.cycles, mib(p.rss))).collect();
+        println!("  {:<28} by cycle: {}", r.label, pts.join(" "));
+    }
+    if let Some(w) = rows.first().map(|r| r.warmup) {
+        println!("  idle: after start; start: after {w} unmeasured cycles (one-time costs such as the WASM");
+        println!("  compile); end: after the measured cycles. Growth = (end - start) per 1,000 cycles.");
+    }
+    for m in missing {
+        println!("  skipped  {m}");
+    }
+}
+
+fn mib_f(b: f64) -> f64 {
+    b / (1u64 << 20) as f64
+}
+
 pub fn wasm_loads(w: &crate::fixture::WasmLoads) {
     let list = |v: &[Duration]| v.iter().map(|d| format!("{:.2}", ms(d))).collect::<Vec<_>>().join(" ");
     println!();

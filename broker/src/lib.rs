@@ -2,7 +2,8 @@
 //!
 //! The broker: routes messages by service name to actor modules loaded and removed at
 //! runtime. A library first (`Broker::builder()...start()`); the `switchboard` binary is a
-//! thin main around it.
+//! thin main around it. That binary limits glibc to 2 malloc arenas (unless `MALLOC_ARENA_MAX`
+//! is set); a program embedding `Broker` keeps its own process's allocator and settings.
 //!
 //! - [`broker`]: `Broker` and its builder, the embedding API.
 //! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.

@@ -31,7 +31,27 @@ struct Args {
     log: Option<String>,
 }
 
+/// glibc malloc arenas for the whole process (broker, native modules, wasmtime), unless the
+/// user chose with `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES`. glibc's own limit is 8 per CPU, and
+/// every short-lived module thread may leave its arena behind, partly resident: module churn
+/// grew the broker by 3.6 MiB on 2 CPUs before levelling; with 2 it stays flat, and the message
+/// path is no slower (docs/benchmarks.md, "Module churn").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn bound_malloc_arenas() {
+    const MALLOC_ARENAS: i32 = 2;
+    let tuned = std::env::var_os("GLIBC_TUNABLES").is_some_and(|t| t.to_string_lossy().contains("arena_max"));
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tuned {
+        // SAFETY: mallopt only sets a malloc parameter; this runs first in main, before any
+        // thread of ours exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    bound_malloc_arenas();
     let args = Args::parse();
     let site = match args.config.as_deref().map(Site::load).transpose() {
         Ok(s) => s,
