@@ -12,7 +12,7 @@ use switchboard_module_api::proto::DEFAULT_MAX_FRAME;
 use switchboard_module_api::{uri, Error};
 
 use crate::connector::{ListenOptions, Listener};
-use crate::router::Router;
+use crate::router::{Router, DEFAULT_MAX_OUTPUT};
 use crate::site::{apply_file, Running, Site};
 use crate::supervisor::{spawn_management, ModuleSpec, Supervisor};
 
@@ -36,6 +36,7 @@ pub struct BrokerBuilder {
     listen: Option<PathBuf>,
     allow_guests: bool,
     max_frame: usize,
+    max_output: usize,
     grace: Duration,
     search_path: SearchPath,
     /// From a site file, started with `apply`.
@@ -50,6 +51,7 @@ impl Default for BrokerBuilder {
             listen: None,
             allow_guests: false,
             max_frame: DEFAULT_MAX_FRAME,
+            max_output: DEFAULT_MAX_OUTPUT,
             grace: DEFAULT_GRACE,
             search_path: SearchPath::default(),
             site: None,
@@ -73,6 +75,13 @@ impl BrokerBuilder {
 
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
+        self
+    }
+
+    /// Output queued for all clients together and not yet sent, in bytes, before the client
+    /// with the most is disconnected (default 256 MiB; RFC 1 §6.4).
+    pub fn max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
         self
     }
 
@@ -104,6 +113,9 @@ impl BrokerBuilder {
         if let Some(m) = site.max_frame {
             self.max_frame = m;
         }
+        if let Some(m) = site.max_output {
+            self.max_output = m;
+        }
         if let Some(g) = site.grace {
             self.grace = g;
         }
@@ -126,6 +138,7 @@ impl BrokerBuilder {
             listen: path.clone(),
             allow_guests: self.allow_guests,
             max_frame: self.max_frame,
+            max_output: self.max_output,
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         router.set_management(tx);
@@ -133,7 +146,12 @@ impl BrokerBuilder {
             .map_err(BrokerError::Start)?;
         let listener = Listener::start(
             router.clone(),
-            ListenOptions { path: path.clone(), allow_guests: self.allow_guests, max_frame: self.max_frame },
+            ListenOptions {
+                path: path.clone(),
+                allow_guests: self.allow_guests,
+                max_frame: self.max_frame,
+                max_output: self.max_output,
+            },
         )
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
         let broker = Broker { router, supervisor, listener: Some(listener), path, running };

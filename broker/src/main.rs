@@ -25,6 +25,10 @@ struct Args {
     /// Largest frame accepted from a client, in bytes.
     #[arg(long)]
     max_frame: Option<usize>,
+    /// Output queued for all clients together and not yet sent, in MiB, before the client
+    /// with the most is disconnected (default 256).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_output_mb: Option<u64>,
     /// Log filter, e.g. `info`, `debug`, `switchboard=trace` (also SWITCHBOARD_LOG; default:
     /// the site file's `log`, else `info`).
     #[arg(long, env = "SWITCHBOARD_LOG")]
@@ -82,6 +86,9 @@ fn main() -> ExitCode {
     }
     if let Some(m) = args.max_frame {
         builder = builder.max_frame(m);
+    }
+    if let Some(mb) = args.max_output_mb {
+        builder = builder.max_output(usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20));
     }
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,

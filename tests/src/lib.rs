@@ -156,6 +156,14 @@ impl Broker {
         Self::spawn(args, &[])
     }
 
+    /// Start as another user (root only), in a directory that user can write, admitting
+    /// guests so the test (another uid to it) can connect.
+    pub fn start_as_user(uid: u32, args: &[&str]) -> Broker {
+        let mut all = vec!["--allow-guests"];
+        all.extend_from_slice(args);
+        Self::spawn_as(&all, &[], Some(uid))
+    }
+
     /// Start with extra arguments and environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
         Self::spawn(args, env)
@@ -173,11 +181,20 @@ impl Broker {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Self::spawn_as(args, env, None)
+    }
+
+    fn spawn_as(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let log = dir.path().join("broker.log");
         let mut cmd = Command::new(bin("switchboard"));
         cmd.envs(env.iter().copied());
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        }
         // Compiled WASM code goes to the test's own cache unless the test names one.
         if !env.iter().any(|(k, _)| *k == "SWITCHBOARD_CACHE_DIR") {
             cmd.env("SWITCHBOARD_CACHE_DIR", dir.path().join("cache"));

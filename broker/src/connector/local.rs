@@ -19,16 +19,20 @@ use switchboard_module_api::proto::{
 use switchboard_module_api::{uri, Errno, Message};
 
 use super::peercred::peer_cred;
-use crate::router::{self, ConnOut, Endpoint, Router, Sink};
+use crate::router::{self, ConnOut, Endpoint, OutputBudget, Router, Sink};
 
 /// Bytes a client may leave unread before it is disconnected.
 const MAX_UNREAD: usize = 64 << 20;
+/// A connection's reader thread decodes and routes; it needs little stack.
+const READER_STACK: usize = 256 << 10;
 
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
     pub path: PathBuf,
     pub allow_guests: bool,
     pub max_frame: usize,
+    /// Unsent output to all clients together, in bytes, before the largest is disconnected.
+    pub max_output: usize,
 }
 
 /// A listening socket and its accept thread.
@@ -47,9 +51,10 @@ impl Listener {
         let (s, stop) = (socket.clone(), stopping.clone());
         // SAFETY: getuid cannot fail.
         let owner = unsafe { libc::getuid() };
+        let budget = OutputBudget::new(opts.max_output);
         let thread = std::thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_loop(&s, &router, &opts, owner, &stop))?;
+            .spawn(move || accept_loop(&s, &router, &opts, &budget, owner, &stop))?;
         Ok(Listener { socket, path, stopping, thread: Some(thread) })
     }
 
@@ -115,7 +120,14 @@ fn bind(path: &Path, allow_guests: bool) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-fn accept_loop(socket: &UnixListener, router: &Arc<Router>, opts: &ListenOptions, owner: u32, stopping: &AtomicBool) {
+fn accept_loop(
+    socket: &UnixListener,
+    router: &Arc<Router>,
+    opts: &ListenOptions,
+    budget: &Arc<OutputBudget>,
+    owner: u32,
+    stopping: &AtomicBool,
+) {
     loop {
         let stream = match socket.accept() {
             Ok((s, _)) => s,
@@ -126,37 +138,65 @@ fn accept_loop(socket: &UnixListener, router: &Arc<Router>, opts: &ListenOptions
                 continue;
             }
         };
-        if let Err(e) = admit(router, stream, opts, owner) {
-            tracing::warn!("could not serve a new connection: {e}");
+        if let Err(e) = admit(router, &stream, opts, budget, owner) {
+            tracing::warn!("could not serve a new connection: {e}; told the client and closed it");
+            refuse(&stream, Errno::EAGAIN, format!("the broker could not serve this connection: {e}"));
         }
     }
 }
 
-/// Check who connected, register the connection and start its reader.
-fn admit(router: &Arc<Router>, stream: UnixStream, opts: &ListenOptions, owner: u32) -> std::io::Result<()> {
-    let (pid, uid) = peer_cred(&stream)?;
+/// Tell a client why it is not served, then close its connection.
+fn refuse(stream: &UnixStream, errnum: Errno, text: String) {
+    let mut refusal = Message::control("refused", bytes::Bytes::new());
+    refusal.errnum = errnum.0;
+    refusal.errstr = Some(text);
+    let _ = stream.write_all_frame(&refusal);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Check who connected, register the connection and start its reader. On failure nothing
+/// is left behind: no endpoint, no writer thread.
+fn admit(
+    router: &Arc<Router>,
+    stream: &UnixStream,
+    opts: &ListenOptions,
+    budget: &Arc<OutputBudget>,
+    owner: u32,
+) -> std::io::Result<()> {
+    let (pid, uid) = peer_cred(stream)?;
     let cred = if uid == owner {
         Cred { userid: uid, rolemask: ROLE_OWNER | ROLE_USER }
     } else if opts.allow_guests {
         Cred { userid: uid, rolemask: ROLE_USER }
     } else {
         tracing::info!(uid, pid, "refused a guest connection: guests are not allowed");
-        let mut refusal = Message::control("refused", bytes::Bytes::new());
-        refusal.errnum = Errno::EPERM.0;
-        refusal.errstr =
-            Some(format!("uid {uid} is not the instance owner (uid {owner}) and this broker does not allow guests"));
-        let _ = (&stream).write_all_frame(&refusal);
+        refuse(
+            stream,
+            Errno::EPERM,
+            format!("uid {uid} is not the instance owner (uid {owner}) and this broker does not allow guests"),
+        );
         return Ok(());
     };
     let label = format!("client pid {pid} uid {uid}");
-    let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone())?;
+    let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone(), budget.clone())?;
     let ep = router.add_endpoint(Sink::Conn(out.clone()), cred, label, None);
-    tracing::debug!(id = ep.id, pid, uid, "client connected");
-    let router = router.clone();
-    let max_frame = opts.max_frame;
-    std::thread::Builder::new()
-        .name("conn-reader".into())
-        .spawn(move || serve(&router, &ep, stream, &out, max_frame))?;
+    let (router2, ep2, out2, max_frame) = (router.clone(), ep.clone(), out.clone(), opts.max_frame);
+    let reader = stream.try_clone().and_then(|stream| {
+        std::thread::Builder::new()
+            .name("conn-reader".into())
+            .stack_size(READER_STACK)
+            .spawn(move || serve(&router2, &ep2, stream, &out2, max_frame))
+    });
+    if let Err(e) = reader {
+        // Undo: the endpoint goes (it was handed nothing yet), the client is told, and the
+        // writer thread ends with the connection.
+        tracing::warn!(pid, uid, "could not start a reader for a new connection: {e}; refused it");
+        router.retire(&ep, "refused");
+        refuse(stream, Errno::EAGAIN, format!("the broker could not serve this connection: {e}"));
+        out.close();
+    } else {
+        tracing::debug!(id = ep.id, pid, uid, "client connected");
+    }
     Ok(())
 }
 
@@ -166,6 +206,8 @@ trait WriteFrame {
 
 impl WriteFrame for &UnixStream {
     fn write_all_frame(mut self, msg: &Message) -> std::io::Result<()> {
+        // A refusal must not block the accept loop on a client that does not read.
+        let _ = self.set_write_timeout(Some(std::time::Duration::from_millis(100)));
         std::io::Write::write_all(&mut self, &encode_frame(msg))
     }
 }

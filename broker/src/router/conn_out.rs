@@ -1,17 +1,20 @@
 //! The sending half of a client connection. Any thread may enqueue a frame; it is written
 //! straight to the socket without blocking when the socket has room, and otherwise handed to
 //! the connection's writer thread, so a slow reader never stalls a module. A client that
-//! lets more than `max_buffer` bytes pile up is disconnected.
+//! lets more than `max_buffer` bytes pile up is disconnected; what every connection has
+//! unsent is charged to the broker-wide `OutputBudget`.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex};
 use switchboard_module_api::proto::encode_frame_into;
 use switchboard_module_api::Message;
 
 use super::batch;
+use super::budget::OutputBudget;
 
 pub struct ConnOut {
     stream: UnixStream,
@@ -19,6 +22,11 @@ pub struct ConnOut {
     wake: Condvar,
     max_buffer: usize,
     label: String,
+    budget: Arc<OutputBudget>,
+    /// This connection's key in the budget's registry.
+    budget_id: OnceLock<u64>,
+    /// Bytes queued and not yet taken by the socket (the part charged to the budget).
+    charged: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -31,15 +39,44 @@ struct OutState {
 
 impl ConnOut {
     /// Wrap the write side of `stream` and start its writer thread.
-    pub fn start(stream: UnixStream, max_buffer: usize, label: String) -> std::io::Result<Arc<ConnOut>> {
-        let conn = Arc::new(ConnOut { stream, state: Mutex::default(), wake: Condvar::new(), max_buffer, label });
+    pub fn start(
+        stream: UnixStream,
+        max_buffer: usize,
+        label: String,
+        budget: Arc<OutputBudget>,
+    ) -> std::io::Result<Arc<ConnOut>> {
+        let conn = Arc::new(ConnOut {
+            stream,
+            state: Mutex::default(),
+            wake: Condvar::new(),
+            max_buffer,
+            label,
+            budget,
+            budget_id: OnceLock::new(),
+            charged: AtomicUsize::new(0),
+        });
         let c = conn.clone();
         std::thread::Builder::new().name("conn-writer".into()).stack_size(64 * 1024).spawn(move || c.writer())?;
+        let _ = conn.budget_id.set(conn.budget.register(&conn));
         Ok(conn)
     }
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Bytes queued for this client and not yet taken by its socket.
+    pub fn unsent(&self) -> usize {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// The socket took `n` bytes (or they were dropped): give them back to the budget. Never
+    /// gives back more than was charged, so a write that races a close counts once.
+    fn release(&self, n: usize) {
+        let taken = self.charged.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c - n.min(c)));
+        if let Ok(before) = taken {
+            self.budget.release(n.min(before));
+        }
     }
 
     /// Append a frame for `msg`; write it now unless this thread holds output.
@@ -48,7 +85,11 @@ impl ConnOut {
         if st.closed {
             return;
         }
+        let before = st.buf.len();
         encode_frame_into(msg, &mut st.buf);
+        let added = st.buf.len() - before;
+        self.charged.fetch_add(added, Ordering::Relaxed);
+        let over_budget = self.budget.charge(added);
         if st.buf.len() > self.max_buffer {
             tracing::warn!(client = %self.label, bytes = st.buf.len(), "client is not reading its messages; disconnecting it");
             self.close_locked(&mut st);
@@ -56,6 +97,10 @@ impl ConnOut {
         }
         if batch::defer(self) {
             self.flush_locked(&mut st);
+        }
+        drop(st);
+        if over_budget {
+            self.budget.shed();
         }
     }
 
@@ -72,8 +117,14 @@ impl ConnOut {
     }
 
     fn close_locked(&self, st: &mut OutState) {
+        if !st.closed {
+            if let Some(id) = self.budget_id.get() {
+                self.budget.forget(*id);
+            }
+        }
         st.closed = true;
         st.buf = Vec::new();
+        self.release(usize::MAX);
         // SAFETY: shutting down our own socket; wakes the reader thread with EOF.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
         self.wake.notify_one();
@@ -88,8 +139,12 @@ impl ConnOut {
             return;
         }
         match send(self.fd(), &st.buf, libc::MSG_DONTWAIT) {
-            Ok(n) if n == st.buf.len() => st.buf.clear(),
+            Ok(n) if n == st.buf.len() => {
+                self.release(n);
+                st.buf.clear();
+            }
             Ok(n) => {
+                self.release(n);
                 st.buf.drain(..n);
                 st.writer_busy = true;
                 self.wake.notify_one();
@@ -122,7 +177,10 @@ impl ConnOut {
             let mut off = 0;
             while off < spare.len() {
                 match send(self.fd(), &spare[off..], 0) {
-                    Ok(n) => off += n,
+                    Ok(n) => {
+                        self.release(n);
+                        off += n;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => {
                         self.close();

@@ -6,6 +6,7 @@
 //! module that is waiting on it (EDEADLK, RFC 1 §8.10).
 
 mod batch;
+mod budget;
 mod clock;
 mod conn_out;
 mod inflight;
@@ -13,6 +14,7 @@ mod mailbox;
 mod trace;
 
 pub use batch::{flush, hold};
+pub use budget::{OutputBudget, DEFAULT_MAX_OUTPUT};
 pub use conn_out::ConnOut;
 pub use inflight::Inflight;
 pub use mailbox::Mailbox;
@@ -399,7 +401,8 @@ impl Router {
             return self.respond_error(req, Errno::EPROTO, "module.trace needs a streaming request (flag 0x02)");
         }
         match self.tracers.add(req.clone(), args) {
-            Ok(()) => self.respond(req, bytes::Bytes::from_static(&[0x80])),
+            // The first of many responses: not `respond`, which would end the stream.
+            Ok(()) => self.route_response(req.response(bytes::Bytes::from_static(&[0x80]))),
             Err(e) => self.respond_error(req, Errno::EINVAL, e),
         }
     }
@@ -418,10 +421,14 @@ impl Router {
         }
     }
 
-    /// Answer `req` with a payload, if it wants a response.
+    /// Answer `req` with a payload, if it wants a response. This is the whole answer: a
+    /// STREAMING request also gets the ENODATA that ends its stream (RFC 1 §8.7).
     pub fn respond(&self, req: &Message, payload: bytes::Bytes) {
         if req.wants_response() {
             self.route_response(req.response(payload));
+            if req.flags.contains(Flags::STREAMING) {
+                self.route_response(req.error_response(Errno::ENODATA, "end of stream"));
+            }
         }
     }
 

@@ -20,6 +20,7 @@ pub struct Running {
     pub listen: PathBuf,
     pub allow_guests: bool,
     pub max_frame: usize,
+    pub max_output: usize,
 }
 
 pub fn apply_file(
@@ -52,6 +53,9 @@ pub fn apply_file(
     }
     if site.max_frame.is_some_and(|m| m != running.max_frame) {
         report.needs_restart.push("max_frame".into());
+    }
+    if site.max_output.is_some_and(|m| m != running.max_output) {
+        report.needs_restart.push("max_output_mb".into());
     }
     // Settings only the start reads: compared with the file the broker started with.
     if let Some(was) = &running.site {

@@ -23,6 +23,7 @@ pub struct Broker {
     #[serde(default)]
     pub allow_guests: bool,
     pub max_frame: Option<usize>,
+    pub max_output_mb: Option<std::num::NonZeroUsize>,
     pub grace_ms: Option<u64>,
     #[serde(default)]
     pub search_path: Vec<String>,

@@ -31,6 +31,8 @@ pub struct Site {
     pub listen: Option<PathBuf>,
     pub allow_guests: bool,
     pub max_frame: Option<usize>,
+    /// Unsent client output, all clients together, in bytes (`max_output_mb`).
+    pub max_output: Option<usize>,
     pub grace: Option<Duration>,
     pub search_path: SearchPath,
     pub log: Option<String>,
@@ -89,6 +91,7 @@ impl Site {
             listen: b.listen.as_deref().map(|l| absolute(base, l)),
             allow_guests: b.allow_guests,
             max_frame: b.max_frame,
+            max_output: b.max_output_mb.map(|mb| mb.get().saturating_mul(1 << 20)),
             grace: b.grace_ms.map(Duration::from_millis),
             log: b.log,
             rc_start: b.rc.start.as_deref().map(|p| absolute(base, p)),

@@ -24,18 +24,30 @@ const LINGER: Duration = Duration::from_secs(1);
 
 pub struct ProcessRunning {
     pub guard: Arc<Guard>,
+    port: Arc<dyn BrokerPort>,
     reaper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ProcessRunning {
-    /// SIGTERM now, SIGKILL after `grace` if it is still there.
+    /// SIGTERM now, SIGKILL after `grace` if it is still there; each one logged.
     pub fn escalate(&self, grace: Duration) {
-        self.guard.signal(libc::SIGTERM);
-        let guard = self.guard.clone();
-        let _ = std::thread::Builder::new().name("mod-kill".into()).spawn(move || {
+        if !self.guard.signal(libc::SIGTERM) {
+            return;
+        }
+        self.port.log(Level::Warn, "did not exit within its grace period after shutdown; sent SIGTERM");
+        let (guard, port) = (self.guard.clone(), self.port.clone());
+        let kill = move || {
             std::thread::sleep(grace);
-            guard.signal(libc::SIGKILL);
-        });
+            if guard.signal(libc::SIGKILL) {
+                let ms = grace.as_millis();
+                port.log(Level::Error, &format!("still running {ms} ms after SIGTERM; killed (SIGKILL)"));
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("mod-kill".into()).spawn(kill) {
+            // No thread for the timer: kill now rather than never.
+            self.guard.signal(libc::SIGKILL);
+            self.port.log(Level::Error, &format!("killed (SIGKILL) at once: no thread for its SIGTERM grace ({e})"));
+        }
     }
 
     pub fn join(&self) {
@@ -53,6 +65,7 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
     let ModuleLink { inbox, port, .. } = link;
     output.attach(port.clone());
     let violation: Violation = Arc::default();
+    let log_port = port.clone();
 
     let reader = {
         let (socket, port, guard, violation) = (socket.try_clone()?, port.clone(), guard.clone(), violation.clone());
@@ -93,7 +106,7 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
             port.exited(exit);
         })?
     };
-    Ok(ProcessRunning { guard, reaper: Mutex::new(Some(reaper)) })
+    Ok(ProcessRunning { guard, port: log_port, reaper: Mutex::new(Some(reaper)) })
 }
 
 fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, guard: &Guard, violation: &Violation) {
@@ -113,17 +126,21 @@ fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, g
                     }
                 },
                 Err(e) => {
-                    misbehaved(port, guard, violation, format!("sent a bad frame ({e}); killed"));
+                    misbehaved(port, guard, violation, format!("sent a malformed frame ({e}); killed"));
                     break 'read;
                 }
             }
         }
         port.flush();
+        // No read timeout is set (the handshake cleared its own): silence is not an end.
         match socket.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(e) => {
+                port.log(Level::Warn, &format!("reading its socket failed: {e}"));
+                break;
+            }
         }
     }
     port.flush();
@@ -135,7 +152,11 @@ fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, g
             return;
         }
     }
-    guard.signal(libc::SIGKILL);
+    if guard.signal(libc::SIGKILL) {
+        let why = format!("closed its socket but was still running {} ms later; killed (SIGKILL)", LINGER.as_millis());
+        port.log(Level::Error, &why);
+        violation.lock().get_or_insert(why);
+    }
 }
 
 fn misbehaved(port: &dyn BrokerPort, guard: &Guard, violation: &Violation, why: String) {

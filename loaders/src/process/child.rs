@@ -38,12 +38,14 @@ impl Guard {
         *self.reaped.lock()
     }
 
-    pub fn signal(&self, sig: i32) {
+    /// Send `sig` unless the child is already reaped; true if it was sent.
+    pub fn signal(&self, sig: i32) -> bool {
         let reaped = self.reaped.lock();
-        if !*reaped {
-            // SAFETY: the pid is our unreaped child, so it cannot have been recycled.
-            unsafe { libc::kill(self.pid as i32, sig) };
+        if *reaped {
+            return false;
         }
+        // SAFETY: the pid is our unreaped child, so it cannot have been recycled.
+        unsafe { libc::kill(self.pid as i32, sig) == 0 }
     }
 
     /// Wait for the child, marking it reaped under the lock `signal` takes.
@@ -157,6 +159,11 @@ impl Child {
                             hello.protocol
                         )));
                     }
+                    // The handshake's deadline ends with it: from here on the module may be
+                    // silent, or busy on one request, for as long as it likes (RFC 5 §3).
+                    self.socket
+                        .set_read_timeout(None)
+                        .map_err(|e| HandshakeError::Protocol(format!("its socket failed: {e}")))?;
                     return Ok(hello);
                 }
                 Ok(None) => {}
@@ -181,15 +188,16 @@ impl Child {
     fn abandon(mut self, path: &std::path::Path, why: HandshakeError, timeout: Duration) -> LoadError {
         self.guard.signal(libc::SIGKILL);
         let status = self.guard.reap(&mut self.process).ok();
-        let tail = self.output.last_words();
         let how = status.map(describe_status).unwrap_or_default();
         let detail = match why {
             HandshakeError::Timeout => {
+                let tail = self.output.last_line();
                 return LoadError::HelloTimeout { path: path.to_owned(), ms: timeout.as_millis() as u64, tail };
             }
             HandshakeError::Closed => format!("it {how} before saying hello"),
             HandshakeError::Protocol(p) => format!("it {p}; killed"),
         };
+        let tail = self.output.last_words();
         let detail = if tail.is_empty() { detail } else { format!("{detail}; its last output: {tail}") };
         LoadError::Handshake { path: path.to_owned(), detail }
     }

@@ -26,6 +26,8 @@ struct State {
     port: Option<Arc<dyn BrokerPort>>,
     held: Vec<(Level, String)>,
     last_stderr: VecDeque<String>,
+    /// The last non-empty line on either stream.
+    last_line: String,
 }
 
 impl Output {
@@ -54,6 +56,9 @@ impl Output {
     fn line(&self, line: &str, default: Level, is_stderr: bool) {
         let (level, text) = classify(line, default);
         let mut st = self.state.lock();
+        if !text.trim().is_empty() {
+            text.clone_into(&mut st.last_line);
+        }
         if is_stderr && !text.trim().is_empty() {
             if st.last_stderr.len() == KEEP {
                 st.last_stderr.pop_front();
@@ -78,9 +83,19 @@ impl Output {
 
     /// The last stderr line, to append to a failure reason ("" if none).
     pub fn last_words(&self) -> String {
-        // Give the forwarding thread a moment to read what a dying child wrote last.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        Self::settle();
         self.state.lock().last_stderr.back().cloned().unwrap_or_default()
+    }
+
+    /// The last line on stdout or stderr ("" if it printed nothing at all).
+    pub fn last_line(&self) -> String {
+        Self::settle();
+        self.state.lock().last_line.clone()
+    }
+
+    /// Give the forwarding threads a moment to read what a dying child wrote last.
+    fn settle() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -13,6 +13,8 @@ use super::message::Message;
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// Bytes before a frame's body: the `u32` length.
 pub const FRAME_PREFIX: usize = 4;
+/// The most a reader sets aside at once for a frame still arriving.
+const MAX_RESERVE_STEP: usize = 256 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
@@ -136,7 +138,9 @@ impl FrameReader {
             return Err(FrameError::Oversized { len, max: self.max });
         }
         if buf.len() < FRAME_PREFIX + len {
-            buf.reserve(FRAME_PREFIX + len - buf.len());
+            // Room for what is announced, a bounded step at a time: a peer that names a large
+            // frame and stalls must not make the broker set the whole of it aside.
+            buf.reserve((FRAME_PREFIX + len - buf.len()).min(MAX_RESERVE_STEP));
             return Ok(None);
         }
         buf.advance(FRAME_PREFIX);
