@@ -41,7 +41,7 @@ pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
 pub use client::{Client, ClientError};
 pub use error::Error;
 pub use handle::{Handle, SHUTDOWN};
-pub use link::{Level, Link, LinkError};
+pub use link::{Hold, Level, Link, LinkError, MAX_HOLD};
 pub use proto::{Errno, Message};
 /// Any msgpack value, for payloads of no fixed shape.
 pub use rmpv::Value;

@@ -1,9 +1,49 @@
 //! `Link`: how a `Handle` reaches its broker. One implementation per module kind (native: the
 //! C ABI host table; process and wasm kinds add theirs), so `Handle` and `Actor` are written once.
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use crate::proto::Message;
+
+/// The longest a module's output may be held back to be written with what follows.
+pub const MAX_HOLD: Duration = Duration::from_millis(1);
+
+/// Output batching with a bound. A module thread that takes a message while more are queued
+/// may hold its output to write it in one go, but never for longer than `MAX_HOLD`: a slow
+/// handler after fast ones must not keep their answers waiting (RFC 2 §5).
+#[derive(Default)]
+pub struct Hold {
+    since: Cell<Option<Instant>>,
+}
+
+impl Hold {
+    /// A message was taken; `more` says whether others are already queued behind it. True
+    /// when the output held so far must be written now: nothing more is queued, or the
+    /// oldest held output has waited `MAX_HOLD`.
+    pub fn flush_now(&self, more: bool) -> bool {
+        if !more {
+            self.since.set(None);
+            return true;
+        }
+        match self.since.get() {
+            None => {
+                self.since.set(Some(Instant::now()));
+                false
+            }
+            Some(t) if t.elapsed() >= MAX_HOLD => {
+                self.since.set(Some(Instant::now()));
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Output was written for another reason (the thread is about to block).
+    pub fn flushed(&self) {
+        self.since.set(None);
+    }
+}
 
 /// Log severities, numbered as syslog (and as the C ABI's `SB_LOG_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,5 +76,21 @@ pub trait Link {
     /// later. `Handle::rpc` has already refused a call to the module's own services.
     fn request(&mut self, _req: &Message, _timeout: Option<Duration>) -> Option<Result<Message, crate::Error>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_held_while_more_is_queued_but_not_past_max_hold() {
+        let hold = Hold::default();
+        assert!(hold.flush_now(false), "nothing queued: write now");
+        assert!(!hold.flush_now(true), "more queued: the hold begins");
+        std::thread::sleep(2 * MAX_HOLD);
+        assert!(hold.flush_now(true), "held for longer than MAX_HOLD: write now");
+        hold.flushed();
+        assert!(!hold.flush_now(true), "after a flush the hold begins again");
     }
 }

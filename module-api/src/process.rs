@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use crate::actor::{run_actor, Actor};
 use crate::handle::{Handle, SHUTDOWN};
 use crate::handshake::{Hello, Status, Welcome, FD_ENV, HELLO, PROTOCOL, STATUS, WELCOME};
-use crate::link::{Level, Link, LinkError};
+use crate::link::{Hold, Level, Link, LinkError};
 use crate::proto::{decode_frame, encode_frame_into, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
 
 struct ProcessLink {
@@ -23,8 +23,10 @@ struct ProcessLink {
     reader: FrameReader,
     rbuf: BytesMut,
     wbuf: RefCell<Vec<u8>>,
-    /// More input is already buffered: hold output until the next blocking read.
+    /// More input is already buffered: hold output until the next blocking read, or for at
+    /// most MAX_HOLD.
     holding: Cell<bool>,
+    hold: Hold,
     read_timeout: Option<Duration>,
     running: bool,
 }
@@ -37,6 +39,7 @@ impl ProcessLink {
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: RefCell::new(Vec::with_capacity(64 * 1024)),
             holding: Cell::new(false),
+            hold: Hold::default(),
             read_timeout: None,
             running: false,
         }
@@ -65,7 +68,7 @@ impl ProcessLink {
                     // Another whole frame already here: batch our output.
                     let more = self.reader.has_frame(&self.rbuf);
                     self.holding.set(more);
-                    if !more {
+                    if self.hold.flush_now(more) {
                         self.flush()?;
                     }
                     return decode_frame(body).map(Some).map_err(|e| LinkError::Refused(e.to_string()));
@@ -75,6 +78,7 @@ impl ProcessLink {
             }
             self.holding.set(false);
             self.flush()?;
+            self.hold.flushed();
             let timeout = timeout.map(|t| t.max(Duration::from_micros(1)));
             if timeout != self.read_timeout {
                 self.stream.set_read_timeout(timeout).map_err(|_| LinkError::Closed)?;

@@ -506,3 +506,32 @@ fn tens_of_thousands_of_malformed_frames_never_stop_the_broker() {
     }
     assert!(b.alive());
 }
+
+/// When each of `n` answers arrived, counted from when the requests were sent.
+fn arrivals(c: &mut switchboard_module_api::Client, n: u32) -> Vec<Duration> {
+    let start = std::time::Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..n {
+        let m = c.recv_timeout(Some(switchboard_tests::WAIT)).expect("an answer");
+        assert!(!m.is_error(), "{m:?}");
+        at.push(start.elapsed());
+    }
+    at
+}
+
+#[test]
+fn slow_handlers_do_not_hold_back_the_answers_before_them() {
+    let b = Broker::start();
+    b.load(&module("faulty"), Some("native"), &[]);
+    b.load(&bin("faulty"), Some("rustproc"), &[]);
+    for name in ["native", "rustproc"] {
+        let mut c = b.client();
+        // Twenty requests queued at once, 100 ms of work each.
+        pipeline(&mut c, &format!("{name}.sleep"), json!({"ms": 100}), 20);
+        let at = arrivals(&mut c, 20);
+        // Answers come as their handlers finish, not all together once the queue is empty:
+        // the first arrives in the first half of the whole run, whatever the machine's speed.
+        let (first, last) = (at[0], at[19]);
+        assert!(first * 2 < last, "{name}: answers held back until the queue drained: {at:?}");
+    }
+}

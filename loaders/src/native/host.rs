@@ -14,7 +14,7 @@ use switchboard_module_api::abi::{
 };
 use switchboard_module_api::native::{message_from_abi, message_to_abi};
 use switchboard_module_api::proto::{Flags, MsgType};
-use switchboard_module_api::{Level, Message, SHUTDOWN};
+use switchboard_module_api::{Hold, Level, Message, SHUTDOWN};
 
 use super::MainFn;
 use crate::module::{BrokerPort, ExitStatus, ModuleLink, ModuleState};
@@ -31,6 +31,7 @@ struct RecvState {
     /// The message whose views the last `recv` handed out.
     current: Option<Message>,
     running: bool,
+    hold: Hold,
 }
 
 /// The module thread's body: call `main`, then report the exit.
@@ -38,7 +39,7 @@ pub(super) fn run(main: MainFn, link: ModuleLink) {
     let ModuleLink { name, args, config, inbox, port } = link;
     let ctx = HostCtx {
         port: port.clone(),
-        recv: Mutex::new(RecvState { inbox, current: None, running: false }),
+        recv: Mutex::new(RecvState { inbox, current: None, running: false, hold: Hold::default() }),
         last_error: Mutex::new(None),
     };
     let arg_views: Vec<SbBytes> = args.iter().map(|a| SbBytes::of(a.as_bytes())).collect();
@@ -85,6 +86,7 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
             Err(_) => return SB_ECONNRESET,
             Ok(None) => {
                 ctx.port.flush();
+                st.hold.flushed();
                 let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
                 match st.inbox.recv(timeout) {
                     Ok(m) => m,
@@ -93,10 +95,13 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
                 }
             }
         };
-        // More already queued: batch this thread's output until the inbox runs dry.
-        if st.inbox.is_empty() {
+        // More already queued: batch this thread's output until the inbox runs dry, or for
+        // at most MAX_HOLD.
+        let more = !st.inbox.is_empty();
+        if st.hold.flush_now(more) {
             ctx.port.flush();
-        } else {
+        }
+        if more {
             ctx.port.hold();
         }
         if msg.kind == MsgType::Control && msg.topic == SHUTDOWN {

@@ -112,6 +112,8 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
 fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, guard: &Guard, violation: &Violation) {
     let reader = FrameReader::new(DEFAULT_MAX_FRAME);
     let mut chunk = vec![0u8; 64 * 1024];
+    // How the socket ended, for the reason if the child then lingers.
+    let mut ended = "closed its socket".to_string();
     'read: loop {
         port.hold();
         loop {
@@ -138,13 +140,14 @@ fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, g
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                port.log(Level::Warn, &format!("reading its socket failed: {e}"));
+                ended = format!("could not be read from ({e})");
+                port.log(Level::Warn, &format!("its socket {ended}"));
                 break;
             }
         }
     }
     port.flush();
-    // The child closed its end: it has nothing more to say. If it lingers, end it.
+    // The child's socket ended: it has nothing more to say. If it lingers, end it.
     let deadline = std::time::Instant::now() + LINGER;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -153,7 +156,7 @@ fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, g
         }
     }
     if guard.signal(libc::SIGKILL) {
-        let why = format!("closed its socket but was still running {} ms later; killed (SIGKILL)", LINGER.as_millis());
+        let why = format!("{ended} but was still running {} ms later; killed (SIGKILL)", LINGER.as_millis());
         port.log(Level::Error, &why);
         violation.lock().get_or_insert(why);
     }

@@ -117,8 +117,9 @@ fn serve(
     port.set_state(ModuleState::Running);
     let mut batch = Vec::new();
     let mut frames = Vec::new();
+    let hold = switchboard_module_api::Hold::default();
     loop {
-        let msg = match next(store, inbox, port) {
+        let msg = match next(store, inbox, port, &hold) {
             Some(m) => m,
             None => return ExitStatus::Exited,
         };
@@ -142,10 +143,13 @@ fn serve(
                 None => break,
             }
         }
-        // More already queued: batch this thread's output until the inbox runs dry.
-        if inbox.is_empty() && store.data().deferred.is_empty() {
+        // More already queued: batch this thread's output until the inbox runs dry, or for
+        // at most MAX_HOLD (checked between calls: a batch's answers go out after it).
+        let more = !(inbox.is_empty() && store.data().deferred.is_empty());
+        if hold.flush_now(more) {
             port.flush();
-        } else {
+        }
+        if more {
             port.hold();
         }
         // The deadline is per message: a batch of n gets n times the budget.
@@ -186,6 +190,7 @@ fn next(
     store: &mut Store<HostState>,
     inbox: &crate::inbox::Inbox,
     port: &dyn crate::module::BrokerPort,
+    hold: &switchboard_module_api::Hold,
 ) -> Option<switchboard_module_api::Message> {
     if let Some(m) = store.data_mut().deferred.pop_front() {
         return Some(m);
@@ -195,6 +200,7 @@ fn next(
         Err(_) => None,
         Ok(None) => {
             port.flush();
+            hold.flushed();
             inbox.recv(None).ok()
         }
     }

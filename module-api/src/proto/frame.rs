@@ -245,6 +245,14 @@ mod tests {
     }
 
     #[test]
+    fn a_large_frame_announced_is_not_set_aside_all_at_once() {
+        let reader = FrameReader::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::from(&((DEFAULT_MAX_FRAME as u32).to_be_bytes())[..]);
+        assert_eq!(reader.next_frame(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 2 * MAX_RESERVE_STEP, "reserved {} bytes for a stalled frame", buf.capacity());
+    }
+
+    #[test]
     fn a_cut_buffer_yields_the_whole_frames_then_one_error() {
         let m = Message::request("a.b", Bytes::from_static(b"xyz"));
         let mut wire = encode_frame(&m);
