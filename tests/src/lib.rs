@@ -74,14 +74,25 @@ pub fn wasm_module(name: &str) -> PathBuf {
 }
 
 /// The `bin` folder of a Python virtual environment with the module SDK installed: the
-/// repository's `.venv` (which `.ci/run` makes), made here on first use if it is missing.
+/// repository's `.venv` (which `.ci/run` makes), made or refreshed here on first use if it is
+/// missing or holds another version of the SDK.
 pub fn python_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let venv = repo_root().join(".venv");
         let python = venv.join("bin/python3");
-        let ready =
-            |p: &Path| Command::new(p).args(["-c", "import switchboard_module"]).status().is_ok_and(|s| s.success());
+        // Ready when the SDK imports and is this checkout's (pip copies it: an older copy
+        // would test an older SDK).
+        let source = std::fs::read(repo_root().join("sdk/python/switchboard_module/__init__.py")).unwrap_or_default();
+        let ready = |p: &Path| {
+            Command::new(p)
+                .args(["-c", "import switchboard_module, sys; sys.stdout.write(switchboard_module.__file__)"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| std::fs::read(String::from_utf8_lossy(&o.stdout).as_ref()).ok())
+                .is_some_and(|installed| installed == source)
+        };
         if !ready(&python) {
             let lock = repo_root().join("target/.venv-lock");
             let _ = std::fs::create_dir_all(repo_root().join("target"));
@@ -92,7 +103,7 @@ pub fn python_bin_dir() -> &'static Path {
             if !ready(&python) {
                 let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
                     && Command::new(venv.join("bin/pip"))
-                        .args(["install", "-q"])
+                        .args(["install", "-q", "--force-reinstall"])
                         .arg(repo_root().join("sdk/python"))
                         .status()
                         .is_ok_and(|s| s.success());
