@@ -535,3 +535,27 @@ fn slow_handlers_do_not_hold_back_the_answers_before_them() {
         assert!(first * 2 < last, "{name}: answers held back until the queue drained: {at:?}");
     }
 }
+
+#[test]
+fn connections_past_the_limit_are_refused_and_their_places_come_back() {
+    let b = Broker::start_env(&[], &[("SWITCHBOARD_MAX_CLIENTS", "3")]);
+    let served: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = b.client();
+            assert!(rpc(&mut c, "broker.ping", json!({})).is_ok());
+            c
+        })
+        .collect();
+    let refused = switchboard_module_api::Client::connect(&b.socket)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| rpc(&mut c, "broker.ping", json!({})).map_err(|e| e.to_string()));
+    let text = refused.expect_err("a fourth connection was served");
+    assert!(text.contains("EAGAIN") || text.contains("too many connections"), "{text}");
+    assert!(text.contains("at most 3"), "{text}");
+    // They leave: their places are free again.
+    drop(served);
+    assert!(switchboard_tests::wait_until(|| {
+        switchboard_module_api::Client::connect(&b.socket)
+            .is_ok_and(|mut c| rpc(&mut c, "broker.ping", json!({})).is_ok())
+    }));
+}

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -25,6 +25,49 @@ use crate::router::{self, ConnOut, Endpoint, OutputBudget, Router, Sink};
 const MAX_UNREAD: usize = 64 << 20;
 /// A connection's reader thread decodes and routes; it needs little stack.
 const READER_STACK: usize = 256 << 10;
+/// Memory mappings a connection costs: two threads, each with a stack and a signal stack,
+/// each of those with a guard page.
+const MAPS_PER_CONNECTION: usize = 8;
+/// Mappings left for everything else (modules, the WASM engine, the allocator).
+const MAPS_RESERVED: usize = 8192;
+/// Overrides the computed connection limit (RFC 1 §6.4).
+const MAX_CLIENTS_ENV: &str = "SWITCHBOARD_MAX_CLIENTS";
+
+/// How many connections this broker serves at once. Past the kernel's limit on memory
+/// mappings an allocation fails and the process aborts, so the limit stays well below it.
+fn max_clients() -> usize {
+    if let Some(n) = std::env::var(MAX_CLIENTS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(65530);
+    (maps.saturating_sub(MAPS_RESERVED) / MAPS_PER_CONNECTION).max(64)
+}
+
+/// One connection's place in the count of live connections; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let taken = live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        taken.ok().map(|_| Slot(live.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the accept loop shares with every connection it admits.
+struct Admission {
+    budget: Arc<OutputBudget>,
+    live: Arc<AtomicUsize>,
+    max_clients: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
@@ -51,10 +94,12 @@ impl Listener {
         let (s, stop) = (socket.clone(), stopping.clone());
         // SAFETY: getuid cannot fail.
         let owner = unsafe { libc::getuid() };
-        let budget = OutputBudget::new(opts.max_output);
+        let admission =
+            Admission { budget: OutputBudget::new(opts.max_output), live: Arc::default(), max_clients: max_clients() };
+        tracing::debug!(max_clients = admission.max_clients, "accepting connections");
         let thread = std::thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_loop(&s, &router, &opts, &budget, owner, &stop))?;
+            .spawn(move || accept_loop(&s, &router, &opts, &admission, owner, &stop))?;
         Ok(Listener { socket, path, stopping, thread: Some(thread) })
     }
 
@@ -124,7 +169,7 @@ fn accept_loop(
     socket: &UnixListener,
     router: &Arc<Router>,
     opts: &ListenOptions,
-    budget: &Arc<OutputBudget>,
+    admission: &Admission,
     owner: u32,
     stopping: &AtomicBool,
 ) {
@@ -138,7 +183,7 @@ fn accept_loop(
                 continue;
             }
         };
-        if let Err(e) = admit(router, &stream, opts, budget, owner) {
+        if let Err(e) = admit(router, &stream, opts, admission, owner) {
             tracing::warn!("could not serve a new connection: {e}; told the client and closed it");
             refuse(&stream, Errno::EAGAIN, format!("the broker could not serve this connection: {e}"));
         }
@@ -160,10 +205,19 @@ fn admit(
     router: &Arc<Router>,
     stream: &UnixStream,
     opts: &ListenOptions,
-    budget: &Arc<OutputBudget>,
+    admission: &Admission,
     owner: u32,
 ) -> std::io::Result<()> {
     let (pid, uid) = peer_cred(stream)?;
+    let Some(slot) = Slot::take(&admission.live, admission.max_clients) else {
+        let max = admission.max_clients;
+        tracing::warn!(pid, uid, max, "refused a connection: the broker already serves as many as it may");
+        let why = format!(
+            "too many connections: this broker serves at most {max} at once ({MAX_CLIENTS_ENV}, or vm.max_map_count / {MAPS_PER_CONNECTION}); try again later"
+        );
+        refuse(stream, Errno::EAGAIN, why);
+        return Ok(());
+    };
     let cred = if uid == owner {
         Cred { userid: uid, rolemask: ROLE_OWNER | ROLE_USER }
     } else if opts.allow_guests {
@@ -178,14 +232,14 @@ fn admit(
         return Ok(());
     };
     let label = format!("client pid {pid} uid {uid}");
-    let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone(), budget.clone())?;
+    let out = ConnOut::start(stream.try_clone()?, MAX_UNREAD, label.clone(), admission.budget.clone())?;
     let ep = router.add_endpoint(Sink::Conn(out.clone()), cred, label, None);
     let (router2, ep2, out2, max_frame) = (router.clone(), ep.clone(), out.clone(), opts.max_frame);
     let reader = stream.try_clone().and_then(|stream| {
-        std::thread::Builder::new()
-            .name("conn-reader".into())
-            .stack_size(READER_STACK)
-            .spawn(move || serve(&router2, &ep2, stream, &out2, max_frame))
+        std::thread::Builder::new().name("conn-reader".into()).stack_size(READER_STACK).spawn(move || {
+            serve(&router2, &ep2, stream, &out2, max_frame);
+            drop(slot);
+        })
     });
     if let Err(e) = reader {
         // Undo: the endpoint goes (it was handed nothing yet), the client is told, and the
