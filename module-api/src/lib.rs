@@ -22,6 +22,7 @@ pub mod abi;
 mod actor;
 #[cfg(unix)]
 pub mod client;
+pub mod clock;
 mod error;
 mod handle;
 pub mod handshake;
@@ -41,7 +42,7 @@ pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
 pub use client::{Client, ClientError};
 pub use error::Error;
 pub use handle::{Handle, SHUTDOWN};
-pub use link::{Hold, Level, Link, LinkError, MAX_HOLD};
+pub use link::{Hold, Level, Link, LinkError, MAX_HOLD_MS};
 pub use proto::{Errno, Message};
 /// Any msgpack value, for payloads of no fixed shape.
 pub use rmpv::Value;

@@ -2,40 +2,52 @@
 //! C ABI host table; process and wasm kinds add theirs), so `Handle` and `Actor` are written once.
 
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::proto::Message;
 
-/// The longest a module's output may be held back to be written with what follows.
-pub const MAX_HOLD: Duration = Duration::from_millis(1);
+/// The longest a module's output may be held back to be written with what follows, in
+/// milliseconds of the hold's clock (a coarse clock ticks every 5 ms: then up to 5 ms).
+pub const MAX_HOLD_MS: u64 = 1;
 
 /// Output batching with a bound. A module thread that takes a message while more are queued
-/// may hold its output to write it in one go, but never for longer than `MAX_HOLD`: a slow
-/// handler after fast ones must not keep their answers waiting (RFC 2 §5).
-#[derive(Default)]
+/// may hold its output to write it in one go, but not past `MAX_HOLD_MS`: a slow handler
+/// after fast ones must not keep their answers waiting (RFC 2 §5).
 pub struct Hold {
-    since: Cell<Option<Instant>>,
+    since: Cell<Option<u64>>,
+    now_ms: fn() -> u64,
 }
 
 impl Hold {
+    /// A hold timed by the coarse clock (one atomic load a message): for module hosts.
+    pub fn coarse() -> Self {
+        Hold { since: Cell::new(None), now_ms: crate::clock::now_ms }
+    }
+
+    /// A hold timed by the real clock: for a process that should not start a clock thread.
+    pub fn precise() -> Self {
+        Hold { since: Cell::new(None), now_ms: crate::clock::precise_ms }
+    }
+
     /// A message was taken; `more` says whether others are already queued behind it. True
     /// when the output held so far must be written now: nothing more is queued, or the
-    /// oldest held output has waited `MAX_HOLD`.
+    /// hold began `MAX_HOLD_MS` or more ago (the hold then begins again).
     pub fn flush_now(&self, more: bool) -> bool {
         if !more {
             self.since.set(None);
             return true;
         }
+        let now = (self.now_ms)();
         match self.since.get() {
-            None => {
-                self.since.set(Some(Instant::now()));
-                false
-            }
-            Some(t) if t.elapsed() >= MAX_HOLD => {
-                self.since.set(Some(Instant::now()));
+            Some(t) if now.saturating_sub(t) < MAX_HOLD_MS => false,
+            Some(_) => {
+                self.since.set(Some(now));
                 true
             }
-            Some(_) => false,
+            None => {
+                self.since.set(Some(now));
+                false
+            }
         }
     }
 
@@ -85,11 +97,11 @@ mod tests {
 
     #[test]
     fn output_is_held_while_more_is_queued_but_not_past_max_hold() {
-        let hold = Hold::default();
+        let hold = Hold::precise();
         assert!(hold.flush_now(false), "nothing queued: write now");
         assert!(!hold.flush_now(true), "more queued: the hold begins");
-        std::thread::sleep(2 * MAX_HOLD);
-        assert!(hold.flush_now(true), "held for longer than MAX_HOLD: write now");
+        std::thread::sleep(Duration::from_millis(2 * MAX_HOLD_MS));
+        assert!(hold.flush_now(true), "held for longer than MAX_HOLD_MS: write now");
         hold.flushed();
         assert!(!hold.flush_now(true), "after a flush the hold begins again");
     }

@@ -24,7 +24,7 @@ struct ProcessLink {
     rbuf: BytesMut,
     wbuf: RefCell<Vec<u8>>,
     /// More input is already buffered: hold output until the next blocking read, or for at
-    /// most MAX_HOLD.
+    /// most MAX_HOLD_MS.
     holding: Cell<bool>,
     hold: Hold,
     read_timeout: Option<Duration>,
@@ -39,7 +39,7 @@ impl ProcessLink {
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: RefCell::new(Vec::with_capacity(64 * 1024)),
             holding: Cell::new(false),
-            hold: Hold::default(),
+            hold: Hold::precise(),
             read_timeout: None,
             running: false,
         }

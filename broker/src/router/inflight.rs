@@ -100,11 +100,18 @@ impl Inflight {
         debug_assert_eq!(resp.kind, MsgType::Response);
         let mut t = self.tracked.lock();
         let key = (resp.route.clone(), resp.matchtag);
-        let Some(p) = t.map.get(&key) else { return false };
-        let stream_goes_on = p.flags.contains(Flags::STREAMING) && !resp.is_error();
-        if !stream_goes_on {
-            t.finish(&key);
+        let Some(p) = t.map.get_mut(&key) else { return false };
+        if p.flags.contains(Flags::STREAMING) && !resp.is_error() {
+            // The stream goes on.
+            return true;
         }
+        // One lookup on this path: finish the entry found rather than looking it up again.
+        let flags = p.flags;
+        p.count -= 1;
+        if p.count == 0 {
+            t.map.remove(&key);
+        }
+        t.uncount_sender(&key.0, flags);
         true
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use switchboard_loaders::Inbox;
 use switchboard_module_api::Message;
 
-use super::clock;
+use switchboard_module_api::clock;
 
 pub struct Mailbox {
     inbox: Arc<Inbox>,

@@ -7,7 +7,6 @@
 
 mod batch;
 mod budget;
-mod clock;
 mod conn_out;
 mod inflight;
 mod mailbox;

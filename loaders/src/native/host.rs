@@ -39,7 +39,7 @@ pub(super) fn run(main: MainFn, link: ModuleLink) {
     let ModuleLink { name, args, config, inbox, port } = link;
     let ctx = HostCtx {
         port: port.clone(),
-        recv: Mutex::new(RecvState { inbox, current: None, running: false, hold: Hold::default() }),
+        recv: Mutex::new(RecvState { inbox, current: None, running: false, hold: Hold::coarse() }),
         last_error: Mutex::new(None),
     };
     let arg_views: Vec<SbBytes> = args.iter().map(|a| SbBytes::of(a.as_bytes())).collect();
@@ -96,7 +96,7 @@ unsafe extern "C" fn host_recv(p: *mut c_void, out: *mut SbMsg, timeout_ms: i32)
             }
         };
         // More already queued: batch this thread's output until the inbox runs dry, or for
-        // at most MAX_HOLD.
+        // at most MAX_HOLD_MS.
         let more = !st.inbox.is_empty();
         if st.hold.flush_now(more) {
             ctx.port.flush();

@@ -117,7 +117,7 @@ fn serve(
     port.set_state(ModuleState::Running);
     let mut batch = Vec::new();
     let mut frames = Vec::new();
-    let hold = switchboard_module_api::Hold::default();
+    let hold = switchboard_module_api::Hold::coarse();
     loop {
         let msg = match next(store, inbox, port, &hold) {
             Some(m) => m,
@@ -144,7 +144,7 @@ fn serve(
             }
         }
         // More already queued: batch this thread's output until the inbox runs dry, or for
-        // at most MAX_HOLD (checked between calls: a batch's answers go out after it).
+        // at most MAX_HOLD_MS (checked between calls: a batch's answers go out after it).
         let more = !(inbox.is_empty() && store.data().deferred.is_empty());
         if hold.flush_now(more) {
             port.flush();
