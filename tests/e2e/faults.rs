@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_tests::{bin, errtext, json, module, python_path, row, rpc, script, wasm_module, Broker};
+use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_tests::{
+    bin, errno_of, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker, WAIT,
+};
 
 /// One module of each kind, all answering `NAME.sleep {ms}`.
 struct Sleeper {
@@ -99,7 +102,7 @@ fn a_handler_slower_than_the_hello_timeout_is_served() {
         .map(|s| {
             let (socket, topic) = (b.socket.clone(), format!("{}.sleep", s.name));
             std::thread::spawn(move || {
-                let mut c = switchboard_module_api::Client::connect(&socket).expect("connect");
+                let mut c = Client::connect(&socket).expect("connect");
                 rpc(&mut c, &topic, json!({"ms": 2500})).map(|m| json(&m))
             })
         })
@@ -142,10 +145,7 @@ fn slow_subscribers_together_cannot_take_more_than_the_output_budget() {
     let mut publisher = b.client();
     let blob = "x".repeat(256 << 10);
     for i in 0..256 {
-        let ev = switchboard_module_api::Message::event(
-            "flood.data",
-            switchboard_tests::payload(json!({"i": i, "blob": blob})),
-        );
+        let ev = Message::event("flood.data", payload(json!({"i": i, "blob": blob})));
         publisher.send(&ev).expect("publish");
     }
     // Everyone else is still served, and the broker's memory stayed near the budget.
@@ -191,7 +191,7 @@ fn a_client_the_broker_has_no_thread_for_is_refused_and_nothing_is_left_behind()
     set_thread_limit(pid, 65534, base + 5);
     let (mut served, mut refused) = (Vec::new(), 0);
     for _ in 0..8 {
-        let Ok(mut c) = switchboard_module_api::Client::connect(&b.socket) else {
+        let Ok(mut c) = Client::connect(&b.socket) else {
             refused += 1;
             continue;
         };
@@ -209,15 +209,15 @@ fn a_client_the_broker_has_no_thread_for_is_refused_and_nothing_is_left_behind()
     // Nothing of the refused clients is left: once the served ones leave, the thread count
     // is back where it was and new clients are served again.
     drop(served);
-    assert!(switchboard_tests::wait_until(|| threads(pid) <= base), "threads: {} > {base}", threads(pid));
-    let mut c = switchboard_module_api::Client::connect(&b.socket).expect("connect after the others left");
+    assert!(wait_until(|| threads(pid) <= base), "threads: {} > {base}", threads(pid));
+    let mut c = Client::connect(&b.socket).expect("connect after the others left");
     assert!(rpc(&mut c, "broker.ping", json!({})).is_ok(), "the broker is serving again");
 }
 
 /// Send `n` requests to `topic` at once on one connection (matchtags 1..=n).
-fn pipeline(c: &mut switchboard_module_api::Client, topic: &str, body: serde_json::Value, n: u32) {
+fn pipeline(c: &mut Client, topic: &str, body: serde_json::Value, n: u32) {
     for tag in 1..=n {
-        let mut req = switchboard_module_api::Message::request(topic, switchboard_tests::payload(body.clone()));
+        let mut req = Message::request(topic, payload(body.clone()));
         req.matchtag = tag;
         c.queue(&req);
     }
@@ -225,13 +225,13 @@ fn pipeline(c: &mut switchboard_module_api::Client, topic: &str, body: serde_jso
 }
 
 /// Collect the answers to matchtags 1..=n: the errno name of each (or "ok"), in order.
-fn answers(c: &mut switchboard_module_api::Client, n: u32) -> Vec<String> {
+fn answers(c: &mut Client, n: u32) -> Vec<String> {
     (1..=n)
         .map(|tag| {
-            let r = c.wait_response(tag, Some(switchboard_tests::WAIT));
+            let r = c.wait_response(tag, Some(WAIT));
             match &r {
                 Ok(_) => "ok".to_string(),
-                Err(switchboard_module_api::ClientError::Remote(_)) => switchboard_tests::errno_of(&r),
+                Err(ClientError::Remote(_)) => errno_of(&r),
                 Err(e) => panic!("request {tag} got no answer: {e}"),
             }
         })
@@ -254,7 +254,7 @@ fn a_process_module_killed_with_a_hundred_requests_in_flight_answers_them_all() 
     let pid = pid(&b, "faulty").expect("a pid");
     let mut c = b.client();
     pipeline(&mut c, "faulty.sleep", json!({"ms": 50}), 100);
-    assert!(switchboard_tests::wait_until(|| stats(&b, "faulty")["msgs_in"].as_u64() >= Some(2)));
+    assert!(wait_until(|| stats(&b, "faulty")["msgs_in"].as_u64() >= Some(2)));
     signal(pid, libc::SIGKILL);
     let got = answers(&mut c, 100);
     assert!(got.iter().all(|e| e == "ok" || e == "EHOSTUNREACH"), "{got:?}");
@@ -289,10 +289,7 @@ fn five_hundred_clients_leaving_mid_request_leave_no_bookkeeping_behind() {
     b.load(&module("faulty"), None, &[]);
     for i in 0..500u32 {
         let mut c = b.client();
-        let mut req = switchboard_module_api::Message::request(
-            "faulty.sleep",
-            switchboard_tests::payload(json!({"ms": if i % 50 == 0 { 20 } else { 0 }})),
-        );
+        let mut req = Message::request("faulty.sleep", payload(json!({"ms": if i % 50 == 0 { 20 } else { 0 }})));
         req.matchtag = 1;
         c.send(&req).expect("send");
         // The client leaves without waiting for its answer.
@@ -301,7 +298,7 @@ fn five_hundred_clients_leaving_mid_request_leave_no_bookkeeping_behind() {
     // client, and nothing is left counted.
     assert!(rpc(&mut b.client(), "faulty.sleep", json!({"ms": 0})).is_ok());
     assert!(
-        switchboard_tests::wait_until(|| {
+        wait_until(|| {
             let s = stats(&b, "faulty");
             s["pending"].as_u64() == Some(0) && s["queue"].as_u64() == Some(0)
         }),
@@ -330,7 +327,7 @@ fn module_churn_of_every_kind_returns_fds_threads_and_children_to_baseline() {
         }
     };
     round(&b);
-    let settled = |b: &Broker| switchboard_tests::wait_until(|| switchboard_tests::children_of(b.pid()).is_empty());
+    let settled = |b: &Broker| wait_until(|| switchboard_tests::children_of(b.pid()).is_empty());
     assert!(settled(&b));
     let (fd0, threads0) = (fds(pid), threads(pid));
     for _ in 0..10 {
@@ -338,7 +335,7 @@ fn module_churn_of_every_kind_returns_fds_threads_and_children_to_baseline() {
     }
     assert!(settled(&b), "children left: {:?}", switchboard_tests::children_of(pid));
     assert!(
-        switchboard_tests::wait_until(|| fds(pid) <= fd0 && threads(pid) <= threads0),
+        wait_until(|| fds(pid) <= fd0 && threads(pid) <= threads0),
         "fds {} (was {fd0}), threads {} (was {threads0})",
         fds(pid),
         threads(pid)
@@ -369,7 +366,7 @@ fn broker_sigterm_answers_every_requester_and_a_restart_serves_on_the_same_path(
             c
         })
         .collect();
-    assert!(switchboard_tests::wait_until(|| stats(&b, "nslow")["msgs_in"].as_u64() >= Some(1)));
+    assert!(wait_until(|| stats(&b, "nslow")["msgs_in"].as_u64() >= Some(1)));
     let status = b.terminate();
     assert!(status.success(), "the broker exited with {status}:\n{}", b.log());
     for c in &mut clients {
@@ -388,7 +385,7 @@ fn broker_sigterm_answers_every_requester_and_a_restart_serves_on_the_same_path(
     let mut line = String::new();
     let stdout = again.stdout.take().expect("stdout");
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("its address line");
-    let served = switchboard_module_api::Client::connect(&b.socket)
+    let served = Client::connect(&b.socket)
         .map_err(|e| e.to_string())
         .and_then(|mut c| rpc(&mut c, "broker.ping", json!({})).map_err(|e| e.to_string()));
     let _ = again.kill();
@@ -453,7 +450,7 @@ fn bad_frame(rng: &mut Rng) -> Vec<u8> {
         }
         _ => {
             // A real request's frame with a few bytes flipped.
-            let req = switchboard_module_api::Message::request("echo.x", vec![0x80]);
+            let req = Message::request("echo.x", vec![0x80]);
             let mut f = switchboard_module_api::proto::encode_frame(&req).to_vec().split_off(4);
             for _ in 0..1 + rng.below(3) {
                 let i = rng.below(f.len() as u64) as usize;
@@ -508,11 +505,11 @@ fn tens_of_thousands_of_malformed_frames_never_stop_the_broker() {
 }
 
 /// When each of `n` answers arrived, counted from when the requests were sent.
-fn arrivals(c: &mut switchboard_module_api::Client, n: u32) -> Vec<Duration> {
+fn arrivals(c: &mut Client, n: u32) -> Vec<Duration> {
     let start = std::time::Instant::now();
     let mut at = Vec::new();
     for _ in 0..n {
-        let m = c.recv_timeout(Some(switchboard_tests::WAIT)).expect("an answer");
+        let m = c.recv_timeout(Some(WAIT)).expect("an answer");
         assert!(!m.is_error(), "{m:?}");
         at.push(start.elapsed());
     }
@@ -546,7 +543,7 @@ fn connections_past_the_limit_are_refused_and_their_places_come_back() {
             c
         })
         .collect();
-    let refused = switchboard_module_api::Client::connect(&b.socket)
+    let refused = Client::connect(&b.socket)
         .map_err(|e| e.to_string())
         .and_then(|mut c| rpc(&mut c, "broker.ping", json!({})).map_err(|e| e.to_string()));
     let text = refused.expect_err("a fourth connection was served");
@@ -554,8 +551,7 @@ fn connections_past_the_limit_are_refused_and_their_places_come_back() {
     assert!(text.contains("at most 3"), "{text}");
     // They leave: their places are free again.
     drop(served);
-    assert!(switchboard_tests::wait_until(|| {
-        switchboard_module_api::Client::connect(&b.socket)
-            .is_ok_and(|mut c| rpc(&mut c, "broker.ping", json!({})).is_ok())
+    assert!(wait_until(|| {
+        Client::connect(&b.socket).is_ok_and(|mut c| rpc(&mut c, "broker.ping", json!({})).is_ok())
     }));
 }
