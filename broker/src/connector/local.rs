@@ -213,7 +213,7 @@ fn admit(
         let max = admission.max_clients;
         tracing::warn!(pid, uid, max, "refused a connection: the broker already serves as many as it may");
         let why = format!(
-            "too many connections: this broker serves at most {max} at once ({MAX_CLIENTS_ENV}, or vm.max_map_count / {MAPS_PER_CONNECTION}); try again later"
+            "too many connections: this broker serves at most {max} at once ({MAX_CLIENTS_ENV}, or (vm.max_map_count - {MAPS_RESERVED}) / {MAPS_PER_CONNECTION}); try again later"
         );
         refuse(stream, Errno::EAGAIN, why);
         return Ok(());

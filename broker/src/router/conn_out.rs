@@ -90,8 +90,8 @@ impl ConnOut {
         let added = st.buf.len() - before;
         self.charged.fetch_add(added, Ordering::Relaxed);
         let over_budget = self.budget.charge(added);
-        if st.buf.len() > self.max_buffer {
-            tracing::warn!(client = %self.label, bytes = st.buf.len(), "client is not reading its messages; disconnecting it");
+        if self.unsent() > self.max_buffer {
+            tracing::warn!(client = %self.label, bytes = self.unsent(), "client is not reading its messages; disconnecting it");
             self.close_locked(&mut st);
             return;
         }

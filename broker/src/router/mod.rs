@@ -401,7 +401,8 @@ impl Router {
         }
         match self.tracers.add(req.clone(), args) {
             // The first of many responses: not `respond`, which would end the stream.
-            Ok(()) => self.route_response(req.response(bytes::Bytes::from_static(&[0x80]))),
+            Ok(()) if req.wants_response() => self.route_response(req.response(bytes::Bytes::from_static(&[0x80]))),
+            Ok(()) => {}
             Err(e) => self.respond_error(req, Errno::EINVAL, e),
         }
     }

@@ -61,7 +61,34 @@ impl ProcessRunning {
 type Violation = Arc<Mutex<Option<String>>>;
 
 pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> {
-    let Child { mut process, socket, leftover, guard, output } = child;
+    let Child { process, socket, leftover, guard, output } = child;
+    // Shared so that a start that fails half-way can still kill and reap the child.
+    let process = Arc::new(Mutex::new(Some(process)));
+    let inbox = link.inbox.clone();
+    match spawn_threads(&process, &socket, leftover, &guard, output, link) {
+        Ok(running) => Ok(running),
+        Err(e) => {
+            // Undo: nothing of the module may outlive a start that failed. The reader, if it
+            // started, ends with the socket, the writer with the inbox.
+            inbox.close();
+            guard.signal(libc::SIGKILL);
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            if let Some(mut p) = process.lock().take() {
+                let _ = guard.reap(&mut p);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn spawn_threads(
+    process: &Arc<Mutex<Option<std::process::Child>>>,
+    socket: &UnixStream,
+    leftover: BytesMut,
+    guard: &Arc<Guard>,
+    output: Arc<super::output::Output>,
+    link: ModuleLink,
+) -> std::io::Result<ProcessRunning> {
     let ModuleLink { inbox, port, .. } = link;
     output.attach(port.clone());
     let violation: Violation = Arc::default();
@@ -79,8 +106,9 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
         std::thread::Builder::new().name("mod-writer".into()).spawn(move || write_loop(socket, &inbox))?
     };
     let reaper = {
-        let guard = guard.clone();
+        let (guard, process, socket) = (guard.clone(), process.clone(), socket.try_clone()?);
         std::thread::Builder::new().name("mod-reaper".into()).spawn(move || {
+            let Some(mut process) = process.lock().take() else { return };
             let status = guard.reap(&mut process);
             // Let the reader route what the child wrote last; a grandchild holding the
             // socket open must not keep us waiting.
@@ -106,7 +134,7 @@ pub fn start(child: Child, link: ModuleLink) -> std::io::Result<ProcessRunning> 
             port.exited(exit);
         })?
     };
-    Ok(ProcessRunning { guard, port: log_port, reaper: Mutex::new(Some(reaper)) })
+    Ok(ProcessRunning { guard: guard.clone(), port: log_port, reaper: Mutex::new(Some(reaper)) })
 }
 
 fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, guard: &Guard, violation: &Violation) {
@@ -140,8 +168,8 @@ fn read_loop(mut socket: UnixStream, mut buf: BytesMut, port: &dyn BrokerPort, g
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                ended = format!("could not be read from ({e})");
-                port.log(Level::Warn, &format!("its socket {ended}"));
+                ended = format!("its socket could not be read from ({e})");
+                port.log(Level::Warn, &ended);
                 break;
             }
         }

@@ -161,9 +161,9 @@ impl Child {
                     }
                     // The handshake's deadline ends with it: from here on the module may be
                     // silent, or busy on one request, for as long as it likes (RFC 5 §3).
-                    self.socket
-                        .set_read_timeout(None)
-                        .map_err(|e| HandshakeError::Protocol(format!("its socket failed: {e}")))?;
+                    self.socket.set_read_timeout(None).map_err(|e| {
+                        HandshakeError::Protocol(format!("could not clear its socket's read timeout: {e}"))
+                    })?;
                     return Ok(hello);
                 }
                 Ok(None) => {}
