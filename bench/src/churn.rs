@@ -4,9 +4,8 @@
 //! `switchboard` binary, as an operator starts it), once per environment variant, so that
 //! allocator settings (`MALLOC_ARENA_MAX`, ...) can be compared side by side in one run.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +13,7 @@ use switchboard_module_api::mgmt::{LoadArgs, RemoveArgs};
 use switchboard_module_api::Client;
 
 use crate::measure::{BenchError, Result, RESPONSE_TIMEOUT};
+use crate::site;
 
 /// What the broker's environment is changed to for one row: `NAME=VALUE` sets a variable,
 /// `-NAME` removes it; several are separated by spaces.
@@ -175,23 +175,7 @@ impl Broker {
             cmd.env_remove(name);
         }
         cmd.envs(variant.set.iter().map(|(k, v)| (k, v)));
-        let child = cmd
-            .arg("--listen")
-            .arg(socket)
-            .env("SWITCHBOARD_LOG", "warn")
-            .env("SWITCHBOARD_CACHE_DIR", cache)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| BenchError(format!("cannot start {}: {e}", switchboard.display())))?;
-        let mut broker = Broker(Some(child));
-        let stdout = broker.child()?.stdout.take().ok_or_else(|| BenchError("switchboard: no stdout".into()))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(err)?;
-        if !line.starts_with("local://") {
-            return Err(BenchError(format!("switchboard did not start: {line:?}")));
-        }
-        Ok(broker)
+        site::start_broker(cmd, socket, cache).map(|child| Broker(Some(child)))
     }
 
     fn child(&mut self) -> Result<&mut Child> {
@@ -214,10 +198,7 @@ impl Broker {
     /// SIGTERM, and wait for it to exit.
     fn stop(mut self) -> Result<()> {
         let mut child = self.0.take().ok_or_else(|| BenchError("switchboard has stopped".into()))?;
-        // SAFETY: signalling our own child, which has not been waited for.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().map_err(err)?;
-        Ok(())
+        site::stop(&mut child).map(drop)
     }
 }
 

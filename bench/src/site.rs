@@ -120,6 +120,13 @@ fn spawn(switchboard: &Path, site: Option<&Path>, socket: &Path, cache: &Path) -
     if let Some(s) = site {
         cmd.arg("--config").arg(s);
     }
+    start_broker(cmd, socket, cache)
+}
+
+/// Run `cmd` (the `switchboard` binary, with whatever the caller added) on `socket`, with
+/// its compiled-code cache in `cache`, and wait for its address line.
+pub(crate) fn start_broker(mut cmd: Command, socket: &Path, cache: &Path) -> Result<Child> {
+    let program = Path::new(cmd.get_program()).display().to_string();
     let mut child = cmd
         .arg("--listen")
         .arg(socket)
@@ -128,7 +135,7 @@ fn spawn(switchboard: &Path, site: Option<&Path>, socket: &Path, cache: &Path) -
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| BenchError(format!("cannot start {}: {e}", switchboard.display())))?;
+        .map_err(|e| BenchError(format!("cannot start {program}: {e}")))?;
     let mut line = String::new();
     let stdout = child.stdout.take().ok_or_else(|| BenchError("no stdout".into()))?;
     BufReader::new(stdout).read_line(&mut line).map_err(err)?;
@@ -140,7 +147,7 @@ fn spawn(switchboard: &Path, site: Option<&Path>, socket: &Path, cache: &Path) -
 }
 
 /// SIGTERM, and the time until it exited (every module removed).
-fn stop(child: &mut Child) -> Result<Duration> {
+pub(crate) fn stop(child: &mut Child) -> Result<Duration> {
     let began = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
