@@ -173,7 +173,8 @@ impl Handle {
 
     /// `rpc` with a raw payload; `timeout` None is the module's rpc deadline.
     pub fn rpc_raw(&self, topic: &str, payload: Bytes, timeout: Option<Duration>) -> Result<Message, Error> {
-        let service = topic.split_once('.').map_or(topic, |(s, _)| s);
+        let mut req = Message::request(topic, payload);
+        let service = req.service();
         if service == self.name || self.services.borrow().iter().any(|s| s == service) {
             return Err(Error::new(
                 Errno::EDEADLK,
@@ -183,14 +184,10 @@ impl Handle {
                 ),
             ));
         }
-        let timeout = match timeout {
-            Some(t) => Some(t),
-            None => self.rpc_timeout.get(),
-        };
+        let timeout = timeout.or(self.rpc_timeout.get());
         // None: no deadline (for ever, or too far away to name).
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let tag = self.next_matchtag();
-        let mut req = Message::request(topic, payload);
         req.matchtag = tag;
         if let Some(answer) = self.link.borrow_mut().request(&req, deadline.and(timeout)) {
             return answer;

@@ -195,7 +195,9 @@ fn refuse(stream: &UnixStream, errnum: Errno, text: String) {
     let mut refusal = Message::control("refused", bytes::Bytes::new());
     refusal.errnum = errnum.0;
     refusal.errstr = Some(text);
-    let _ = stream.write_all_frame(&refusal);
+    // A refusal must not block the accept loop on a client that does not read.
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+    let _ = std::io::Write::write_all(&mut &*stream, &encode_frame(&refusal));
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
@@ -252,18 +254,6 @@ fn admit(
         tracing::debug!(id = ep.id, pid, uid, "client connected");
     }
     Ok(())
-}
-
-trait WriteFrame {
-    fn write_all_frame(self, msg: &Message) -> std::io::Result<()>;
-}
-
-impl WriteFrame for &UnixStream {
-    fn write_all_frame(mut self, msg: &Message) -> std::io::Result<()> {
-        // A refusal must not block the accept loop on a client that does not read.
-        let _ = self.set_write_timeout(Some(std::time::Duration::from_millis(100)));
-        std::io::Write::write_all(&mut self, &encode_frame(msg))
-    }
 }
 
 /// A connection's reader: frames in, messages routed, until end of file.
