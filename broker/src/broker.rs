@@ -13,6 +13,7 @@ use switchboard_module_api::{uri, Error};
 
 use crate::connector::{ListenOptions, Listener};
 use crate::router::{Router, DEFAULT_MAX_OUTPUT};
+use crate::runtime::BrokerRuntime;
 use crate::site::{apply_file, Running, Site};
 use crate::supervisor::{spawn_management, ModuleSpec, Supervisor};
 
@@ -25,6 +26,8 @@ pub enum BrokerError {
     Listen { path: PathBuf, source: std::io::Error },
     #[error("cannot start the broker: {0}")]
     Start(std::io::Error),
+    #[error("cannot start the broker's I/O runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("module {module} from the configuration: {source}")]
     Module { module: String, source: Error },
     #[error("{0}")]
@@ -33,6 +36,8 @@ pub enum BrokerError {
 
 #[derive(Debug, Clone)]
 pub struct BrokerBuilder {
+    /// A runtime lent by the embedding program; default: the broker builds its own.
+    runtime: Option<tokio::runtime::Handle>,
     listen: Option<PathBuf>,
     allow_guests: bool,
     max_frame: usize,
@@ -48,6 +53,7 @@ pub struct BrokerBuilder {
 impl Default for BrokerBuilder {
     fn default() -> Self {
         BrokerBuilder {
+            runtime: None,
             listen: None,
             allow_guests: false,
             max_frame: DEFAULT_MAX_FRAME,
@@ -64,6 +70,13 @@ impl BrokerBuilder {
     /// Listen on `path` instead of the default socket.
     pub fn listen(mut self, path: impl Into<PathBuf>) -> Self {
         self.listen = Some(path.into());
+        self
+    }
+
+    /// Run the broker's connections on this (multi-threaded) runtime instead of one of its
+    /// own: for a program that already has one. Module threads are the broker's either way.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
 
@@ -130,6 +143,10 @@ impl BrokerBuilder {
     pub fn start(self) -> Result<Broker, BrokerError> {
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
+        let runtime = match self.runtime {
+            Some(handle) => BrokerRuntime::Lent(handle),
+            None => BrokerRuntime::build().map_err(BrokerError::Runtime)?,
+        };
         let router = Arc::new(Router::new());
         let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
         supervisor.set_search_path(self.search_path);
@@ -145,6 +162,7 @@ impl BrokerBuilder {
         spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path), running.clone())
             .map_err(BrokerError::Start)?;
         let listener = Listener::start(
+            &runtime.handle(),
             router.clone(),
             ListenOptions {
                 path: path.clone(),
@@ -154,7 +172,7 @@ impl BrokerBuilder {
             },
         )
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
-        let broker = Broker { router, supervisor, listener: Some(listener), path, running };
+        let broker = Broker { router, supervisor, listener: Some(listener), path, running, runtime };
         if let Some(site) = &self.site {
             let report =
                 broker.supervisor.apply(&site.wanted(), None, false).map_err(|c| BrokerError::Site(c.to_string()));
@@ -191,6 +209,8 @@ pub struct Broker {
     listener: Option<Listener>,
     path: PathBuf,
     running: Arc<Running>,
+    /// Dropped last, after every module and connection task is done with it.
+    runtime: BrokerRuntime,
 }
 
 impl Broker {
@@ -206,6 +226,11 @@ impl Broker {
     /// The URI for `SWITCHBOARD_URI`.
     pub fn uri(&self) -> String {
         uri::to_uri(&self.path)
+    }
+
+    /// The runtime the broker's connections run on.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.handle()
     }
 
     pub fn router(&self) -> &Arc<Router> {

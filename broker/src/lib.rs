@@ -8,6 +8,7 @@
 //! - [`broker`]: `Broker` and its builder, the embedding API.
 //! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.
 //! - [`connector`]: how clients reach the broker (the local Unix socket).
+//! - [`runtime`]: the tokio runtime the connections run on.
 //! - [`services`]: the built-in services `broker`, `service`, `event`, `module`.
 //! - [`supervisor`]: where a module is loaded, started, reloaded, restarted and removed,
 //!   and where a set of modules is brought to what a site file says (`apply`).
@@ -16,6 +17,7 @@
 pub mod broker;
 pub mod connector;
 pub mod router;
+pub mod runtime;
 pub mod services;
 pub mod site;
 pub mod supervisor;

@@ -1,14 +1,16 @@
 //! `switchboard`: the broker daemon. Parses its arguments, reads the site file, starts a
-//! `Broker`, runs the rc scripts, re-applies the site file on SIGHUP, and on SIGINT or
-//! SIGTERM removes every module in reverse order. Everything else is in the library.
+//! `Broker` on a runtime of its own, runs the rc scripts, re-applies the site file on SIGHUP,
+//! and on SIGINT or SIGTERM removes every module in reverse order. Signals are received on
+//! the runtime and handed to the main thread, which does the work they ask for. Everything
+//! else is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use switchboard::site::{run_script, OnStartFailure, RcError};
 use switchboard::{Broker, Site};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchboard", version, about = "Switchboard message broker")]
@@ -54,6 +56,51 @@ fn bound_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn bound_malloc_arenas() {}
 
+/// Clients cost the broker a file descriptor each and no thread: let it have as many
+/// descriptors as the hard limit allows, as servers commonly do (systemd's default soft limit
+/// of 1024 would otherwise be the broker's connection limit).
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let from = limit.current;
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("open-file limit stays at {from:?}: {e}");
+        }
+    }
+}
+
+/// The signals the broker acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT or SIGTERM: stop.
+    Stop(&'static str),
+    /// SIGHUP: apply the site file again.
+    Hangup,
+}
+
+/// Receive SIGINT, SIGTERM and SIGHUP on the runtime from now on, for the main thread.
+fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<std::sync::mpsc::Receiver<Signal>> {
+    let _entered = runtime.enter();
+    let (mut int, mut term, mut hup) =
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = int.recv() => Signal::Stop("SIGINT"),
+                _ = term.recv() => Signal::Stop("SIGTERM"),
+                _ = hup.recv() => Signal::Hangup,
+            };
+            if tx.send(sig).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let args = Args::parse();
@@ -74,6 +121,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_fd_limit();
     let mut builder = Broker::builder();
     if let Some(site) = &site {
         builder = builder.site(site);
@@ -90,13 +138,21 @@ fn main() -> ExitCode {
     if let Some(mb) = args.max_output_mb {
         builder = builder.max_output(usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20));
     }
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+    let runtime = match switchboard::runtime::build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the I/O runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = match watch_signals(&runtime) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchboard: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
+    builder = builder.runtime(runtime.handle().clone());
     let broker = match builder.start() {
         Ok(b) => b,
         Err(e) => {
@@ -107,7 +163,7 @@ fn main() -> ExitCode {
     tracing::info!(uri = %broker.uri(), modules = broker.list().len(), "switchboard ready");
     if let Some(script) = site.as_ref().and_then(|s| s.rc_start.as_deref()) {
         // SIGINT or SIGTERM while it runs stops it and the broker.
-        let told_to_stop = || signals.pending().any(|s| s != SIGHUP);
+        let told_to_stop = || signals.try_iter().any(|s| s != Signal::Hangup);
         if let Err(e) = run_script(script, &broker.uri(), told_to_stop) {
             if matches!(e, RcError::Interrupted { .. }) {
                 tracing::info!("{e}");
@@ -127,9 +183,9 @@ fn main() -> ExitCode {
     }
     // Tell whoever started us that we are up (tests and scripts wait for this line).
     println!("{}", broker.uri());
-    for sig in signals.forever() {
-        if sig != SIGHUP {
-            tracing::info!(signal = sig, "shutting down");
+    for sig in signals.iter() {
+        if let Signal::Stop(name) = sig {
+            tracing::info!(signal = name, "shutting down");
             break;
         }
         match broker.apply(None, false) {
@@ -150,5 +206,6 @@ fn main() -> ExitCode {
         }
     }
     broker.shutdown();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::SUCCESS
 }

@@ -272,6 +272,9 @@ pub struct BrokerInfo {
     pub uptime_ms: u64,
     pub modules: u32,
     pub uri: String,
+    /// Clients connected to the local socket, the requester included.
+    #[serde(default)]
+    pub connections: u32,
 }
 
 /// `service.add` / `service.remove` request.

@@ -1,9 +1,10 @@
-//! How clients reach the broker. `local` is the Unix-domain socket of RFC 1 §6 (modctl,
-//! scripts, programs); a ZeroMQ connector for remote peers will sit beside it. A connector
-//! turns bytes into messages, stamps credentials and hands each message to the router; it
-//! must not route or answer anything itself.
+//! How clients reach the broker. The local Unix socket of RFC 1 §6 (modctl, scripts,
+//! programs): `listener` binds it and admits clients, `connection` reads each one's frames;
+//! both run as tasks on the broker's runtime. A ZeroMQ connector for remote peers will sit
+//! beside them. A connector turns bytes into messages, stamps credentials and hands each
+//! message to the router; it must not route or answer anything itself.
 
-mod local;
-mod peercred;
+mod connection;
+mod listener;
 
-pub use local::{ListenOptions, Listener};
+pub use listener::{ListenOptions, Listener};

@@ -1,25 +1,37 @@
-//! The sending half of a client connection. Any thread may enqueue a frame; it is written
-//! straight to the socket without blocking when the socket has room, and otherwise handed to
-//! the connection's writer thread, so a slow reader never stalls a module. A client that
-//! lets more than `max_buffer` bytes pile up is disconnected; what every connection has
-//! unsent is charged to the broker-wide `OutputBudget`.
+//! The sending half of a client connection. Any thread may enqueue a frame: a module thread,
+//! a connection's task on the runtime, the management thread. A frame is written straight
+//! to the socket without blocking when the socket has room; what the socket does not take is
+//! left for the connection's writer task, which waits on the runtime for the socket to drain,
+//! so a slow reader never stalls a module and costs no thread. A client that lets more than
+//! `max_buffer` bytes pile up is disconnected; what every connection has unsent is charged to
+//! the broker-wide `OutputBudget`.
+//!
+//! This file does not read from the socket (the connector's reader task does) and never
+//! blocks: the only wait is the writer task's, on the runtime.
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use switchboard_module_api::proto::encode_frame_into;
 use switchboard_module_api::Message;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
 
 use super::batch;
 use super::budget::OutputBudget;
 
+/// A buffer that held more than this is given back to the allocator once it is empty, so an
+/// idle connection holds no output memory.
+const KEEP_BUFFER: usize = 16 << 10;
+
 pub struct ConnOut {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     state: Mutex<OutState>,
-    wake: Condvar,
+    /// Wakes the writer task: there is output the direct path could not send, or the
+    /// connection closed.
+    wake: Notify,
     max_buffer: usize,
     label: String,
     budget: Arc<OutputBudget>,
@@ -32,33 +44,26 @@ pub struct ConnOut {
 #[derive(Default)]
 struct OutState {
     buf: Vec<u8>,
-    /// The writer thread owns the socket's write side until it empties `buf`.
+    /// The writer task owns the socket's write side until it empties `buf`.
     writer_busy: bool,
     closed: bool,
 }
 
 impl ConnOut {
-    /// Wrap the write side of `stream` and start its writer thread.
-    pub fn start(
-        stream: UnixStream,
-        max_buffer: usize,
-        label: String,
-        budget: Arc<OutputBudget>,
-    ) -> std::io::Result<Arc<ConnOut>> {
+    /// Wrap the write side of `stream`. The caller runs `write_task` on the runtime.
+    pub fn new(stream: Arc<UnixStream>, max_buffer: usize, label: String, budget: Arc<OutputBudget>) -> Arc<ConnOut> {
         let conn = Arc::new(ConnOut {
             stream,
             state: Mutex::default(),
-            wake: Condvar::new(),
+            wake: Notify::new(),
             max_buffer,
             label,
             budget,
             budget_id: OnceLock::new(),
             charged: AtomicUsize::new(0),
         });
-        let c = conn.clone();
-        std::thread::Builder::new().name("conn-writer".into()).stack_size(64 * 1024).spawn(move || c.writer())?;
         let _ = conn.budget_id.set(conn.budget.register(&conn));
-        Ok(conn)
+        conn
     }
 
     pub fn label(&self) -> &str {
@@ -116,6 +121,10 @@ impl ConnOut {
         self.close_locked(&mut st);
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     fn close_locked(&self, st: &mut OutState) {
         if !st.closed {
             if let Some(id) = self.budget_id.get() {
@@ -125,23 +134,22 @@ impl ConnOut {
         st.closed = true;
         st.buf = Vec::new();
         self.release(usize::MAX);
-        // SAFETY: shutting down our own socket; wakes the reader thread with EOF.
-        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        // Both directions: the reader task sees end of file, a blocked write fails.
+        let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Both);
         self.wake.notify_one();
-    }
-
-    fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
     }
 
     fn flush_locked(&self, st: &mut OutState) {
         if st.writer_busy || st.closed || st.buf.is_empty() {
             return;
         }
-        match send(self.fd(), &st.buf, libc::MSG_DONTWAIT) {
+        match send(&self.stream, &st.buf) {
             Ok(n) if n == st.buf.len() => {
                 self.release(n);
                 st.buf.clear();
+                if st.buf.capacity() > KEEP_BUFFER {
+                    st.buf = Vec::new();
+                }
             }
             Ok(n) => {
                 self.release(n);
@@ -157,26 +165,38 @@ impl ConnOut {
         }
     }
 
-    /// The writer thread: blocking writes of whatever the direct path could not send.
-    fn writer(self: Arc<Self>) {
+    /// The writer task: writes, as the socket drains, whatever the direct path could not
+    /// send; ends when the connection closes.
+    pub async fn write_task(self: Arc<Self>) {
         let mut spare = Vec::new();
         loop {
-            let mut st = self.state.lock();
-            while !st.writer_busy && !st.closed {
-                self.wake.wait(&mut st);
+            // `Notify` keeps a wake given while nobody waits, so none is lost between the
+            // check and the wait.
+            loop {
+                {
+                    let st = self.state.lock();
+                    if st.closed {
+                        return;
+                    }
+                    if st.writer_busy {
+                        break;
+                    }
+                }
+                self.wake.notified().await;
             }
-            if st.closed {
-                return;
+            {
+                let mut st = self.state.lock();
+                if st.buf.is_empty() {
+                    st.writer_busy = false;
+                    continue;
+                }
+                std::mem::swap(&mut st.buf, &mut spare);
             }
-            if st.buf.is_empty() {
-                st.writer_busy = false;
-                continue;
-            }
-            std::mem::swap(&mut st.buf, &mut spare);
-            drop(st);
             let mut off = 0;
             while off < spare.len() {
-                match send(self.fd(), &spare[off..], 0) {
+                // A close shuts the socket down, which fails this write: the task ends.
+                let sent = self.stream.async_io(Interest::WRITABLE, || send(&self.stream, &spare[off..])).await;
+                match sent {
                     Ok(n) => {
                         self.release(n);
                         off += n;
@@ -189,6 +209,9 @@ impl ConnOut {
                 }
             }
             spare.clear();
+            if spare.capacity() > KEEP_BUFFER {
+                spare = Vec::new();
+            }
             // Frames queued while we wrote are in `buf`; loop to write them in order.
             let mut st = self.state.lock();
             if st.buf.is_empty() {
@@ -198,12 +221,8 @@ impl ConnOut {
     }
 }
 
-fn send(fd: RawFd, buf: &[u8], flags: i32) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for its length; MSG_NOSIGNAL turns a closed peer into EPIPE.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// One non-blocking send; a closed peer is EPIPE, never SIGPIPE.
+fn send(stream: &UnixStream, buf: &[u8]) -> std::io::Result<usize> {
+    rustix::net::send(stream, buf, rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL)
+        .map_err(std::io::Error::from)
 }

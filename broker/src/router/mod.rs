@@ -135,6 +135,11 @@ impl Router {
         ep
     }
 
+    /// Clients connected now.
+    pub fn connections(&self) -> usize {
+        self.table.read().endpoints.values().filter(|e| matches!(e.sink, Sink::Conn(_))).count()
+    }
+
     /// Forget an endpoint with its services and subscriptions.
     pub fn remove_endpoint(&self, id: EndpointId) {
         let mut t = self.table.write();

@@ -61,7 +61,7 @@ where
         answer(&cx2.router, &msg, result)
     });
     if let Err(e) = spawned {
-        cx.router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start the {what}: {e}"));
+        cx.router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start a thread for the {what}: {e}"));
     }
 }
 
@@ -194,6 +194,7 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                 uptime_ms: cx.started.elapsed().as_millis() as u64,
                 modules: sup.count() as u32,
                 uri: cx.uri.clone(),
+                connections: router.connections() as u32,
             },
         ),
         t => router.respond_error(&msg, Errno::ENOSYS, format!("no method '{t}'")),

@@ -1,0 +1,52 @@
+//! The broker's I/O runtime: a tokio multi-threaded runtime whose workers (one per CPU,
+//! named `sb-io`) run every connection's tasks and the accept task. A broker builds its own,
+//! or runs on one an embedding program lends it (`BrokerBuilder::runtime`).
+//!
+//! What may run on it: code that does not block. Module handlers never do; a module keeps
+//! its own thread and reaches the runtime only through non-blocking calls (`ConnOut::enqueue`
+//! writes or hands over, `Notify` wakes a task).
+
+use tokio::runtime::Handle;
+
+/// A runtime as the broker builds its own: for a program (the `switchboard` binary) that
+/// wants it before the broker starts, to lend it with `BrokerBuilder::runtime`.
+pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sb-io").build()
+}
+
+/// The runtime a broker runs on: its own, or a program's.
+pub(crate) enum BrokerRuntime {
+    Owned(Option<tokio::runtime::Runtime>),
+    Lent(Handle),
+}
+
+impl BrokerRuntime {
+    /// A new runtime of the broker's own.
+    pub fn build() -> std::io::Result<BrokerRuntime> {
+        Ok(BrokerRuntime::Owned(Some(build()?)))
+    }
+
+    pub fn handle(&self) -> Handle {
+        match self {
+            BrokerRuntime::Owned(Some(r)) => r.handle().clone(),
+            BrokerRuntime::Owned(None) => unreachable!("the runtime is only taken when the broker is dropped"),
+            BrokerRuntime::Lent(h) => h.clone(),
+        }
+    }
+}
+
+impl Drop for BrokerRuntime {
+    fn drop(&mut self) {
+        if let BrokerRuntime::Owned(runtime) = self {
+            if let Some(runtime) = runtime.take() {
+                // Dropped inside some runtime's task a blocking shutdown would panic: let the
+                // workers end in the background there.
+                if Handle::try_current().is_ok() {
+                    runtime.shutdown_background();
+                } else {
+                    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
