@@ -16,6 +16,7 @@ pub mod churn;
 pub mod fixture;
 pub mod floors;
 pub mod measure;
+pub mod native_load;
 mod report;
 pub mod site;
 
@@ -283,7 +284,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
     // All sequential benchmarks, then all pipelined ones, each group in the order above: a
     // broker figure runs right after the floor it is compared with.
     benches.sort_by_key(|b| b.mode == Mode::Pipe);
-    if benches.is_empty() && !opts.wants("site") && !opts.wants("churn") {
+    if benches.is_empty() && !["site", "churn", "wasm-load", "native-load"].iter().any(|id| opts.wants(id)) {
         return Err(BenchError(format!("--only {} matches no benchmark", opts.only.join(","))));
     }
 
@@ -327,6 +328,9 @@ pub fn run(opts: &Opts) -> Result<bool> {
     let wasm = extra.iter().find(|(n, _)| *n == "wecho").map(|(_, p)| p.clone());
     if let (Some(path), true) = (wasm, opts.wants("wasm-load")) {
         report::wasm_loads(&fixture::wasm_loads(&broker, &path, if opts.quick { 3 } else { 10 })?);
+    }
+    if opts.wants("native-load") {
+        native_load::report(&native_load::measure(&broker, opts)?, &broker.echo_so);
     }
     let switchboard = opts.switchboard.clone().unwrap_or_else(|| modules.join("switchboard"));
     if opts.wants("site") {

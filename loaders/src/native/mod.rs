@@ -1,5 +1,8 @@
 //! The native loader: ELF shared objects exporting the C ABI of RFC 2, run on a thread of
-//! their own inside the broker. Trusted code: no isolation. A library is never unloaded.
+//! their own inside the broker. Trusted code: no isolation. A library is never unloaded, and
+//! the same bytes are mapped once: instances of one file (under two names, or copied to two
+//! paths) share its statics, each on its own thread. A file loaded again unchanged is not
+//! read again (`library`).
 
 mod host;
 mod library;
