@@ -148,7 +148,7 @@ impl BrokerBuilder {
             None => BrokerRuntime::build().map_err(BrokerError::Runtime)?,
         };
         let router = Arc::new(Router::new());
-        let supervisor = Supervisor::new(router.clone(), Registry::new(), self.grace);
+        let supervisor = Supervisor::new(router.clone(), Registry::new(runtime.handle()), self.grace);
         supervisor.set_search_path(self.search_path);
         let running = Arc::new(Running {
             site: self.site.clone(),

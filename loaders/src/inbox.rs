@@ -1,5 +1,8 @@
 //! `Inbox`: a module's queue of messages from the broker. Any thread pushes; the module's
-//! thread takes, blocking on a condition variable when it is empty.
+//! thread takes, blocking on a condition variable when it is empty. A taker that is a task
+//! on the broker's runtime (a process module's writer) awaits `recv_async` instead: a push
+//! that finds it waiting wakes it through a `tokio::sync::Notify`, made on its first wait.
+//! The blocking path never touches it beyond one atomic load when it wakes a sleeper.
 //!
 //! Waking a sleeping thread costs several microseconds (more when it is on another core of
 //! a virtual machine), as much as everything else on a message's way through the broker. So
@@ -12,11 +15,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use switchboard_module_api::proto::MsgType;
 use switchboard_module_api::Message;
+use tokio::sync::Notify;
 
 /// How long a busy module watches its queue before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
@@ -32,6 +37,8 @@ pub struct Inbox {
     /// Positive: watch before sleeping. Each short wait adds one (up to 1), a long one
     /// stops the watching, a watch that came to nothing sets it to -BACKOFF.
     pace: AtomicI32,
+    /// Wakes a task waiting in `recv_async`; made by its first wait.
+    task: OnceLock<Notify>,
 }
 
 #[derive(Default)]
@@ -42,7 +49,7 @@ struct State {
     /// A successor takes new requests: only responses, events and control messages are
     /// accepted (the instance may still be finalizing and waiting for answers).
     sealed: bool,
-    /// The taker is blocked in `recv`: a push must wake it.
+    /// The taker is blocked in `recv` or waiting in `recv_async`: a push must wake it.
     waiting: bool,
 }
 
@@ -88,8 +95,17 @@ impl Inbox {
         let wake = st.waiting;
         drop(st);
         if wake {
-            self.ready.notify_one();
+            self.wake();
         }
+    }
+
+    /// Wake the taker, whichever way it waits.
+    fn wake(&self) {
+        if let Some(task) = self.task.get() {
+            // Stored as a permit if the task is between its look at the queue and its wait.
+            task.notify_one();
+        }
+        self.ready.notify_one();
     }
 
     fn pop(&self, st: &mut State) -> Option<Message> {
@@ -160,6 +176,28 @@ impl Inbox {
         }
     }
 
+    /// The next message, for a taker that is a task: waits without blocking its thread until
+    /// one comes or the inbox closes. It neither watches nor spins (a runtime worker has
+    /// other tasks to run). Cancel-safe: a message is only taken when it is returned.
+    pub async fn recv_async(&self) -> Result<Message, RecvError> {
+        let task = self.task.get_or_init(Notify::new);
+        loop {
+            {
+                let mut st = self.state.lock();
+                st.waiting = false;
+                if let Some(m) = self.pop(&mut st) {
+                    return Ok(m);
+                }
+                if st.closed {
+                    return Err(RecvError::Closed);
+                }
+                st.waiting = true;
+            }
+            // A push between the unlock and this wait leaves a permit: nothing is missed.
+            task.notified().await;
+        }
+    }
+
     /// The next message if one is queued.
     pub fn try_recv(&self) -> Result<Option<Message>, RecvError> {
         let mut st = self.state.lock();
@@ -186,6 +224,9 @@ impl Inbox {
         self.queued.store(0, Ordering::Release);
         drop(st);
         self.ready.notify_all();
+        if let Some(task) = self.task.get() {
+            task.notify_one();
+        }
     }
 
     /// Take everything queued, leaving the inbox as it is otherwise (a reload hands what the
@@ -201,5 +242,49 @@ impl Inbox {
         let mut st = self.state.lock();
         st.queue.clear();
         self.queued.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// On a thread: once a taker waits on `inbox` (so it must be woken), do `then` to it.
+    fn once_waiting(inbox: &Arc<Inbox>, then: impl FnOnce(&Inbox) + Send + 'static) -> std::thread::JoinHandle<()> {
+        let inbox = inbox.clone();
+        std::thread::spawn(move || {
+            while !inbox.state.lock().waiting {
+                std::thread::yield_now();
+            }
+            then(&inbox);
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_task_waiting_on_an_inbox_is_woken_by_a_push_from_a_thread() {
+        let inbox = Arc::new(Inbox::default());
+        let pusher = once_waiting(&inbox, |inbox| {
+            inbox.push(Message::request("x.first", bytes::Bytes::new())).expect("accepted");
+        });
+        let m = inbox.recv_async().await.expect("a message");
+        assert_eq!(m.topic, "x.first");
+        pusher.join().expect("pusher");
+        assert!(!inbox.state.lock().waiting, "the taker is awake: pushes need not wake it");
+        // What is queued is taken without waiting, in order.
+        for t in ["x.a", "x.b"] {
+            inbox.push(Message::request(t, bytes::Bytes::new())).expect("accepted");
+        }
+        assert_eq!(inbox.recv_async().await.map(|m| m.topic), Ok("x.a".to_string()));
+        assert_eq!(inbox.recv_async().await.map(|m| m.topic), Ok("x.b".to_string()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn closing_an_inbox_ends_a_waiting_task() {
+        let inbox = Arc::new(Inbox::default());
+        let closer = once_waiting(&inbox, Inbox::close);
+        assert_eq!(inbox.recv_async().await.map(|m| m.topic), Err(RecvError::Closed));
+        closer.join().expect("closer");
     }
 }

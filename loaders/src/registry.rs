@@ -1,8 +1,13 @@
 //! The loader registry: reads a file's first bytes and hands it to the loader that
 //! recognises it. Adding a module kind means registering a loader here, nothing else.
+//!
+//! It is made with the broker's tokio runtime, which the process loader runs its children's
+//! I/O, exits and timers on (see `process`); the other kinds keep a thread per module.
 
 use std::io::Read;
 use std::path::Path;
+
+use tokio::runtime::Handle;
 
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader, ModuleKind};
@@ -17,19 +22,18 @@ pub struct Registry {
     loaders: Vec<Box<dyn Loader>>,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
+impl Registry {
+    /// Every loader this build has; process modules run on `runtime` (multi-threaded, with
+    /// I/O and time enabled: the broker's own).
+    pub fn new(runtime: Handle) -> Self {
         // Native first: a shared object has an execute bit too.
         Registry {
-            loaders: vec![Box::new(NativeLoader::new()), Box::new(WasmLoader::new()), Box::new(ProcessLoader::new())],
+            loaders: vec![
+                Box::new(NativeLoader::new()),
+                Box::new(WasmLoader::new()),
+                Box::new(ProcessLoader::new(runtime)),
+            ],
         }
-    }
-}
-
-impl Registry {
-    /// Every loader this build has.
-    pub fn new() -> Self {
-        Self::default()
     }
 
     /// Add a loader; earlier loaders win when two recognise a file.

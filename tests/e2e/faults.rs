@@ -356,6 +356,39 @@ fn module_churn_of_every_kind_returns_fds_threads_and_children_to_baseline() {
 }
 
 #[test]
+fn ten_process_modules_cost_the_broker_no_thread() {
+    const MODULES: usize = 10;
+    let b = Broker::start();
+    let pid = b.pid();
+    let mut c = b.client();
+    // One first, so that what the broker makes once, lazily (its coarse clock), exists.
+    b.load(&bin("echo"), Some("first"), &[]);
+    assert!(rpc(&mut c, "first.x", json!({})).is_ok());
+    let base = threads(pid);
+    let names: Vec<String> = (0..MODULES).map(|i| format!("pecho{i}")).collect();
+    for name in &names {
+        b.load(&bin("echo"), Some(name), &[]);
+    }
+    for (i, name) in names.iter().enumerate() {
+        let answer = rpc(&mut c, &format!("{name}.x"), json!({ "i": i })).expect("every module answers");
+        assert_eq!(json(&answer), json!({ "i": i }));
+    }
+    // Its socket, output and exit are tasks on the broker's runtime: no thread per module
+    // (a load may use a thread while it runs, so the count is read once it has settled).
+    assert!(
+        wait_until(|| threads(pid) <= base),
+        "{MODULES} process modules took {} threads more than the {base} before them",
+        threads(pid).saturating_sub(base)
+    );
+    assert_eq!(switchboard_tests::children_of(pid).len(), MODULES + 1, "one child per module");
+    for name in names.iter().chain([&"first".to_string()]) {
+        b.modctl_ok(&["remove", name]);
+    }
+    assert!(switchboard_tests::children_of(pid).is_empty(), "removed means reaped");
+    assert!(wait_until(|| threads(pid) <= base), "threads {} (was {base})", threads(pid));
+}
+
+#[test]
 fn broker_sigterm_answers_every_requester_and_a_restart_serves_on_the_same_path() {
     let mut b = Broker::start();
     b.load(&module("faulty"), Some("nslow"), &[]);

@@ -93,6 +93,15 @@ fn a_child_that_ignores_shutdown_and_sigterm_is_killed_and_reaped() {
     b.modctl_ok(&["remove", "stubborn", "--grace", "300"]);
     assert!(gone(pid), "removed means reaped");
     assert!(b.log().contains("was killed by signal 9 (SIGKILL)"), "{}", b.log());
+    // Each signal is logged under the module's name: SIGTERM at WARN, SIGKILL at ERROR with
+    // its reason.
+    let log = b.log();
+    let line = |text: &str| log.lines().find(|l| l.contains(text)).unwrap_or_default().to_string();
+    let term = line("did not exit within its grace period after shutdown; sent SIGTERM");
+    assert!(term.contains("WARN") && term.contains("stubborn"), "SIGTERM logged at WARN:\n{log}");
+    let kill = line("still running 300 ms after SIGTERM; killed (SIGKILL)");
+    assert!(kill.contains("ERROR") && kill.contains("stubborn"), "SIGKILL logged at ERROR:\n{log}");
+    assert!(switchboard_tests::children_of(b.pid()).is_empty(), "children left");
 }
 
 #[test]

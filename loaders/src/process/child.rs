@@ -1,92 +1,63 @@
-//! Starting a module's child process: the inherited socket on fd 3, the welcome, the hello
-//! with its timeout, and a guard that signals the child only while it is unreaped (so a
-//! recycled pid is never hit).
+//! Starting a module's child process: the inherited socket on fd 3, the welcome, and the
+//! hello within its timeout (a timer on the runtime), then dismissing a child that never
+//! runs. What is started is owned here until the bridge takes it; a start that fails at any
+//! step leaves nothing behind (the child killed and reaped, every descriptor closed).
+//!
+//! `spawn` runs on the loading thread (it forks); everything that waits is async and runs
+//! as a task on the broker's runtime. Nothing here signals a child except through
+//! `Process`.
 
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use parking_lot::Mutex;
+use rustix::process::Signal;
 use switchboard_module_api::handshake::{Hello, Welcome, FD_ENV, HELLO, PROTOCOL, WELCOME};
 use switchboard_module_api::proto::{decode_frame, encode_frame, FrameReader, MsgType, DEFAULT_MAX_FRAME};
 use switchboard_module_api::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
 
 use super::output::Output;
+use super::reaper::Process;
 use crate::error::LoadError;
 use crate::module::LoadRequest;
 
 /// The descriptor number the child finds its socket on.
 pub const CHILD_FD: i32 = 3;
+/// What a socket read asks for, at least.
+pub const READ_CHUNK: usize = 64 << 10;
 
-/// Signals a child only while it has not been reaped.
-pub struct Guard {
-    pid: u32,
-    reaped: Mutex<bool>,
-}
-
-impl Guard {
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn is_reaped(&self) -> bool {
-        *self.reaped.lock()
-    }
-
-    /// Send `sig` unless the child is already reaped; true if it was sent.
-    pub fn signal(&self, sig: i32) -> bool {
-        let reaped = self.reaped.lock();
-        if *reaped {
-            return false;
-        }
-        // SAFETY: the pid is our unreaped child, so it cannot have been recycled.
-        unsafe { libc::kill(self.pid as i32, sig) == 0 }
-    }
-
-    /// Wait for the child, marking it reaped under the lock `signal` takes.
-    pub fn reap(&self, child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
-        // Block without the lock, then take it to mark the pid gone. `try_wait` after `wait`
-        // is what actually reaps, under the lock.
-        loop {
-            // SAFETY: waitid with WNOWAIT only observes; the child stays a zombie until reaped.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let rc =
-                unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
-            if rc == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        let mut reaped = self.reaped.lock();
-        let status = child.wait();
-        *reaped = true;
-        status
-    }
-}
-
-/// A started child that said hello.
+/// A started child: its process, the broker's end of its socket, and its output.
 pub struct Child {
-    pub process: std::process::Child,
+    pub process: Process,
     pub socket: UnixStream,
-    /// Frames the child sent after its hello, before the bridge started.
+    /// Bytes the child sent after its hello, before the bridge started.
     pub leftover: BytesMut,
-    pub guard: Arc<Guard>,
     pub output: Arc<Output>,
 }
 
 impl Child {
-    /// Spawn the file with its socket on fd 3, send the welcome and wait for the hello.
-    pub fn start(request: &LoadRequest, timeout: Duration) -> Result<(Child, Hello), LoadError> {
+    /// Start the file with its socket on fd 3 and its output piped to the log. Call within
+    /// the broker's runtime (`Handle::enter`): the socket, the pipes and the child's exit are
+    /// registered with it here, so that a failure to do so is this load's error.
+    pub fn spawn(request: &LoadRequest) -> Result<Child, LoadError> {
         let path = &request.path;
-        let (socket, theirs) = UnixStream::pair().map_err(|e| LoadError::io(path, e))?;
+        let setup = |what: &str, e: std::io::Error| LoadError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(e.kind(), format!("could not {what}: {e}")),
+        };
+        // Both ends close on exec: the child gets its own as fd 3 (below), no other child
+        // the broker starts gets either.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| setup("make its socket pair", e))?;
+        ours.set_nonblocking(true).map_err(|e| setup("set up its socket", e))?;
+        let socket = UnixStream::from_std(ours).map_err(|e| setup("watch its socket", e))?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new(path);
         cmd.args(&request.args)
@@ -95,7 +66,8 @@ impl Child {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on a
+        // descriptor that stays open in the parent until the spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if fd == CHILD_FD {
@@ -107,7 +79,7 @@ impl Child {
                 Ok(())
             });
         }
-        let mut process = cmd.spawn().map_err(|e| match e.kind() {
+        let mut started = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => LoadError::Handshake {
                 path: path.clone(),
                 detail: "it is not executable (chmod +x it, or check its #! line)".into(),
@@ -115,69 +87,47 @@ impl Child {
             _ => LoadError::Handshake { path: path.clone(), detail: format!("could not start it: {e}") },
         })?;
         drop(theirs);
-        let output = Output::capture(&mut process);
-        let guard = Arc::new(Guard { pid: process.id(), reaped: Mutex::new(false) });
-        let mut child = Child { process, socket, leftover: BytesMut::new(), guard, output };
-        match child.handshake(request, timeout) {
-            Ok(hello) => Ok((child, hello)),
-            Err(detail) => Err(child.abandon(path, detail, timeout)),
+        let (stdout, stderr) = (started.stdout.take(), started.stderr.take());
+        // From here a failure kills and reaps the child (`Process` does, or its drop).
+        let process = Process::watch(started).map_err(|e| setup("watch for its exit", e))?;
+        let output = match (stdout.map(pipe_of), stderr.map(pipe_of)) {
+            (Some(Ok(out)), Some(Ok(err))) => Output::capture(out, err),
+            (Some(Err(e)), _) | (_, Some(Err(e))) => return Err(setup("read its output", e)),
+            _ => return Err(setup("read its output", std::io::Error::other("no pipe"))),
+        };
+        Ok(Child { process, socket, leftover: BytesMut::new(), output })
+    }
+
+    /// Send the welcome and wait up to `timeout` for the hello. On failure the child is
+    /// killed and reaped, and the error says how it ended and what it printed last.
+    pub async fn handshake(mut self, request: &LoadRequest, timeout: Duration) -> Result<(Child, Hello), LoadError> {
+        let deadline = Instant::now() + timeout;
+        let greeted = match welcome(request) {
+            Ok(welcome) => tokio::time::timeout_at(deadline, self.greet(&welcome)).await,
+            Err(e) => Ok(Err(e)),
+        };
+        match greeted {
+            Ok(Ok(hello)) => Ok((self, hello)),
+            Ok(Err(why)) => Err(self.abandon(&request.path, why, timeout).await),
+            Err(_elapsed) => Err(self.abandon(&request.path, HandshakeError::Timeout, timeout).await),
         }
     }
 
-    fn handshake(&mut self, request: &LoadRequest, timeout: Duration) -> Result<Hello, HandshakeError> {
-        let config = rmpv::decode::read_value(&mut &request.config[..]).unwrap_or(rmpv::Value::Map(Vec::new()));
-        let welcome = Welcome {
-            protocol: PROTOCOL,
-            name: request.name.clone(),
-            args: request.args.clone(),
-            config,
-            describe: request.inspect_only,
-        };
-        let payload = Message::encode_payload(&welcome).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    /// The welcome out, the hello in; the deadline is the caller's.
+    async fn greet(&mut self, welcome: &[u8]) -> Result<Hello, HandshakeError> {
         // A child that exits at once may already be gone: its missing hello is the error.
-        let _ = (&self.socket).write_all(&encode_frame(&Message::control(WELCOME, payload)));
-        let deadline = Instant::now() + timeout;
+        let _ = self.socket.write_all(welcome).await;
         let reader = FrameReader::new(DEFAULT_MAX_FRAME);
-        let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match reader.next_frame(&mut self.leftover) {
-                Ok(Some(body)) => {
-                    let msg = decode_frame(body)
-                        .map_err(|e| HandshakeError::Protocol(format!("sent a malformed frame: {e}")))?;
-                    if msg.kind != MsgType::Control || msg.topic != HELLO {
-                        return Err(HandshakeError::Protocol(format!(
-                            "sent a {} '{}' before its hello",
-                            msg.kind.as_str(),
-                            msg.topic
-                        )));
-                    }
-                    let hello: Hello =
-                        msg.decode().map_err(|e| HandshakeError::Protocol(format!("sent a malformed hello: {e}")))?;
-                    if hello.protocol != PROTOCOL {
-                        return Err(HandshakeError::Protocol(format!(
-                            "speaks handshake protocol {}, this broker speaks {PROTOCOL}",
-                            hello.protocol
-                        )));
-                    }
-                    // The handshake's deadline ends with it: from here on the module may be
-                    // silent, or busy on one request, for as long as it likes (RFC 5 §3).
-                    self.socket.set_read_timeout(None).map_err(|e| {
-                        HandshakeError::Protocol(format!("could not clear its socket's read timeout: {e}"))
-                    })?;
-                    return Ok(hello);
-                }
+                Ok(Some(body)) => return hello_of(body),
                 Ok(None) => {}
                 Err(e) => return Err(HandshakeError::Protocol(format!("sent a bad frame: {e}"))),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(HandshakeError::Timeout);
-            }
-            let _ = self.socket.set_read_timeout(Some(left));
-            match self.socket.read(&mut chunk) {
+            self.leftover.reserve(READ_CHUNK);
+            match self.socket.read_buf(&mut self.leftover).await {
                 Ok(0) => return Err(HandshakeError::Closed),
-                Ok(n) => self.leftover.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(HandshakeError::Closed),
             }
@@ -185,36 +135,69 @@ impl Child {
     }
 
     /// Kill and reap a child whose handshake failed; say what went wrong.
-    fn abandon(mut self, path: &std::path::Path, why: HandshakeError, timeout: Duration) -> LoadError {
-        self.guard.signal(libc::SIGKILL);
-        let status = self.guard.reap(&mut self.process).ok();
-        let how = status.map(describe_status).unwrap_or_default();
+    async fn abandon(mut self, path: &Path, why: HandshakeError, timeout: Duration) -> LoadError {
+        self.process.signal(Signal::KILL);
+        let how = self.process.wait().await.map(describe_status).unwrap_or_default();
         let detail = match why {
             HandshakeError::Timeout => {
-                let tail = self.output.last_line();
+                let tail = self.output.last_line().await;
                 return LoadError::HelloTimeout { path: path.to_owned(), ms: timeout.as_millis() as u64, tail };
             }
             HandshakeError::Closed => format!("it {how} before saying hello"),
             HandshakeError::Protocol(p) => format!("it {p}; killed"),
         };
-        let tail = self.output.last_words();
+        let tail = self.output.last_words().await;
         let detail = if tail.is_empty() { detail } else { format!("{detail}; its last output: {tail}") };
         LoadError::Handshake { path: path.to_owned(), detail }
     }
 
-    /// Close the socket and reap the child, killing it if it does not leave within `grace`.
-    pub fn dismiss(mut self, grace: Duration) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if matches!(self.process.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    /// Close the socket and reap the child, killing it if it does not leave within `grace`
+    /// (a child that said hello but never runs: no log line, RFC 5 §5).
+    pub async fn dismiss(self, grace: Duration) {
+        let Child { mut process, socket, .. } = self;
+        drop(socket);
+        if tokio::time::timeout(grace, process.wait()).await.is_err() {
+            process.signal(Signal::KILL);
+            let _ = process.wait().await;
         }
-        self.guard.signal(libc::SIGKILL);
-        let _ = self.guard.reap(&mut self.process);
     }
+}
+
+/// A child's pipe end as the runtime reads it.
+fn pipe_of(end: impl Into<OwnedFd>) -> std::io::Result<pipe::Receiver> {
+    pipe::Receiver::from_owned_fd(end.into())
+}
+
+/// The welcome frame for `request` (RFC 5 §3).
+fn welcome(request: &LoadRequest) -> Result<Vec<u8>, HandshakeError> {
+    let config = rmpv::decode::read_value(&mut &request.config[..]).unwrap_or(rmpv::Value::Map(Vec::new()));
+    let welcome = Welcome {
+        protocol: PROTOCOL,
+        name: request.name.clone(),
+        args: request.args.clone(),
+        config,
+        describe: request.inspect_only,
+    };
+    let payload = Message::encode_payload(&welcome).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    Ok(encode_frame(&Message::control(WELCOME, payload)))
+}
+
+/// The hello in the child's first frame.
+fn hello_of(body: bytes::Bytes) -> Result<Hello, HandshakeError> {
+    let msg = decode_frame(body).map_err(|e| HandshakeError::Protocol(format!("sent a malformed frame: {e}")))?;
+    if msg.kind != MsgType::Control || msg.topic != HELLO {
+        return Err(HandshakeError::Protocol(format!("sent a {} '{}' before its hello", msg.kind.as_str(), msg.topic)));
+    }
+    let hello: Hello = msg.decode().map_err(|e| HandshakeError::Protocol(format!("sent a malformed hello: {e}")))?;
+    if hello.protocol != PROTOCOL {
+        return Err(HandshakeError::Protocol(format!(
+            "speaks handshake protocol {}, this broker speaks {PROTOCOL}",
+            hello.protocol
+        )));
+    }
+    // The handshake's deadline ends with it: from here on the module may be silent, or busy
+    // on one request, for as long as it likes (RFC 5 §3).
+    Ok(hello)
 }
 
 pub enum HandshakeError {

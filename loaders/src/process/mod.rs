@@ -2,35 +2,68 @@
 //! speaking the local-socket framing on an inherited socket. The OS process is the
 //! isolation: a child that crashes, hangs or writes garbage is killed and reaped, and the
 //! broker keeps serving everyone else.
+//!
+//! # On the broker's runtime, not on threads of its own
+//!
+//! The loader is given the broker's tokio runtime (`ProcessLoader::new(handle)`, through
+//! `Registry::new(handle)`); a process module costs tasks on it and no thread: its socket's
+//! reader and writer, its stdout and stderr, and a keeper that awaits its exit (a pidfd, or
+//! SIGCHLD where the kernel has none) and keeps its timers (`child`, `bridge`, `output`,
+//! `reaper`). The hello timeout, a remove's SIGTERM-to-SIGKILL grace and the linger after
+//! the socket ended are timers there. The `Loader` and `RunningModule` calls stay
+//! synchronous:
+//!
+//! - `load` forks on the calling thread, then waits (blocking that thread) for the
+//!   handshake, which runs as a task. Call it from a thread that may block. Called from a
+//!   task on a multi-threaded runtime's worker, it blocks in place (`block_in_place`: the
+//!   worker's other tasks move to another thread); never call it from a current-thread
+//!   runtime's task, whose one thread it would stop.
+//! - `run` spawns the tasks and returns; `terminate` hands the keeper an order and returns;
+//!   `wait` has nothing left to do (the keeper's `exited` report comes after the child is
+//!   reaped and its tasks have ended, and is its last act).
+//! - A loaded module that is never run (`module.info`, a refused name) is dismissed by a
+//!   task: its socket closed, the child reaped, killed first if it lingers a second.
 
 mod bridge;
 mod child;
 mod output;
+mod reaper;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
+
 use crate::digest::file_digest;
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule, Usage};
 
+use self::bridge::ProcessRunning;
 use self::child::Child;
 
 /// How long a child has to say hello when the request names no other limit.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a child that said hello but is not run has to leave once its socket is closed.
+const DISMISS_GRACE: Duration = Duration::from_secs(1);
+/// How much longer than the hello timeout `load` waits for the handshake task to answer at
+/// all (a runtime with no worker free to run it).
+const HANDSHAKE_SLACK: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
-pub struct ProcessLoader;
+pub struct ProcessLoader {
+    runtime: Handle,
+}
 
 impl ProcessLoader {
-    pub fn new() -> Self {
-        ProcessLoader
+    /// A loader whose modules run as tasks on `runtime` (multi-threaded, with I/O and time).
+    pub fn new(runtime: Handle) -> Self {
+        ProcessLoader { runtime }
     }
 }
 
 struct ProcessLoaded {
     info: ModuleInfo,
+    runtime: Handle,
     /// Taken by `run`; a module that is never run (`module.info`, a failed load) is dismissed.
     child: Option<Child>,
 }
@@ -38,9 +71,15 @@ struct ProcessLoaded {
 impl Drop for ProcessLoaded {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            child.dismiss(Duration::from_secs(1));
+            dismiss(&self.runtime, child);
         }
     }
+}
+
+/// Dismiss `child` in the background (a runtime that is shutting down drops the task, and
+/// with it the child, killed and reaped by `Process`'s drop).
+fn dismiss(runtime: &Handle, child: Child) {
+    runtime.spawn(child.dismiss(DISMISS_GRACE));
 }
 
 impl Loader for ProcessLoader {
@@ -57,16 +96,44 @@ impl Loader for ProcessLoader {
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let (digest, size) = file_digest(&request.path)?;
         let timeout = request.hello_timeout.unwrap_or(DEFAULT_HELLO_TIMEOUT);
-        let (child, hello) = Child::start(request, timeout)?;
+        let child = {
+            let _runtime = self.runtime.enter();
+            Child::spawn(request)?
+        };
+        // The handshake is a task; this thread waits for its outcome.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let for_task = request.clone();
+        let runtime = self.runtime.clone();
+        self.runtime.spawn(async move {
+            let outcome = child.handshake(&for_task, timeout).await;
+            if let Err(std::sync::mpsc::TrySendError::Disconnected(Ok((child, _)))) = tx.try_send(outcome) {
+                // Nobody waits for it any more: it must not outlive the abandoned load.
+                dismiss(&runtime, child);
+            }
+        });
+        let (child, hello) =
+            blocking(|| rx.recv_timeout(timeout + HANDSHAKE_SLACK)).map_err(|e| LoadError::Start {
+                name: request.path.display().to_string(),
+                detail: format!("the broker's runtime did not run its handshake ({e})"),
+            })??;
         let info = match ModuleInfo::new(request, hello.name, ModuleKind::Process, digest, size) {
             Ok(info) => info,
             Err(e) => {
                 // An invalid name: the child must not outlive the refusal.
-                child.dismiss(Duration::from_secs(1));
+                dismiss(&self.runtime, child);
                 return Err(e);
             }
         };
-        Ok(Box::new(ProcessLoaded { info, child: Some(child) }))
+        Ok(Box::new(ProcessLoaded { info, runtime: self.runtime.clone(), child: Some(child) }))
+    }
+}
+
+/// Run `wait`, which blocks; on a worker of a multi-threaded runtime, first hand the
+/// worker's other tasks to another thread (the handshake may be one of them).
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
     }
 }
 
@@ -77,15 +144,11 @@ impl LoadedModule for ProcessLoaded {
 
     fn run(mut self: Box<Self>, link: ModuleLink) -> Result<Box<dyn RunningModule>, LoadError> {
         let name = self.info.name.clone();
-        let child =
-            self.child.take().ok_or_else(|| LoadError::Start { name: name.clone(), detail: "already run".into() })?;
-        bridge::start(child, link)
-            .map(|r| Box::new(r) as Box<dyn RunningModule>)
-            .map_err(|e| LoadError::Start { name, detail: e.to_string() })
+        let child = self.child.take().ok_or_else(|| LoadError::Start { name, detail: "already run".into() })?;
+        let _runtime = self.runtime.enter();
+        Ok(Box::new(bridge::start(child, link)))
     }
 }
-
-pub(crate) use bridge::ProcessRunning;
 
 // The bridge's handle is what the supervisor holds.
 impl RunningModule for ProcessRunning {
@@ -95,16 +158,17 @@ impl RunningModule for ProcessRunning {
     }
 
     fn pid(&self) -> Option<u32> {
-        Some(self.guard.pid())
+        Some(ProcessRunning::pid(self))
     }
 
     fn usage(&self) -> Usage {
-        proc_usage(self.guard.pid()).unwrap_or_default()
+        // Once reaped, the pid may be somebody else's.
+        self.is_alive().then(|| proc_usage(ProcessRunning::pid(self))).flatten().unwrap_or_default()
     }
 
-    fn wait(self: Box<Self>) {
-        self.join();
-    }
+    /// Nothing to wait for: the keeper reports `exited` after the child is reaped and the
+    /// other tasks have ended, as its last act.
+    fn wait(self: Box<Self>) {}
 }
 
 /// CPU time and resident size of process `pid` from /proc (None once it is gone).

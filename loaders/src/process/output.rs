@@ -1,13 +1,18 @@
 //! A child's stdout and stderr, line by line, into the broker's log under the module's name.
-//! Lines printed before the module runs (during the handshake) are kept and replayed once it
-//! has a port; the last few stderr lines are kept to explain a failure.
+//! Each stream is read by a task on the broker's runtime (no thread), which ends at the
+//! stream's end of file. Lines printed before the module runs (during the handshake) are
+//! kept, up to `HOLD`, and replayed once it has a port; the last few stderr lines are kept
+//! to explain a failure. Logging never blocks, so neither does a pump.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use switchboard_module_api::Level;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
 
 use crate::module::BrokerPort;
 
@@ -15,10 +20,15 @@ use crate::module::BrokerPort;
 const KEEP: usize = 5;
 /// Lines held back before the module runs, at most.
 const HOLD: usize = 200;
+/// The longest line logged as one record; a longer one is cut into pieces this long.
+const MAX_LINE: usize = 64 << 10;
+/// How long an explanation waits for the streams to end (a grandchild may keep them open).
+const SETTLE: Duration = Duration::from_millis(100);
 
-#[derive(Default)]
 pub struct Output {
     state: Mutex<State>,
+    /// How many of the child's two streams have ended.
+    ended: watch::Sender<u8>,
 }
 
 #[derive(Default)]
@@ -31,26 +41,45 @@ struct State {
 }
 
 impl Output {
-    /// Start forwarding the child's piped stdout and stderr.
-    pub fn capture(process: &mut std::process::Child) -> Arc<Output> {
-        let out = Arc::new(Output::default());
-        if let Some(s) = process.stdout.take() {
-            out.forward(s, Level::Info, false);
-        }
-        if let Some(s) = process.stderr.take() {
-            out.forward(s, Level::Warn, true);
-        }
+    /// Start forwarding the child's stdout and stderr, each from a task of the runtime this
+    /// thread is in (a task, or `Handle::enter`).
+    pub fn capture(stdout: pipe::Receiver, stderr: pipe::Receiver) -> Arc<Output> {
+        let out = Arc::new(Output { state: Mutex::default(), ended: watch::Sender::new(0) });
+        tokio::spawn(out.clone().pump(stdout, Level::Info, false));
+        tokio::spawn(out.clone().pump(stderr, Level::Warn, true));
         out
     }
 
-    fn forward(self: &Arc<Self>, stream: impl Read + Send + 'static, default: Level, is_stderr: bool) {
-        let me = self.clone();
-        let _ = std::thread::Builder::new().name("mod-output".into()).stack_size(64 * 1024).spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                me.line(&line, default, is_stderr);
+    async fn pump(self: Arc<Self>, stream: impl AsyncRead + Unpin, default: Level, is_stderr: bool) {
+        let mut stream = BufReader::new(stream);
+        let mut line = Vec::new();
+        // Read to the end whatever comes (a child must never block on a full pipe): a line
+        // that is not UTF-8 is logged with replacement characters, one longer than
+        // `MAX_LINE` in pieces of that size, and the last one even without its newline.
+        loop {
+            let chunk = match stream.fill_buf().await {
+                Ok(chunk) if !chunk.is_empty() => chunk,
+                _ => break,
+            };
+            let end = chunk.iter().position(|&b| b == b'\n');
+            let take = end.map_or(chunk.len(), |i| i + 1).min(MAX_LINE - line.len());
+            line.extend_from_slice(&chunk[..take]);
+            stream.consume(take);
+            if line.ends_with(b"\n") || line.len() == MAX_LINE {
+                self.emit(&line, default, is_stderr);
+                line.clear();
             }
-        });
+        }
+        if !line.is_empty() {
+            self.emit(&line, default, is_stderr);
+        }
+        self.ended.send_modify(|n| *n += 1);
+    }
+
+    fn emit(&self, line: &[u8], default: Level, is_stderr: bool) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        self.line(text.strip_suffix('\r').unwrap_or(text), default, is_stderr);
     }
 
     fn line(&self, line: &str, default: Level, is_stderr: bool) {
@@ -82,20 +111,22 @@ impl Output {
     }
 
     /// The last stderr line, to append to a failure reason ("" if none).
-    pub fn last_words(&self) -> String {
-        Self::settle();
+    pub async fn last_words(&self) -> String {
+        self.settle().await;
         self.state.lock().last_stderr.back().cloned().unwrap_or_default()
     }
 
     /// The last line on stdout or stderr ("" if it printed nothing at all).
-    pub fn last_line(&self) -> String {
-        Self::settle();
+    pub async fn last_line(&self) -> String {
+        self.settle().await;
         self.state.lock().last_line.clone()
     }
 
-    /// Give the forwarding threads a moment to read what a dying child wrote last.
-    fn settle() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    /// Let the pumps read what a dying child wrote last: until both streams have ended, or
+    /// `SETTLE` at most.
+    async fn settle(&self) {
+        let mut ended = self.ended.subscribe();
+        let _ = tokio::time::timeout(SETTLE, ended.wait_for(|n| *n >= 2)).await;
     }
 }
 
