@@ -251,55 +251,56 @@ pub(crate) mod tests {
         bytes_digest(&std::fs::read(path).unwrap())
     }
 
+    /// A file in a folder of its own holding `content`, digested once by a cache that trusts
+    /// any stamp (the tests that change the file make sure its stamp changes).
+    fn digested_once(what: &str, content: &[u8]) -> (TempDir, PathBuf, DigestCache, String) {
+        let dir = TempDir::new(what);
+        let f = dir.0.join("m.so");
+        std::fs::write(&f, content).unwrap();
+        let cache = DigestCache::new(Duration::ZERO);
+        let digest = cache.digest(&f).unwrap();
+        assert_eq!(digest, sha256_of(&f));
+        (dir, f, cache, digest)
+    }
+
+    /// The file was changed: the cache must read it again and give the new bytes' digest.
+    fn assert_read_again(cache: &DigestCache, f: &Path, old: &str) {
+        let reads = cache.reads();
+        let new = cache.digest(f).unwrap();
+        assert_eq!(cache.reads(), reads + 1);
+        assert_ne!(new, old);
+        assert_eq!(new, sha256_of(f));
+    }
+
     #[test]
     fn the_same_file_twice_is_read_once() {
-        let dir = TempDir::new("digest-same");
-        let f = dir.0.join("m.so");
-        std::fs::write(&f, b"first content").unwrap();
-        let cache = DigestCache::new(Duration::ZERO);
-        let d1 = cache.digest(&f).unwrap();
-        let d2 = cache.digest(&f).unwrap();
+        let (_dir, f, cache, first) = digested_once("digest-same", b"first content");
+        assert_eq!(cache.digest(&f).unwrap(), first);
         assert_eq!(cache.reads(), 1);
-        assert_eq!(d1, d2);
-        assert_eq!(d1, sha256_of(&f));
     }
 
     #[test]
     fn a_file_rewritten_in_place_is_read_again() {
-        let dir = TempDir::new("digest-inplace");
-        let f = dir.0.join("m.so");
-        std::fs::write(&f, b"content A").unwrap();
-        let cache = DigestCache::new(Duration::ZERO);
-        let a = cache.digest(&f).unwrap();
+        let (_dir, f, cache, a) = digested_once("digest-inplace", b"content A");
         let ino = std::fs::metadata(&f).unwrap().ino();
         // Same size, same inode: only the times tell.
         wait_for_a_new_tick(&f);
         std::fs::OpenOptions::new().write(true).open(&f).unwrap().write_all_at(b"content B", 0).unwrap();
         assert_eq!(std::fs::metadata(&f).unwrap().ino(), ino);
-        let b = cache.digest(&f).unwrap();
-        assert_eq!(cache.reads(), 2);
-        assert_ne!(a, b);
-        assert_eq!(b, sha256_of(&f));
+        assert_read_again(&cache, &f, &a);
         // A different size is a change even within one tick.
+        let b = sha256_of(&f);
         std::fs::write(&f, b"content B, longer").unwrap();
-        assert_eq!(cache.digest(&f).unwrap(), sha256_of(&f));
-        assert_eq!(cache.reads(), 3);
+        assert_read_again(&cache, &f, &b);
     }
 
     #[test]
     fn a_file_replaced_by_a_rename_is_read_again() {
-        let dir = TempDir::new("digest-rename");
-        let f = dir.0.join("m.so");
-        std::fs::write(&f, b"content A").unwrap();
-        let cache = DigestCache::new(Duration::ZERO);
-        let a = cache.digest(&f).unwrap();
+        let (dir, f, cache, a) = digested_once("digest-rename", b"content A");
         let new = dir.0.join("m.so.tmp");
         std::fs::write(&new, b"content B").unwrap();
         std::fs::rename(&new, &f).unwrap();
-        let b = cache.digest(&f).unwrap();
-        assert_eq!(cache.reads(), 2);
-        assert_ne!(a, b);
-        assert_eq!(b, sha256_of(&f));
+        assert_read_again(&cache, &f, &a);
     }
 
     #[test]
