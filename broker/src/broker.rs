@@ -148,7 +148,9 @@ impl BrokerBuilder {
             None => BrokerRuntime::build().map_err(BrokerError::Runtime)?,
         };
         let router = Arc::new(Router::new());
-        let supervisor = Supervisor::new(router.clone(), Registry::new(runtime.handle()), self.grace);
+        let handle = runtime.handle();
+        let entered = handle.enter();
+        let supervisor = Supervisor::new(router.clone(), Registry::new(handle.clone()), self.grace);
         supervisor.set_search_path(self.search_path);
         let running = Arc::new(Running {
             site: self.site.clone(),
@@ -157,12 +159,12 @@ impl BrokerBuilder {
             max_frame: self.max_frame,
             max_output: self.max_output,
         });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         router.set_management(tx);
-        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path), running.clone())
-            .map_err(BrokerError::Start)?;
+        spawn_management(supervisor.clone(), router.clone(), rx, uri::to_uri(&path), running.clone());
+        drop(entered);
         let listener = Listener::start(
-            &runtime.handle(),
+            &handle,
             router.clone(),
             ListenOptions {
                 path: path.clone(),
@@ -174,8 +176,9 @@ impl BrokerBuilder {
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
         let broker = Broker { router, supervisor, listener: Some(listener), path, running, runtime };
         if let Some(site) = &self.site {
-            let report =
-                broker.supervisor.apply(&site.wanted(), None, false).map_err(|c| BrokerError::Site(c.to_string()));
+            let report = broker
+                .block_on(broker.supervisor.apply(&site.wanted(), None, false))
+                .map_err(|c| BrokerError::Site(c.to_string()));
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
                     BrokerError::Site(format!(
@@ -205,7 +208,7 @@ impl BrokerBuilder {
 /// A running broker.
 pub struct Broker {
     router: Arc<Router>,
-    supervisor: Arc<Supervisor>,
+    supervisor: Supervisor,
     listener: Option<Listener>,
     path: PathBuf,
     running: Arc<Running>,
@@ -237,32 +240,44 @@ impl Broker {
         &self.router
     }
 
+    /// Wait for `work` on the broker's runtime. The blocking methods below use it: call them
+    /// from a thread of your own, or a multi-threaded runtime's task, not a current-thread
+    /// runtime's.
+    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let handle = self.runtime.handle();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| handle.block_on(work))
+        } else {
+            handle.block_on(work)
+        }
+    }
+
     pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
-        self.supervisor.load(ModuleSpec { request, ..Default::default() })
+        self.block_on(self.supervisor.load(ModuleSpec { request, ..Default::default() }))
     }
 
     /// Load with broker-side settings (requirements, restart policy, grace).
     pub fn load_spec(&self, spec: ModuleSpec) -> Result<ModuleInfo, Error> {
-        self.supervisor.load(spec)
+        self.block_on(self.supervisor.load(spec))
     }
 
     /// Remove a module (refused while running modules require it).
     pub fn remove(&self, name: &str) -> Result<(), Error> {
-        self.supervisor.remove(name, None, false)
+        self.block_on(self.supervisor.remove(name, None, false))
     }
 
     /// Replace a module with a new instance of its file; no request fails because of it.
     pub fn reload(&self, name: &str) -> Result<ModuleInfo, Error> {
-        self.supervisor.reload(name, None)
+        self.block_on(self.supervisor.reload(name, None))
     }
 
     /// Bring the modules to what a site file says (default: the one the broker started with).
     pub fn apply(&self, site: Option<&Path>, dry_run: bool) -> Result<ApplyReport, Error> {
-        apply_file(&self.supervisor, &self.running, site, dry_run)
+        self.block_on(apply_file(&self.supervisor, &self.running, site, dry_run))
     }
 
     pub fn list(&self) -> Vec<ModuleStatus> {
-        self.supervisor.list()
+        self.block_on(self.supervisor.list())
     }
 
     /// Stop listening, then remove every module, last loaded first.
@@ -273,7 +288,7 @@ impl Broker {
     fn stop(&mut self) {
         if let Some(mut l) = self.listener.take() {
             l.stop();
-            self.supervisor.remove_all();
+            self.block_on(self.supervisor.remove_all());
         }
     }
 }

@@ -626,14 +626,14 @@ fn two_thousand_concurrent_clients_are_all_served_without_a_thread_more() {
         }
         c.flush().expect("send");
     }
-    assert_eq!(threads(pid), base, "the broker started threads for its clients");
+    assert!(threads(pid) <= base, "the broker started threads for its clients: {} > {base}", threads(pid));
     for (i, c) in clients.iter_mut().enumerate() {
         for tag in [1, 2] {
             let answer = c.wait_response(tag, Some(WAIT)).unwrap_or_else(|e| panic!("client {i}, request {tag}: {e}"));
             assert_eq!(json(&answer)["client"], i, "client {i} got another's answer");
         }
     }
-    assert_eq!(threads(pid), base, "the broker started threads for its clients");
+    assert!(threads(pid) <= base, "the broker started threads for its clients: {} > {base}", threads(pid));
     drop(clients);
     // They are all gone from the broker's books: a new client finds one connection (itself).
     let mut c = b.client();

@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crossbeam_channel::Sender;
 use parking_lot::RwLock;
 use switchboard_module_api::proto::{Cred, Flags, MsgType, MAX_ROUTE, NODEID_ANY};
 use switchboard_module_api::{Errno, Message};
@@ -80,7 +79,7 @@ pub struct Router {
     next_id: AtomicU64,
     next_seq: AtomicU32,
     /// The supervisor's queue, for `module.*` and `broker.info`.
-    management: OnceLock<Sender<Message>>,
+    management: OnceLock<tokio::sync::mpsc::UnboundedSender<Message>>,
     tracers: Tracers,
 }
 
@@ -113,7 +112,7 @@ impl Router {
         }
     }
 
-    pub(crate) fn set_management(&self, tx: Sender<Message>) {
+    pub(crate) fn set_management(&self, tx: tokio::sync::mpsc::UnboundedSender<Message>) {
         let _ = self.management.set(tx);
     }
 

@@ -3,13 +3,12 @@
 //! modules to what it says. Broker settings that only a restart changes are reported.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use switchboard_module_api::mgmt::ApplyReport;
 use switchboard_module_api::{Errno, Error};
 
 use super::Site;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ApplyError, Supervisor};
 
 /// The settings the broker was started with, to tell which file changes need a restart.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +22,8 @@ pub struct Running {
     pub max_output: usize,
 }
 
-pub fn apply_file(
-    sup: &Arc<Supervisor>,
+pub async fn apply_file(
+    sup: &Supervisor,
     running: &Running,
     path: Option<&Path>,
     dry_run: bool,
@@ -33,9 +32,10 @@ pub fn apply_file(
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
-    let mut report = sup
-        .apply(&site.wanted(), Some(site.search_path.clone()), dry_run)
-        .map_err(|c| Error::new(Errno::EINVAL, c.to_string()))?;
+    let mut report = sup.apply(&site.wanted(), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
+        ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
+        ApplyError::Broker(e) => e,
+    })?;
     report.path = site.path.display().to_string();
     for step in report.steps.iter_mut().filter(|s| s.action == "remove") {
         if let Some(line) =

@@ -1,18 +1,19 @@
-//! The management protocol (RFC 3): the thread that answers `module.*` and `broker.info`
-//! for the router, over the supervisor's methods. Decoding and answering only; the work is
-//! the supervisor's. A remove may wait seconds, so it runs on a thread of its own.
+//! The management protocol (RFC 3): the task that answers `module.*` and `broker.info` for
+//! the router, over the supervisor's operations. Decoding and answering only; the work is
+//! the supervisor's. Each request is a task of its own, so a remove waiting seconds for a
+//! module to finalize holds up nothing else.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Receiver;
 use switchboard_loaders::{DirGrant, LoadRequest, ModuleInfo, Sandbox};
 use switchboard_module_api::mgmt::{
     ApplyArgs, BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, NameArgs, RemoveArgs, TraceArgs,
 };
 use switchboard_module_api::{Errno, Error, Message};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{ModuleSpec, Supervisor};
 use crate::router::{Router, RANK};
@@ -20,49 +21,42 @@ use crate::services::{decode, reply};
 use crate::site::{apply_file, Running};
 
 struct Context {
-    sup: Arc<Supervisor>,
+    sup: Supervisor,
     router: Arc<Router>,
     started: Instant,
     uri: String,
     running: Arc<Running>,
 }
 
+/// Answer management requests on the current runtime until the router lets go of `rx`.
 pub fn spawn_management(
-    sup: Arc<Supervisor>,
+    sup: Supervisor,
     router: Arc<Router>,
-    rx: Receiver<Message>,
+    mut rx: UnboundedReceiver<Message>,
     uri: String,
     running: Arc<Running>,
-) -> std::io::Result<()> {
+) {
     let cx = Arc::new(Context { sup, router, started: Instant::now(), uri, running });
-    std::thread::Builder::new().name("management".into()).spawn(move || {
-        for msg in rx {
-            handle(&cx, msg);
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let cx = cx.clone();
+            tokio::spawn(async move { handle(&cx, msg).await });
         }
-    })?;
-    Ok(())
+    });
 }
 
-/// Run `work` on a thread of its own (it may wait seconds: a module finalizing, starting)
-/// and answer `msg` with its result.
-fn in_background<T, F>(cx: &Arc<Context>, msg: Message, what: &str, work: F)
+/// Answer `msg` with the outcome of `work`, a task of its own; a panic in it is answered
+/// too (EIO), so no requester is left waiting.
+async fn answer_with<T, F>(cx: &Arc<Context>, msg: Message, what: &str, work: F)
 where
     T: serde::Serialize,
-    F: FnOnce(&Context) -> Result<T, Error> + Send + 'static,
+    F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
 {
-    let reply_to = msg.clone();
-    let cx2 = cx.clone();
-    let what2 = what.to_string();
-    let spawned = std::thread::Builder::new().name(what.into()).spawn(move || {
-        // A bug must not leave the requester waiting: a panic is answered too.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&cx2))).unwrap_or_else(|_| {
-            Err(Error::new(Errno::EIO, format!("the broker failed while doing the {what2}; see its log")))
-        });
-        answer(&cx2.router, &msg, result)
+    let result = tokio::spawn(work).await.unwrap_or_else(|_| {
+        Err(Error::new(Errno::EIO, format!("the broker failed while doing the {what}; see its log")))
     });
-    if let Err(e) = spawned {
-        cx.router.respond_error(&reply_to, Errno::EAGAIN, format!("could not start a thread for the {what}: {e}"));
-    }
+    answer(&cx.router, &msg, result)
 }
 
 fn answer<T: serde::Serialize>(router: &Router, msg: &Message, result: Result<T, Error>) {
@@ -95,7 +89,7 @@ pub fn config_bytes(config: Option<&rmpv::Value>) -> Bytes {
     Bytes::from(out)
 }
 
-fn handle(cx: &Arc<Context>, msg: Message) {
+async fn handle(cx: &Arc<Context>, msg: Message) {
     let (sup, router) = (&cx.sup, &cx.router);
     match msg.topic.as_str() {
         "module.load" => {
@@ -138,42 +132,48 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                 },
             };
             let spec = ModuleSpec { request, ..Default::default() };
-            in_background(cx, msg, "load", move |cx| cx.sup.load(spec).map(|i| describe(&i)));
+            let sup = sup.clone();
+            answer_with(cx, msg, "load", async move { sup.load(spec).await.map(|i| describe(&i)) }).await;
         }
         "module.info" => {
             let Some(a) = decode::<InfoArgs>(router, &msg) else {
                 return;
             };
             let request = LoadRequest { path: PathBuf::from(&a.path), inspect_only: true, ..Default::default() };
-            answer(router, &msg, sup.info(&request).map(|i| describe(&i)));
+            let sup = sup.clone();
+            answer_with(cx, msg, "inspection", async move { sup.info(&request).await.map(|i| describe(&i)) }).await;
         }
         "module.remove" => {
             let Some(a) = decode::<RemoveArgs>(router, &msg) else {
                 return;
             };
-            in_background(cx, msg, "remove", move |cx| {
-                cx.sup.remove(&a.name, a.grace_ms.map(Duration::from_millis), a.force).map(|()| empty_map())
-            });
+            let sup = sup.clone();
+            let work = async move {
+                sup.remove(&a.name, a.grace_ms.map(Duration::from_millis), a.force).await.map(|()| empty_map())
+            };
+            answer_with(cx, msg, "remove", work).await;
         }
         "module.reload" => {
             let Some(a) = decode::<NameArgs>(router, &msg) else {
                 return;
             };
-            in_background(cx, msg, "reload", move |cx| cx.sup.reload(&a.name, None).map(|i| describe(&i)));
+            let sup = sup.clone();
+            answer_with(cx, msg, "reload", async move { sup.reload(&a.name, None).await.map(|i| describe(&i)) }).await;
         }
         "module.apply" => {
             let Some(a) = decode::<ApplyArgs>(router, &msg) else {
                 return;
             };
-            in_background(cx, msg, "apply", move |cx| {
-                apply_file(&cx.sup, &cx.running, a.path.as_deref().map(std::path::Path::new), a.dry_run)
-            });
+            let (sup, running) = (sup.clone(), cx.running.clone());
+            let work =
+                async move { apply_file(&sup, &running, a.path.as_deref().map(std::path::Path::new), a.dry_run).await };
+            answer_with(cx, msg, "apply", work).await;
         }
         "module.stats" => {
             let Some(a) = decode::<NameArgs>(router, &msg) else {
                 return;
             };
-            answer(router, &msg, sup.stats(&a.name));
+            answer(router, &msg, sup.stats(&a.name).await);
         }
         "module.trace" => {
             let Some(a) = decode::<TraceArgs>(router, &msg) else {
@@ -181,7 +181,7 @@ fn handle(cx: &Arc<Context>, msg: Message) {
             };
             router.start_trace(&msg, a);
         }
-        "module.list" => reply(router, &msg, &ModuleList { modules: sup.list() }),
+        "module.list" => reply(router, &msg, &ModuleList { modules: sup.list().await }),
         "broker.info" => reply(
             router,
             &msg,
@@ -192,7 +192,7 @@ fn handle(cx: &Arc<Context>, msg: Message) {
                 // SAFETY: getuid cannot fail.
                 uid: unsafe { libc::getuid() },
                 uptime_ms: cx.started.elapsed().as_millis() as u64,
-                modules: sup.count() as u32,
+                modules: sup.count().await as u32,
                 uri: cx.uri.clone(),
                 connections: router.connections() as u32,
             },

@@ -1,8 +1,9 @@
 //! `ModulePort`: the broker's implementation of a module's `BrokerPort`. Output from the
 //! module is stamped with the instance owner's credentials and routed on the module's own
-//! thread; the exit report retires the module's endpoint and answers what it left unanswered.
+//! thread; the exit report retires the module's endpoint, answers what it left unanswered,
+//! and tells the supervisor's owner (a command: the module's thread never waits on it).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use switchboard_loaders::{BrokerPort, ExitStatus, ModuleState};
 use switchboard_module_api::proto::MsgType;
@@ -15,7 +16,7 @@ use crate::router::{self, Router};
 pub struct ModulePort {
     pub router: Arc<Router>,
     pub record: Arc<ModuleRecord>,
-    pub supervisor: Weak<Supervisor>,
+    pub supervisor: Supervisor,
 }
 
 impl BrokerPort for ModulePort {
@@ -75,8 +76,6 @@ impl BrokerPort for ModulePort {
         rec.set_state(state, reason);
         self.router.retire(&rec.endpoint, &verb);
         router::flush();
-        if let Some(sup) = self.supervisor.upgrade() {
-            sup.on_exit(rec);
-        }
+        self.supervisor.exited(rec.clone());
     }
 }

@@ -1,49 +1,38 @@
-//! One loaded module instance as the supervisor tracks it: what it is and what it was
-//! asked to run as (its spec), where its mailbox is, which lifecycle state it is in and
-//! why, its counters and restart history, and the running handle to reclaim it.
+//! One loaded module instance: what it is (its info), where its mailbox and endpoint are,
+//! which lifecycle state it is in and why, and its error counters. What the supervisor's
+//! owner task keeps beside it (the spec it runs with, its restart history, the handle that
+//! reclaims it) is in `owner::Entry`, not here.
+//!
+//! The lifecycle state is a `watch` channel: the module's own thread reports states through
+//! its port, and whoever waits for one (a load for `running`, a remove for a final state)
+//! awaits the channel; nobody polls and nobody holds a lock while waiting.
 
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
-
-use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use switchboard_loaders::{ModuleInfo, ModuleState, RunningModule};
-use switchboard_module_api::mgmt::{ModuleStats, ModuleStatus};
+use std::time::{Duration, Instant};
 
-use super::spec::ModuleSpec;
+use parking_lot::Mutex;
+use switchboard_loaders::{ModuleInfo, ModuleState};
+use tokio::sync::watch;
+
 use crate::router::{Endpoint, Mailbox};
 
 pub struct ModuleRecord {
     pub info: ModuleInfo,
-    /// What it was asked to run as; `configure` updates the config in place.
-    pub spec: Mutex<ModuleSpec>,
     pub started: Instant,
     pub endpoint: Arc<Endpoint>,
     pub mailbox: Arc<Mailbox>,
-    pub life: Mutex<Life>,
-    pub changed: Condvar,
-    pub running: Mutex<Option<Box<dyn RunningModule>>>,
-    /// Error responses it sent, and the last one.
+    life: watch::Sender<Life>,
+    /// Error responses it sent, and the last one (written by the module's thread).
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    pub history: Mutex<History>,
 }
 
-/// Carried from one instance to the next by restarts and reloads.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    pub restarts: u32,
-    pub last_failure: Option<String>,
-    /// Modules started together (one level of an apply) share a group; each load by hand is
-    /// a group of its own. Removal goes group by group in reverse, a group in parallel.
-    pub start_group: u64,
-}
-
+#[derive(Debug, Clone)]
 pub struct Life {
     pub state: ModuleState,
     pub reason: Option<String>,
-    /// A remove is waiting for it to exit.
+    /// A remove (or a reload replacing it) asked it to stop.
     pub removing: bool,
     /// It outlived its grace period in finalizing.
     pub stuck: bool,
@@ -54,26 +43,17 @@ pub struct Life {
 }
 
 impl ModuleRecord {
-    pub fn new(info: ModuleInfo, spec: ModuleSpec, endpoint: Arc<Endpoint>, mailbox: Arc<Mailbox>) -> Self {
+    pub fn new(info: ModuleInfo, endpoint: Arc<Endpoint>, mailbox: Arc<Mailbox>) -> Self {
+        let life =
+            Life { state: ModuleState::Init, reason: None, removing: false, stuck: false, ran: false, ended: None };
         ModuleRecord {
             info,
-            spec: Mutex::new(spec),
             started: Instant::now(),
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            history: Mutex::new(History::default()),
             endpoint,
             mailbox,
-            life: Mutex::new(Life {
-                state: ModuleState::Init,
-                reason: None,
-                removing: false,
-                stuck: false,
-                ran: false,
-                ended: None,
-            }),
-            changed: Condvar::new(),
-            running: Mutex::new(None),
+            life: watch::Sender::new(life),
         }
     }
 
@@ -81,96 +61,62 @@ impl ModuleRecord {
         &self.info.name
     }
 
+    pub fn life(&self) -> Life {
+        self.life.borrow().clone()
+    }
+
     pub fn state(&self) -> ModuleState {
-        self.life.lock().state
+        self.life.borrow().state
     }
 
     /// Record a state the module reported. A final state is never left.
     pub fn set_state(&self, state: ModuleState, reason: Option<String>) {
-        let mut life = self.life.lock();
-        if life.state.is_final() {
-            return;
-        }
-        life.state = state;
-        life.ran |= state == ModuleState::Running;
-        if state.is_final() {
-            life.ended = Some(Instant::now());
-        }
-        if reason.is_some() {
-            life.reason = reason;
-        }
-        self.changed.notify_all();
-    }
-
-    /// Wait until the module's thread of control has ended, up to `timeout`.
-    pub fn wait_final(&self, timeout: std::time::Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut life = self.life.lock();
-        while !life.state.is_final() {
-            if self.changed.wait_until(&mut life, deadline).timed_out() {
-                return life.state.is_final();
+        self.life.send_if_modified(|life| {
+            if life.state.is_final() {
+                return false;
             }
-        }
-        true
+            life.state = state;
+            life.ran |= state == ModuleState::Running;
+            if state.is_final() {
+                life.ended = Some(Instant::now());
+            }
+            if reason.is_some() {
+                life.reason = reason;
+            }
+            true
+        });
     }
 
-    /// Join the thread / reap the process, once it has ended.
-    pub fn reclaim(&self) {
-        // Not under the lock: joining may take a while, and `status` takes the lock.
-        let running = self.running.lock().take();
-        if let Some(r) = running {
-            r.wait();
-        }
+    /// Mark it as asked to stop; false if it already was, or has ended.
+    pub fn mark_removing(&self) -> bool {
+        self.life.send_if_modified(|life| {
+            let first = !life.state.is_final() && !life.removing;
+            life.removing = true;
+            first
+        })
     }
 
-    pub fn status(&self) -> ModuleStatus {
-        let pid = self.running.lock().as_ref().and_then(|r| r.pid());
-        let life = self.life.lock();
-        let history = self.history.lock().clone();
-        let requires = self.spec.lock().requires.clone();
-        ModuleStatus {
-            name: self.info.name.clone(),
-            kind: self.info.kind.to_string(),
-            state: life.state.as_str().to_string(),
-            reason: life.reason.clone(),
-            stuck: life.stuck,
-            services: self.info.services.clone(),
-            path: self.info.path.display().to_string(),
-            digest: self.info.digest.clone(),
-            size: self.info.size,
-            idle_ms: self.mailbox.idle_ms(),
-            msgs_in: self.mailbox.msgs_in.load(Ordering::Relaxed),
-            msgs_out: self.mailbox.msgs_out.load(Ordering::Relaxed),
-            queue: self.mailbox.queue_depth() as u64,
-            pid,
-            restarts: history.restarts,
-            last_failure: history.last_failure,
-            requires,
-        }
+    pub fn mark_stuck(&self) {
+        self.life.send_modify(|life| life.stuck = true);
     }
 
-    pub fn stats(&self) -> ModuleStats {
-        let status = self.status();
-        let usage = self.running.lock().as_ref().map(|r| r.usage()).unwrap_or_default();
-        let history = self.history.lock().clone();
-        ModuleStats {
-            name: status.name,
-            kind: status.kind,
-            state: status.state,
-            uptime_ms: self.life.lock().ended.unwrap_or_else(Instant::now).duration_since(self.started).as_millis()
-                as u64,
-            msgs_in: status.msgs_in,
-            msgs_out: status.msgs_out,
-            errors: self.errors.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().clone().or_else(|| history.last_failure.clone()),
-            queue: status.queue,
-            pending: self.endpoint.inflight.pending() as u64,
-            restarts: history.restarts,
-            last_failure: history.last_failure,
-            memory_bytes: usage.memory_bytes,
-            cpu_ms: usage.cpu_ms,
-            rss_bytes: usage.rss_bytes,
-            pid: status.pid,
-        }
+    /// Wait until `done` holds of its life, up to `timeout`; the life as it then is.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&Life) -> bool) -> Life {
+        let mut rx = self.life.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| done(l))).await;
+        self.life()
+    }
+
+    /// Wait until its thread of control has ended, up to `timeout`.
+    pub async fn wait_final(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |l| l.state.is_final()).await.state.is_final()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.life.borrow().ended.unwrap_or_else(Instant::now).duration_since(self.started)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 }
