@@ -11,6 +11,7 @@ use clap::Parser;
 use switchboard::site::{run_script, OnStartFailure, RcError};
 use switchboard::{Broker, Site};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Parser, Debug)]
 #[command(name = "switchboard", version, about = "Switchboard message broker")]
@@ -81,11 +82,11 @@ enum Signal {
 }
 
 /// Receive SIGINT, SIGTERM and SIGHUP on the runtime from now on, for the main thread.
-fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<std::sync::mpsc::Receiver<Signal>> {
+fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<UnboundedReceiver<Signal>> {
     let _entered = runtime.enter();
     let (mut int, mut term, mut hup) =
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     runtime.spawn(async move {
         loop {
             let sig = tokio::select! {
@@ -145,7 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signals = match watch_signals(&runtime) {
+    let mut signals = match watch_signals(&runtime) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchboard: cannot install signal handlers: {e}");
@@ -163,8 +164,8 @@ fn main() -> ExitCode {
     tracing::info!(uri = %broker.uri(), modules = broker.list().len(), "switchboard ready");
     if let Some(script) = site.as_ref().and_then(|s| s.rc_start.as_deref()) {
         // SIGINT or SIGTERM while it runs stops it and the broker.
-        let told_to_stop = || signals.try_iter().any(|s| s != Signal::Hangup);
-        if let Err(e) = run_script(script, &broker.uri(), told_to_stop) {
+        let told_to_stop = async { while let Some(Signal::Hangup) = signals.recv().await {} };
+        if let Err(e) = runtime.block_on(run_script(script, &broker.uri(), told_to_stop)) {
             if matches!(e, RcError::Interrupted { .. }) {
                 tracing::info!("{e}");
                 broker.shutdown();
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
     }
     // Tell whoever started us that we are up (tests and scripts wait for this line).
     println!("{}", broker.uri());
-    for sig in signals.iter() {
+    while let Some(sig) = signals.blocking_recv() {
         if let Signal::Stop(name) = sig {
             tracing::info!(signal = name, "shutting down");
             break;
@@ -201,7 +202,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(script) = site.as_ref().and_then(|s| s.rc_stop.as_deref()) {
-        if let Err(e) = run_script(script, &broker.uri(), || false) {
+        if let Err(e) = runtime.block_on(run_script(script, &broker.uri(), std::future::pending())) {
             tracing::error!("{e}");
         }
     }

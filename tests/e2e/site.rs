@@ -196,3 +196,37 @@ fn rc_scripts_run_with_the_broker_address_and_a_failing_start_stops_the_broker()
     assert!(wait_until(|| b.log().contains("start.sh failed")));
     rpc(&mut b.client(), "echo.x", json!({})).unwrap();
 }
+
+#[test]
+fn a_stop_while_the_start_script_runs_ends_the_script_and_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleeper.pid");
+    write(dir.path(), "start.sh", &format!("sleep 600 >/dev/null 2>&1 &\necho $! > {}\nwait\n", pidfile.display()));
+    let site = write(
+        dir.path(),
+        "site.toml",
+        &format!("[broker]\nlisten = \"{}\"\n\n[broker.rc]\nstart = \"start.sh\"\n", dir.path().join("sock").display()),
+    );
+    let broker = Command::new(bin("switchboard"))
+        .arg("--config")
+        .arg(&site)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the broker");
+    let sleeper = || std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    assert!(wait_until(|| sleeper().is_some()), "the start script did not start its child");
+    let pid = sleeper().unwrap_or_default();
+    // SAFETY: signalling the broker this test started.
+    unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
+    let out = output_within(broker, WAIT);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    assert!(log.contains("start.sh was interrupted"), "{log}");
+    // Gone, or a zombie waiting for whoever inherited it: not running either way.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    assert!(wait_until(|| !running()), "the script's child {pid} outlived the stop");
+}

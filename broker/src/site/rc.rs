@@ -5,7 +5,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RcError {
@@ -18,8 +19,9 @@ pub enum RcError {
 }
 
 /// Run `script` to completion with the broker at `uri`; its output goes to the broker's
-/// stderr. `stop` is asked every 50 ms; when it says yes the script is killed.
-pub fn run_script(script: &Path, uri: &str, mut stop: impl FnMut() -> bool) -> Result<(), RcError> {
+/// stderr. If `stop` completes first, the script and every process it started (its process
+/// group) are killed, and the script reaped.
+pub async fn run_script(script: &Path, uri: &str, stop: impl std::future::Future<Output = ()>) -> Result<(), RcError> {
     let executable = std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     let mut cmd = if executable {
         Command::new(script)
@@ -43,17 +45,18 @@ pub fn run_script(script: &Path, uri: &str, mut stop: impl FnMut() -> bool) -> R
         cmd.current_dir(dir);
     }
     let spawn_error = |source| RcError::Spawn { path: script.to_owned(), source };
+    // A group of its own, so that a stop reaches what the script started too.
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(spawn_error)?;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(spawn_error)? {
-            break status;
-        }
-        if stop() {
-            let _ = child.kill();
-            let _ = child.wait();
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(spawn_error)?,
+        () = stop => {
+            if let Some(pgid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill().await;
             return Err(RcError::Interrupted { path: script.to_owned() });
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     };
     if status.success() {
         Ok(())
