@@ -643,3 +643,32 @@ fn two_thousand_concurrent_clients_are_all_served_without_a_thread_more() {
         rpc(&mut c, "broker.info", json!({})).map(|m| json(&m))
     );
 }
+
+#[test]
+fn a_broker_out_of_file_descriptors_refuses_clients_with_a_reason_and_recovers() {
+    let b = Broker::start();
+    let pid = b.pid();
+    // Room for about ten more descriptors than the broker has open now.
+    let limit = (fds(pid) + 10) as u64;
+    let rl = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+    // SAFETY: prlimit writes nothing back (old limit not asked for); lowering a limit of a
+    // process of our own uid needs no privilege.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let (mut served, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        let mut c = b.client();
+        match rpc(&mut c, "broker.ping", json!({})) {
+            Ok(_) => served.push(c),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    assert!(!served.is_empty() && !refused.is_empty(), "served {}, refused {refused:?}", served.len());
+    for text in &refused {
+        assert!(text.contains("EAGAIN") && text.contains("out of file descriptors"), "{text}");
+    }
+    assert!(b.log().contains("cannot accept a connection"), "the refusals were not logged:\n{}", b.log());
+    // The served ones leave: their descriptors serve new clients.
+    drop(served);
+    assert!(wait_until(|| rpc(&mut b.client(), "broker.ping", json!({})).is_ok()));
+}
