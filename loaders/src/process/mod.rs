@@ -14,10 +14,9 @@
 //! synchronous:
 //!
 //! - `load` forks on the calling thread, then waits (blocking that thread) for the
-//!   handshake, which runs as a task. Call it from a thread that may block. Called from a
-//!   task on a multi-threaded runtime's worker, it blocks in place (`block_in_place`: the
-//!   worker's other tasks move to another thread); never call it from a current-thread
-//!   runtime's task, whose one thread it would stop.
+//!   handshake, which runs as a task. Call it from a thread that may block (the supervisor
+//!   uses the runtime's blocking pool), never from a task: a worker blocked on it is one
+//!   the handshake cannot use, and past `hello_timeout` + `HANDSHAKE_SLACK` the load fails.
 //! - `run` spawns the tasks and returns; `terminate` hands the keeper an order and returns;
 //!   `wait` has nothing left to do (the keeper's `exited` report comes after the child is
 //!   reaped and its tasks have ended, and is its last act).
@@ -33,7 +32,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use crate::digest::file_digest;
 use crate::error::LoadError;
@@ -111,11 +110,10 @@ impl Loader for ProcessLoader {
                 dismiss(&runtime, child);
             }
         });
-        let (child, hello) =
-            blocking(|| rx.recv_timeout(timeout + HANDSHAKE_SLACK)).map_err(|e| LoadError::Start {
-                name: request.path.display().to_string(),
-                detail: format!("the broker's runtime did not run its handshake ({e})"),
-            })??;
+        let (child, hello) = rx.recv_timeout(timeout + HANDSHAKE_SLACK).map_err(|e| LoadError::Start {
+            name: request.path.display().to_string(),
+            detail: format!("the broker's runtime did not run its handshake ({e})"),
+        })??;
         let info = match ModuleInfo::new(request, hello.name, ModuleKind::Process, digest, size) {
             Ok(info) => info,
             Err(e) => {
@@ -125,15 +123,6 @@ impl Loader for ProcessLoader {
             }
         };
         Ok(Box::new(ProcessLoaded { info, runtime: self.runtime.clone(), child: Some(child) }))
-    }
-}
-
-/// Run `wait`, which blocks; on a worker of a multi-threaded runtime, first hand the
-/// worker's other tasks to another thread (the handshake may be one of them).
-fn blocking<T>(wait: impl FnOnce() -> T) -> T {
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-        _ => wait(),
     }
 }
 
