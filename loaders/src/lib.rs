@@ -6,7 +6,8 @@
 //!
 //! - [`module`]: `Loader`, `LoadedModule`, `RunningModule`, `ModuleLink`, `BrokerPort` and
 //!   the data they exchange (`ModuleInfo`, `ModuleState`, `ExitStatus`).
-//! - [`inbox`]: a module's message queue, which its thread blocks on.
+//! - [`inbox`]: a module's message queue: a native or WASM module's thread blocks on it, a
+//!   process module's writer task awaits it.
 //! - [`error`]: `LoadError`, each variant a sentence an operator can act on.
 //! - [`registry`]: picks the loader for a file.
 //! - [`search`]: the module search path (bare names to files).

@@ -152,7 +152,8 @@ impl ModuleInfo {
 }
 
 /// The broker's side of a running module: where its output goes and where it reports.
-/// Implemented by the broker; a loader calls it from the module's own thread (or threads).
+/// Implemented by the broker; a loader calls it from the module's own thread (native, WASM)
+/// or its tasks on the broker's runtime (process). No method blocks.
 pub trait BrokerPort: Send + Sync {
     /// Route a message sent by the module. Never blocks. On the module's thread, output may be
     /// held back after `hold` until `flush`.
@@ -206,7 +207,8 @@ pub trait RunningModule: Send + Sync {
     fn usage(&self) -> Usage {
         Usage::default()
     }
-    /// Reclaim what is left once the module has reported `exited` (join, reap).
+    /// Reclaim what is left once the module has reported `exited`: join its thread (native,
+    /// WASM); nothing for a process module, whose task reaped the child before reporting.
     fn wait(self: Box<Self>);
 }
 
