@@ -121,10 +121,6 @@ impl ConnOut {
         self.close_locked(&mut st);
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
-    }
-
     fn close_locked(&self, st: &mut OutState) {
         if !st.closed {
             if let Some(id) = self.budget_id.get() {
