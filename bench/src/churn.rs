@@ -164,8 +164,8 @@ fn cycle(client: &mut Client, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The broker's process; killed if dropped before `stop`.
-struct Broker(Option<Child>);
+/// The broker's process; killed if dropped before `stop`. The `clients` rows run one too.
+pub(crate) struct Broker(Option<Child>);
 
 impl Broker {
     /// Start it and wait for its address line.
@@ -175,11 +175,22 @@ impl Broker {
             cmd.env_remove(name);
         }
         cmd.envs(variant.set.iter().map(|(k, v)| (k, v)));
+        Broker::start(cmd, socket, cache)
+    }
+
+    /// Run `cmd` (the `switchboard` binary and any arguments) on `socket` as
+    /// `site::start_broker` does, and wait for its address line.
+    pub(crate) fn start(cmd: Command, socket: &Path, cache: &Path) -> Result<Broker> {
         site::start_broker(cmd, socket, cache).map(|child| Broker(Some(child)))
     }
 
     fn child(&mut self) -> Result<&mut Child> {
         self.0.as_mut().ok_or_else(|| BenchError("switchboard has stopped".into()))
+    }
+
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&mut self) -> Result<u32> {
+        Ok(self.child()?.id())
     }
 
     /// Its resident memory and thread count now, from /proc/PID/status.
@@ -196,7 +207,7 @@ impl Broker {
     }
 
     /// SIGTERM, and wait for it to exit.
-    fn stop(mut self) -> Result<()> {
+    pub(crate) fn stop(mut self) -> Result<()> {
         let mut child = self.0.take().ok_or_else(|| BenchError("switchboard has stopped".into()))?;
         site::stop(&mut child).map(drop)
     }

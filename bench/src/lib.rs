@@ -13,6 +13,7 @@
 //! table shows the median and the best round.
 
 pub mod churn;
+pub mod clients;
 pub mod fixture;
 pub mod floors;
 pub mod measure;
@@ -86,10 +87,20 @@ pub struct Opts {
     /// and `MALLOC_ARENA_MAX=<8 x cpus>`, glibc's own limit).
     #[arg(long, allow_hyphen_values = true)]
     pub churn_env: Vec<String>,
-    /// The `switchboard` binary run by the site and churn benchmarks (default: beside the
-    /// modules).
+    /// The `switchboard` binary run by the site, churn and clients benchmarks (default:
+    /// beside the modules).
     #[arg(long)]
     pub switchboard: Option<PathBuf>,
+    /// Many clients: the most connected at once in `clients-connect` (steps 0, a tenth of
+    /// it, all of it; `--quick`: at most 1,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Many clients: how many `clients-active` drives at once (`--quick`: at most 100).
+    #[arg(long, default_value_t = 1000)]
+    pub active_clients: usize,
+    /// Many clients: requests each `clients-active` client keeps in flight.
+    #[arg(long, default_value_t = 10)]
+    pub active_window: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -284,7 +295,11 @@ pub fn run(opts: &Opts) -> Result<bool> {
     // All sequential benchmarks, then all pipelined ones, each group in the order above: a
     // broker figure runs right after the floor it is compared with.
     benches.sort_by_key(|b| b.mode == Mode::Pipe);
-    if benches.is_empty() && !["site", "churn", "wasm-load", "native-load"].iter().any(|id| opts.wants(id)) {
+    if benches.is_empty()
+        && !["site", "churn", "wasm-load", "native-load", "clients-connect", "clients-active"]
+            .iter()
+            .any(|id| opts.wants(id))
+    {
         return Err(BenchError(format!("--only {} matches no benchmark", opts.only.join(","))));
     }
 
@@ -333,6 +348,9 @@ pub fn run(opts: &Opts) -> Result<bool> {
         native_load::report(&native_load::measure(&broker, opts)?, &broker.echo_so);
     }
     let switchboard = opts.switchboard.clone().unwrap_or_else(|| modules.join("switchboard"));
+    if opts.wants("clients-connect") || opts.wants("clients-active") {
+        clients::run(opts, &switchboard, &broker.echo_so, &payload)?;
+    }
     if opts.wants("site") {
         let files = site::files(
             &broker.echo_so,
