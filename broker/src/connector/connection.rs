@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use switchboard_module_api::proto::{decode_frame, Flags, FrameError, FrameReader, MsgType};
 use switchboard_module_api::{Errno, Message};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::router::{self, ConnOut, Endpoint, Router};
@@ -69,7 +70,21 @@ impl Connection {
         if buf.capacity() - buf.len() < MIN_ROOM {
             buf.reserve(READ_CHUNK);
         }
-        let outcome = match self.stream.try_read_buf(&mut buf) {
+        // A read shorter than the room offered took all the socket had: the readiness is
+        // cleared then and there (by answering "would block" to `try_io`), so the task waits
+        // for the next message without first reading once more to see EAGAIN. Data or a
+        // close that arrives meanwhile sets it again (tokio clears only the readiness it saw).
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let read = self.stream.try_io(Interest::READABLE, || {
+            let n = self.stream.try_read_buf(&mut buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let outcome = match got.map_or(read, Ok) {
             Ok(0) => Read::Closed,
             Ok(_) => self.route_frames(&mut buf),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
