@@ -62,18 +62,24 @@ struct Shared {
     grace: Duration,
 }
 
-/// A name an operation holds until dropped (see `Owner::claim`).
+/// A name an operation holds, or waits in line for, until dropped (see `Owner::claim`). It
+/// exists before the claim is sent, so an operation dropped at any point lets go of the name
+/// or leaves the line: the release follows the claim in the owner's queue.
 struct Claim {
     sup: Supervisor,
     key: String,
+    token: u64,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let key = std::mem::take(&mut self.key);
-        self.sup.tell(move |o| o.release(&key));
+        let (key, token) = (std::mem::take(&mut self.key), self.token);
+        self.sup.tell(move |o| o.release(&key, token));
     }
 }
+
+/// Tells apart the operations that claim names.
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn error(e: switchboard_loaders::LoadError) -> Error {
     Error::new(e.errno(), e.to_string())
@@ -109,9 +115,10 @@ impl Supervisor {
     /// Take `key` (a module's name; "" for an apply): now, else EBUSY; with `queue`, when
     /// the operation holding it is done.
     async fn claim(&self, key: &str, queue: bool) -> Result<Claim, Error> {
+        let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let claim = Claim { sup: self.clone(), key: key.to_string(), token };
         let k = key.to_string();
-        let turn = self.with(move |o| o.claim(&k, queue)).await??;
-        let claim = Claim { sup: self.clone(), key: key.to_string() };
+        let turn = self.with(move |o| o.claim(&k, token, queue)).await??;
         if let Some(turn) = turn {
             turn.await.map_err(|_| gone())?;
         }

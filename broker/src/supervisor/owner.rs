@@ -48,12 +48,18 @@ pub struct History {
     pub start_group: u64,
 }
 
+/// A claimed name: the token of the operation holding it, and those waiting in line.
+struct Busy {
+    holder: u64,
+    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
 #[derive(Default)]
 pub(super) struct Owner {
     pub modules: Vec<Entry>,
-    /// Names a remove, reload, restart or configure is working on ("" for an apply), with
-    /// the operations waiting their turn.
-    busy: HashMap<String, VecDeque<oneshot::Sender<()>>>,
+    /// Names a remove, reload, restart or configure is working on ("" for an apply): who
+    /// holds each, and the operations waiting their turn.
+    busy: HashMap<String, Busy>,
     pub search: SearchPath,
     next_group: u64,
 }
@@ -115,17 +121,18 @@ impl Owner {
             .collect()
     }
 
-    /// Take `key` now, or (with `queue`) when its holder lets go: `Ok(None)` when taken now,
-    /// `Ok(Some(turn))` to wait for, EBUSY when it is held and the caller does not queue.
-    pub fn claim(&mut self, key: &str, queue: bool) -> Result<Option<oneshot::Receiver<()>>, Error> {
+    /// Take `key` for the operation `token` now, or (with `queue`) when its holder lets go:
+    /// `Ok(None)` when taken now, `Ok(Some(turn))` to wait for, EBUSY when it is held and the
+    /// caller does not queue.
+    pub fn claim(&mut self, key: &str, token: u64, queue: bool) -> Result<Option<oneshot::Receiver<()>>, Error> {
         match self.busy.get_mut(key) {
             None => {
-                self.busy.insert(key.to_string(), VecDeque::new());
+                self.busy.insert(key.to_string(), Busy { holder: token, waiting: VecDeque::new() });
                 Ok(None)
             }
-            Some(waiting) if queue => {
+            Some(busy) if queue => {
                 let (tx, rx) = oneshot::channel();
-                waiting.push_back(tx);
+                busy.waiting.push_back((token, tx));
                 Ok(Some(rx))
             }
             Some(_) => Err(Error::new(
@@ -135,11 +142,18 @@ impl Owner {
         }
     }
 
-    /// Let go of `key`: the next operation waiting for it (still waiting) takes it.
-    pub fn release(&mut self, key: &str) {
-        let Some(waiting) = self.busy.get_mut(key) else { return };
-        while let Some(next) = waiting.pop_front() {
-            if next.send(()).is_ok() {
+    /// Operation `token` is done with `key`: if it holds it, the next operation still
+    /// waiting takes it; if it was waiting in line (it gave up), it leaves the line; else
+    /// (it was refused) nothing changes.
+    pub fn release(&mut self, key: &str, token: u64) {
+        let Some(busy) = self.busy.get_mut(key) else { return };
+        if busy.holder != token {
+            busy.waiting.retain(|(t, _)| *t != token);
+            return;
+        }
+        while let Some((next, turn)) = busy.waiting.pop_front() {
+            if turn.send(()).is_ok() {
+                busy.holder = next;
                 return;
             }
         }

@@ -321,3 +321,28 @@ async fn operations_on_one_name_wait_in_line_or_are_told_it_is_busy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_gives_up_waiting_for_a_name_leaves_the_holder_holding_it() {
+    within(async {
+        let b = Bench::new();
+        let held = b.sup.claim("a", false).await.expect("the first claim");
+        // One waits in line and gives up; one is dropped before its claim was even answered.
+        assert!(tokio::time::timeout(Duration::from_millis(20), b.sup.claim("a", true)).await.is_err());
+        drop(b.sup.claim("a", true));
+        let refused = b.sup.claim("a", false).await.err().map(|e| e.errnum);
+        assert_eq!(refused, Some(switchboard_module_api::Errno::EBUSY), "the name was let go by a waiter");
+        // The one in line behind the holder gets it when the holder is done, not before.
+        let next = {
+            let sup = b.sup.clone();
+            tokio::spawn(async move { sup.claim("a", true).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!next.is_finished(), "the waiter got the name while it was held");
+        drop(held);
+        next.await.expect("the waiter task").expect("its turn");
+        // ...and it let go in turn: the name is free.
+        drop(b.sup.claim("a", false).await.expect("free again"));
+    })
+    .await;
+}
