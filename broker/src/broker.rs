@@ -240,16 +240,12 @@ impl Broker {
         &self.router
     }
 
-    /// Wait for `work` on the broker's runtime. The blocking methods below use it: call them
-    /// from a thread of your own, or a multi-threaded runtime's task, not a current-thread
-    /// runtime's.
-    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+    /// Wait for `work` on the broker's runtime. The blocking methods below use it; from a
+    /// runtime's task (where a thread may not block on a runtime) the wait is on a thread of
+    /// its own, which blocks the calling task: call them where blocking is acceptable.
+    fn block_on<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
         let handle = self.runtime.handle();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::task::block_in_place(|| handle.block_on(work))
-        } else {
-            handle.block_on(work)
-        }
+        off_runtime(move || handle.block_on(work))
     }
 
     pub fn load(&self, request: LoadRequest) -> Result<ModuleInfo, Error> {
@@ -287,10 +283,26 @@ impl Broker {
 
     fn stop(&mut self) {
         if let Some(mut l) = self.listener.take() {
-            l.stop();
-            self.block_on(self.supervisor.remove_all());
+            let (handle, supervisor) = (self.runtime.handle(), self.supervisor.clone());
+            // The listener's stop waits for the accept task, which needs a free worker.
+            off_runtime(move || {
+                l.stop();
+                handle.block_on(supervisor.remove_all());
+            });
         }
     }
+}
+
+/// Run `f` here, or on a thread of its own when this thread is a runtime's (which must not
+/// block on a runtime, and may be the one worker the broker's tasks need).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 impl Drop for Broker {

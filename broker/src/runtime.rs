@@ -1,10 +1,14 @@
-//! The broker's I/O runtime: a tokio multi-threaded runtime whose workers (one per CPU,
-//! named `sb-io`) run every connection's tasks and the accept task. A broker builds its own,
-//! or runs on one an embedding program lends it (`BrokerBuilder::runtime`).
+//! The broker's runtime: a tokio multi-threaded runtime whose workers (one per CPU, named
+//! `sb-io`) run every connection's tasks, the accept task, the supervisor's owner and its
+//! operations (with their grace and back-off timers), the management service, and process
+//! modules' socket, output and child tasks. A broker builds its own, or runs on one an
+//! embedding program lends it (`BrokerBuilder::runtime`). The crate's docs (`lib.rs`) list
+//! every thread and what each task owns.
 //!
-//! What may run on it: code that does not block. Module handlers never do; a module keeps
-//! its own thread and reaches the runtime only through non-blocking calls (`ConnOut::enqueue`
-//! writes or hands over, `Notify` wakes a task).
+//! What may run on it: code that does not block; blocking work goes to its blocking pool.
+//! Module handlers never run on it: a native or WASM module keeps its own thread and reaches
+//! the runtime only through non-blocking calls (`ConnOut::enqueue` writes or hands over, a
+//! `Notify` wakes a task, a command is sent to the supervisor).
 
 use tokio::runtime::Handle;
 

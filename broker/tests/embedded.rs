@@ -30,3 +30,12 @@ async fn a_broker_runs_on_a_lent_runtime_and_stops_inside_it() {
     broker.shutdown();
     assert!(!socket.exists(), "the socket file was left behind");
 }
+
+#[tokio::test]
+async fn a_broker_with_its_own_runtime_is_used_and_dropped_inside_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::builder().listen(dir.path().join("broker.sock")).start().expect("start");
+    assert!(broker.list().is_empty());
+    assert!(broker.remove("nosuch").is_err());
+    drop(broker);
+}

@@ -187,7 +187,11 @@ async fn accept_loop(socket: UnixListener, admission: Admission, mut stopping: w
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 tracing::warn!("cannot accept a connection: {e}; refusing it");
                 spare.release();
-                if let Ok((stream, _)) = socket.accept().await {
+                let accepted = tokio::select! {
+                    _ = stopping.changed() => return,
+                    accepted = socket.accept() => accepted,
+                };
+                if let Ok((stream, _)) = accepted {
                     refuse(
                         &stream,
                         Errno::EAGAIN,
@@ -276,11 +280,13 @@ impl Admission {
 }
 
 /// Tell a client why it is not served, then close its connection. A new socket's buffer
-/// takes a refusal whole; the write never waits on the client.
+/// takes a refusal whole; the send never waits on the client (and does not depend on what
+/// the runtime believes of the new socket's readiness).
 fn refuse(stream: &UnixStream, errnum: Errno, text: String) {
     let mut refusal = Message::control("refused", bytes::Bytes::new());
     refusal.errnum = errnum.0;
     refusal.errstr = Some(text);
-    let _ = stream.try_write(&encode_frame(&refusal));
+    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    let _ = rustix::net::send(stream, &encode_frame(&refusal), flags);
     let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Both);
 }

@@ -1,5 +1,5 @@
 //! The sending half of a client connection. Any thread may enqueue a frame: a module thread,
-//! a connection's task on the runtime, the management thread. A frame is written straight
+//! a connection's task on the runtime, a supervisor task. A frame is written straight
 //! to the socket without blocking when the socket has room; what the socket does not take is
 //! left for the connection's writer task, which waits on the runtime for the socket to drain,
 //! so a slow reader never stalls a module and costs no thread. A client that lets more than

@@ -239,10 +239,11 @@ impl Supervisor {
             let (rec, old_running) = self.register(&info, spec, history, Some(old.clone())).await?;
             // The old instance is no longer listed: its handle is the reload's, to force it
             // if need be and reclaim it once it stopped.
-            if let Err(e) = self.stop(&old, grace, true, old_running.as_deref()).await {
-                tracing::warn!(module = %name, "reload: {}", e.text);
+            match self.stop(&old, grace, true, old_running.as_deref()).await {
+                Ok(()) => reclaim(old_running),
+                // Stuck: joining it could take a thread forever; its handle is let go.
+                Err(e) => tracing::warn!(module = %name, "reload: {}", e.text),
             }
-            reclaim(old_running);
             self.run(loaded, &rec, true).await?;
         }
         tracing::info!(module = %name, "module reloaded");
@@ -378,10 +379,11 @@ impl Supervisor {
             return;
         }
         let reason = life.reason.unwrap_or_else(|| "it failed".to_string());
-        let Some(entry) = o.entry_of(rec) else { return };
-        entry.history.last_failure = Some(reason.clone());
-        let (policy, done) = (entry.spec.restart, entry.history.restarts);
+        // Announced whether or not it is still listed: a failed start may have forgotten it.
         self.announce(rec.name(), "failed", &rec.info.services, Some(&reason));
+        let Some(entry) = o.entry_of(rec) else { return };
+        entry.history.last_failure = Some(reason);
+        let (policy, done) = (entry.spec.restart, entry.history.restarts);
         // A module that never ran failed its load, and whoever loaded it was told.
         if !life.ran {
             return;
@@ -434,7 +436,8 @@ impl Supervisor {
                     if o.find(&name).is_none() {
                         o.modules.push(Entry { rec: o2.clone(), spec, history: h2.clone(), running: None });
                     }
-                    let entry = o.find_mut(&name)?;
+                    // Another instance took the name meanwhile (a load): it is not ours.
+                    let entry = o.entry_of(&o2)?;
                     entry.history = h2;
                     Some(entry.spec.restart)
                 })
@@ -474,7 +477,12 @@ fn terminate(o: &mut Owner, rec: &Arc<ModuleRecord>, grace: Duration) -> bool {
 /// Join a module's thread or reap its process, on the blocking pool: it has ended, or is
 /// ending.
 pub(super) fn reclaim(running: Option<Box<dyn RunningModule>>) {
-    if let Some(r) = running {
-        tokio::task::spawn_blocking(move || r.wait());
+    let Some(r) = running else { return };
+    // tokio panics when its pool has no thread and cannot start one; the work stays queued
+    // and runs once a thread is there.
+    let queued =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(move || r.wait())));
+    if queued.is_err() {
+        tracing::warn!("no thread to reclaim an ended module now (thread limit?); it is reclaimed when one is free");
     }
 }

@@ -11,7 +11,8 @@
 //! apply) is an async function on the runtime that asks the owner for what it needs, waits
 //! for modules and timers itself, and tells the owner what changed. Work that blocks (reading
 //! and opening a module file, starting it, joining its thread) runs on the runtime's blocking
-//! pool, never on the owner or a worker.
+//! pool, never on the owner or a worker (`stats` reading a process module's `/proc` files
+//! aside). Work the pool could not take is refused (EAGAIN) and never runs later.
 //!
 //! It does not read site files (`crate::site` turns them into `ModuleSpec`s) and does not
 //! decode management requests (`management`).
@@ -207,8 +208,19 @@ impl Supervisor {
 /// Run blocking work on the runtime's blocking pool; a panic in it is an error, not a crash,
 /// and so is a pool that cannot start a thread for it (tokio panics then).
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(work)));
+    // tokio queues the work before it finds it has no thread for it: refused work must not
+    // run later, when a thread comes (a module started that nobody lists).
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = refused.clone();
+    let guarded = move || {
+        if r.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::new(Errno::EAGAIN, "refused earlier"));
+        }
+        work()
+    };
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(guarded)));
     let Ok(task) = spawned else {
+        refused.store(true, std::sync::atomic::Ordering::Release);
         return Err(Error::new(
             Errno::EAGAIN,
             "the broker could not start a thread for this work (is it at its thread limit, RLIMIT_NPROC?); try again later",

@@ -9,9 +9,12 @@
 //! Why the old deadlocks cannot happen: a module's thread never takes a lock of the
 //! supervisor. When it exits, its port sends a command (an unbounded send, which never
 //! waits) and returns; listing, reclaiming, reloading and restarting are commands in the
-//! same queue, so an exit is handled before or after them, never in the middle. The only
-//! locks left are leaves (a module's last error, the running handle's own), never held
-//! while taking another or while waiting.
+//! same queue, so an exit is handled before or after them, never in the middle. The
+//! supervisor has no lock of its own left. A command may take the router's locks and a
+//! connection's output lock (registering a module, publishing a lifecycle event), which are
+//! never held while waiting on anything, and may hand work to the blocking pool (reclaiming
+//! an ended module); `stats` reads two small `/proc` files on it. A command that panics (a
+//! bug) is logged and the owner goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -67,7 +70,12 @@ pub(super) struct Owner {
 /// The owner's task: commands in order until every sender is gone.
 pub(super) async fn run(mut owner: Owner, mut commands: mpsc::UnboundedReceiver<Command>) {
     while let Some(command) = commands.recv().await {
-        command(&mut owner);
+        // A bug in one command must not end the owner, and with it every module operation:
+        // it is logged, and the state is as the command left it.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command(&mut owner)));
+        if done.is_err() {
+            tracing::error!("a supervisor command panicked (a bug; see above); the supervisor goes on");
+        }
     }
 }
 
