@@ -8,6 +8,7 @@
 //! - [`broker`]: `Broker` and its builder, the embedding API.
 //! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.
 //! - [`connector`]: how clients reach the broker (the local Unix socket).
+//! - [`overlay`]: brokers of one instance in a tree (RFC 7; being built: its arithmetic).
 //! - [`runtime`]: the tokio runtime the connections, the supervisor and the management
 //!   service run on.
 //! - [`services`]: the built-in services `broker`, `service`, `event`, `module`.
@@ -47,6 +48,7 @@
 
 pub mod broker;
 pub mod connector;
+pub mod overlay;
 pub mod router;
 pub mod runtime;
 pub mod services;

@@ -14,6 +14,7 @@
 //! - [`client`]: a blocking connector to a broker's local socket.
 //! - [`mgmt`]: payloads of the built-in services (RFC 3), shared by broker and clients.
 //! - [`uri`]: where the broker's socket is.
+//! - [`ranks`]: sets of broker ranks (`all`, `1-7,9`) for addressing several brokers (RFC 7).
 
 // Lets paths generated for module crates (`::switchboard_module_api::...`) work here too.
 extern crate self as switchboard_module_api;
@@ -32,6 +33,7 @@ pub mod native;
 #[cfg(unix)]
 pub mod process;
 pub mod proto;
+pub mod ranks;
 #[cfg(unix)]
 pub mod uri;
 #[cfg(target_family = "wasm")]
