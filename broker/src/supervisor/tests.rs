@@ -34,6 +34,8 @@ struct FakeLoaded {
     info: ModuleInfo,
     reclaimed: Arc<AtomicUsize>,
     started: Arc<AtomicUsize>,
+    /// The file says `fail-at-start`: the module ends in `failed` before it runs.
+    fails_at_start: bool,
 }
 
 struct FakeRunning {
@@ -53,7 +55,13 @@ impl Loader for FakeLoader {
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let default = request.path.file_stem().and_then(|s| s.to_str()).unwrap_or("fake").to_string();
         let info = ModuleInfo::new(request, default, ModuleKind::Native, "fake".into(), 5)?;
-        Ok(Box::new(FakeLoaded { info, reclaimed: self.reclaimed.clone(), started: self.started.clone() }))
+        let fails_at_start = std::fs::read_to_string(&request.path).is_ok_and(|t| t.contains("fail-at-start"));
+        Ok(Box::new(FakeLoaded {
+            info,
+            reclaimed: self.reclaimed.clone(),
+            started: self.started.clone(),
+            fails_at_start,
+        }))
     }
 }
 
@@ -64,7 +72,14 @@ impl LoadedModule for FakeLoaded {
 
     fn run(self: Box<Self>, link: ModuleLink) -> Result<Box<dyn RunningModule>, LoadError> {
         let serial = self.started.fetch_add(1, Ordering::SeqCst);
-        let thread = std::thread::spawn(move || fake_main(link, serial));
+        let fails = self.fails_at_start;
+        let thread = std::thread::spawn(move || {
+            if fails {
+                link.port.exited(ExitStatus::Failed("failed as told while starting".into()));
+            } else {
+                fake_main(link, serial);
+            }
+        });
         Ok(Box::new(FakeRunning { thread: Some(thread), reclaimed: self.reclaimed }))
     }
 }
@@ -106,6 +121,8 @@ struct Bench {
     sup: Supervisor,
     router: Arc<Router>,
     client: Arc<crate::router::Endpoint>,
+    /// What reaches the client endpoint (the events it subscribed to).
+    client_box: Arc<Mailbox>,
     reclaimed: Arc<AtomicUsize>,
     started: Arc<AtomicUsize>,
     dir: tempfile::TempDir,
@@ -119,8 +136,9 @@ impl Bench {
         let router = Arc::new(Router::new());
         let sup = Supervisor::new(router.clone(), registry, Duration::from_secs(2));
         let cred = switchboard_module_api::proto::Cred { userid: 0, rolemask: ROLE_OWNER | ROLE_USER };
-        let client = router.add_endpoint(Sink::Module(Arc::new(Mailbox::default())), cred, "test".into(), None);
-        Bench { sup, router, client, reclaimed, started, dir: tempfile::tempdir().expect("temp dir") }
+        let client_box = Arc::new(Mailbox::default());
+        let client = router.add_endpoint(Sink::Module(client_box.clone()), cred, "test".into(), None);
+        Bench { sup, router, client, client_box, reclaimed, started, dir: tempfile::tempdir().expect("temp dir") }
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -343,6 +361,42 @@ async fn an_operation_that_gives_up_waiting_for_a_name_leaves_the_holder_holding
         next.await.expect("the waiter task").expect("its turn");
         // ...and it let go in turn: the name is free.
         drop(b.sup.claim("a", false).await.expect("free again"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_failing_while_it_starts_fails_its_load_is_forgotten_and_announced_failed() {
+    within(async {
+        let b = Bench::new();
+        b.router.subscribe(b.client.id, "module.lifecycle.");
+        for i in 0..20 {
+            let name = format!("f{i}");
+            let path = b.dir.path().join(&name);
+            std::fs::write(&path, "#fake\nfail-at-start\n").expect("write");
+            let request = LoadRequest { path, name: Some(name.clone()), ..Default::default() };
+            let err = b.sup.load(ModuleSpec { request, ..Default::default() }).await.expect_err("it fails to start");
+            assert!(err.text.contains("failed to start"), "{}", err.text);
+            // Announced whatever the order of its exit and the load's giving up on it.
+            let inbox = b.client_box.inbox();
+            let topic = format!("module.lifecycle.{name}");
+            let event = tokio::task::spawn_blocking(move || {
+                let until = std::time::Instant::now() + Duration::from_secs(5);
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    let Ok(msg) = inbox.recv(Some(left)) else { break };
+                    if msg.topic == topic {
+                        return Some(msg);
+                    }
+                }
+                None
+            })
+            .await
+            .expect("the reader");
+            let event = event.unwrap_or_else(|| panic!("no lifecycle event for {name}"));
+            let body: switchboard_module_api::mgmt::LifecycleEvent = event.decode().expect("a lifecycle event");
+            assert_eq!(body.event, "failed", "{body:?}");
+        }
+        assert!(b.sup.list().await.is_empty(), "a module that failed to start stayed listed");
     })
     .await;
 }
