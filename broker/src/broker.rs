@@ -141,6 +141,12 @@ impl BrokerBuilder {
     /// in parallel), then the ones added with `module`. A module that fails to start stops
     /// the start and removes those already running.
     pub fn start(self) -> Result<Broker, BrokerError> {
+        if let Some(site) = self.site.as_ref().filter(|s| s.overlay.is_some()) {
+            return Err(BrokerError::Site(format!(
+                "{}: [overlay]: brokers joined in a tree (RFC 7) are not built yet; remove the table to run this broker alone",
+                site.path.display()
+            )));
+        }
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
         let runtime = match self.runtime {

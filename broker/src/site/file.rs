@@ -12,8 +12,30 @@ use toml::Spanned;
 pub struct File {
     #[serde(default)]
     pub broker: Broker,
+    pub overlay: Option<Spanned<Overlay>>,
     #[serde(default, rename = "module")]
     pub modules: Vec<Spanned<Module>>,
+}
+
+/// `[overlay]` (RFC 7 §2.2).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    pub curve_cert: Spanned<String>,
+    pub hosts: Spanned<Vec<Spanned<Host>>>,
+    pub default_bind: Option<Spanned<String>>,
+    pub default_connect: Option<Spanned<String>>,
+    pub default_port: Option<Spanned<u16>>,
+    pub fanout: Option<Spanned<u32>>,
+}
+
+/// One rank's entry of `hosts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub host: String,
+    pub bind: Option<String>,
+    pub connect: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +102,8 @@ pub struct Module {
     pub restart_delay_ms: Option<u64>,
     pub restart_max_delay_ms: Option<u64>,
     pub grace_ms: Option<u64>,
+    /// The ranks it runs on (RFC 7 §7); default all.
+    pub ranks: Option<Spanned<String>>,
     // Process modules.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

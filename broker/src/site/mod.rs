@@ -7,6 +7,7 @@
 
 mod apply;
 mod file;
+mod overlay;
 mod rc;
 mod value;
 
@@ -23,6 +24,8 @@ use switchboard_loaders::{check_name, search, DirGrant, LoadRequest, Sandbox, Se
 use switchboard_module_api::mgmt::DirArgs;
 
 use crate::supervisor::{levels, ModuleSpec, Node, RestartPolicy};
+pub use overlay::{HostSite, OverlaySite};
+use switchboard_module_api::ranks::RankSet;
 
 /// A checked site file; paths in it are absolute.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +42,8 @@ pub struct Site {
     pub rc_start: Option<PathBuf>,
     pub rc_stop: Option<PathBuf>,
     pub on_start_failure: OnStartFailure,
+    /// `[overlay]`: the instance this broker is one rank of (RFC 7), if any.
+    pub overlay: Option<OverlaySite>,
     /// In file order, enabled or not.
     pub modules: Vec<SiteModule>,
 }
@@ -48,6 +53,8 @@ pub struct SiteModule {
     /// Its name is always set.
     pub spec: ModuleSpec,
     pub enabled: bool,
+    /// The ranks it runs on (`ranks`; default all).
+    pub ranks: RankSet,
     pub line: usize,
 }
 
@@ -69,9 +76,10 @@ impl Site {
         Self::parse(path, &text)
     }
 
-    /// The modules to run: the enabled ones, in file order.
+    /// The modules to run: the enabled ones for this broker's rank (0 until the overlay
+    /// runs), in file order.
     pub fn wanted(&self) -> Vec<ModuleSpec> {
-        self.modules.iter().filter(|m| m.enabled).map(|m| m.spec.clone()).collect()
+        self.modules.iter().filter(|m| m.enabled && m.ranks.contains(0)).map(|m| m.spec.clone()).collect()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Site, SiteError> {
@@ -98,8 +106,13 @@ impl Site {
             rc_stop: b.rc.stop.as_deref().map(|p| absolute(base, p)),
             on_start_failure: b.rc.on_start_failure,
             search_path,
+            overlay: None,
             modules: Vec::new(),
         };
+        if let Some(o) = &raw.overlay {
+            site.overlay = Some(OverlaySite::check(o, base).map_err(|(span, message)| at(span, message))?);
+        }
+        let size = site.overlay.as_ref().map_or(1, OverlaySite::size);
         let mut seen: HashMap<String, usize> = HashMap::new();
         for m in &raw.modules {
             let line = line_col(text, m.span().start).0;
@@ -167,7 +180,15 @@ impl Site {
                 restart,
                 grace: m.grace_ms.map(Duration::from_millis),
             };
-            site.modules.push(SiteModule { spec, enabled: m.enabled, line });
+            let ranks = match &m.ranks {
+                None => RankSet::All,
+                Some(r) => {
+                    let set: RankSet = r.get_ref().parse().map_err(|e| at(r.span(), format!("key `ranks`: {e}")))?;
+                    set.resolve(size).map_err(|e| at(r.span(), format!("key `ranks`: {e}")))?;
+                    set
+                }
+            };
+            site.modules.push(SiteModule { spec, enabled: m.enabled, ranks, line });
         }
         // Requirements must be enabled modules of this file.
         for (m, raw) in site.modules.iter().zip(&raw.modules) {

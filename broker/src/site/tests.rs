@@ -110,3 +110,102 @@ fn a_bare_name_not_on_the_search_path_is_refused() {
     let err = parse("[broker]\nsearch_path = [\"/nonexistent-sb\"]\n[[module]]\npath = \"kvs\"\n").unwrap_err();
     assert!(err.contains(":4:") && err.contains("no module 'kvs' on the search path (/nonexistent-sb)"), "{err}");
 }
+
+/// A site file in a temporary folder with a certificate of `mode` beside it; the text's
+/// `CERT` is replaced by the certificate's name.
+fn overlay_site(text: &str, mode: u32) -> (tempfile::TempDir, Result<Site, String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("instance.cert");
+    std::fs::write(&cert, "curve\n    public-key = \"x\"\n").expect("write the certificate");
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    let path = dir.path().join("site.toml");
+    let result = Site::parse(&path, &text.replace("CERT", "instance.cert")).map_err(|e| e.to_string());
+    (dir, result)
+}
+
+const SIX_HOSTS: &str = r#"
+[overlay]
+curve_cert = "CERT"
+default_port = 9000
+hosts = [
+  { host = "node0" },
+  { host = "node1", bind = "tcp://10.0.0.1:%p" },
+  { host = "node2.example.org" },
+  { host = "node3", connect = "tcp://10.0.0.3:9001" },
+  { host = "node4" },
+  { host = "node5" },
+]
+
+[[module]]
+path = "/m/libkvs.so"
+ranks = "0"
+
+[[module]]
+path = "/m/libecho.so"
+ranks = "1-3,5"
+"#;
+
+#[test]
+fn an_overlay_table_fills_in_its_defaults_and_finds_this_broker() {
+    let (_dir, site) = overlay_site(SIX_HOSTS, 0o600);
+    let site = site.expect("a good overlay table");
+    let o = site.overlay.as_ref().expect("the overlay");
+    assert_eq!((o.size(), o.fanout), (6, 2));
+    // Ranks 0-2 have children (binary tree of 6): they bind; 3-5 do not.
+    assert_eq!(o.hosts[0].bind.as_deref(), Some("tcp://*:9000"));
+    assert_eq!(o.hosts[1].bind.as_deref(), Some("tcp://10.0.0.1:9000"));
+    assert_eq!(o.hosts[3].bind, None);
+    assert_eq!(o.hosts[2].connect, "tcp://node2.example.org:9000");
+    assert_eq!(o.hosts[3].connect, "tcp://10.0.0.3:9001");
+    assert_eq!(o.rank_of("node2", None), Ok(2));
+    assert_eq!(o.rank_of("NODE4.cluster", None), Ok(4));
+    assert_eq!(o.rank_of("elsewhere", Some(5)), Ok(5));
+    assert!(o.rank_of("elsewhere", None).expect_err("not listed").contains("give the broker --rank N"));
+    assert!(o
+        .rank_of("node0", Some(6))
+        .expect_err("beyond")
+        .contains("rank 6 is out of range: the instance has 6 brokers"));
+    assert_eq!(site.modules[1].ranks.to_string(), "1-3,5");
+    // Rank 0 runs kvs only.
+    let names: Vec<_> = site.wanted().into_iter().filter_map(|s| s.request.name).collect();
+    assert_eq!(names, ["kvs"]);
+}
+
+#[test]
+fn overlay_mistakes_name_their_line_and_key() {
+    let cases: &[(&str, u32, &str)] = &[
+        (&SIX_HOSTS.replace("default_port = 9000", "default_port = 9000\nports = 1"), 0o600, "unknown field `ports`"),
+        (
+            &SIX_HOSTS.replace("ranks = \"1-3,5\"", "ranks = \"1-3,6\""),
+            0o600,
+            "key `ranks`: rank 6 is out of range: the instance has 6 brokers",
+        ),
+        (&SIX_HOSTS.replace("ranks = \"0\"", "ranks = \"3-1\""), 0o600, "key `ranks`: '3-1' runs backwards"),
+        (
+            &SIX_HOSTS
+                .replace("{ host = \"node1\", bind = \"tcp://10.0.0.1:%p\" }", "{ host = \"node1\", bind = \"\" }"),
+            0o600,
+            "key `hosts`: rank 1 has children but no bind address",
+        ),
+        (SIX_HOSTS, 0o644, "is readable by others (mode 0644); chmod 600 it"),
+        (&SIX_HOSTS.replace("default_port = 9000", "fanout = 0"), 0o600, "key `fanout`: it must be at least 1"),
+        ("[overlay]\ncurve_cert = \"CERT\"\nhosts = []\n", 0o600, "key `hosts`: no hosts"),
+        (
+            "[overlay]\ncurve_cert = \"missing.cert\"\nhosts = [{ host = \"a\" }]\n",
+            0o600,
+            "key `curve_cert`: cannot read",
+        ),
+        (
+            "[[module]]\npath = \"/m/libkvs.so\"\nranks = \"1\"\n",
+            0o600,
+            "key `ranks`: rank 1 is out of range: the instance has 1 brokers",
+        ),
+    ];
+    for (text, mode, want) in cases {
+        let (_dir, site) = overlay_site(text, *mode);
+        let err = site.expect_err(want);
+        assert!(err.contains(want), "wanted {want:?}, got {err:?}");
+        assert!(err.contains("site.toml:"), "no file and line: {err}");
+    }
+}
