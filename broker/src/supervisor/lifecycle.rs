@@ -11,10 +11,10 @@ use switchboard_module_api::mgmt::LifecycleEvent;
 use switchboard_module_api::proto::{Cred, ROLE_OWNER, ROLE_USER};
 use switchboard_module_api::{Errno, Error, Message};
 
-use super::owner::{Entry, History, Owner};
+use super::owner::{busy, Entry, History, Owner};
 use super::port::ModulePort;
 use super::record::ModuleRecord;
-use super::{blocking, error, is_are, quoted, ModuleSpec, RestartPolicy, Supervisor};
+use super::{blocking, error, is_are, quoted, try_spawn_blocking, ModuleSpec, RestartPolicy, Supervisor};
 use crate::router::{Mailbox, Sink};
 
 /// How long `load` waits for a module to reach `running` before answering anyway.
@@ -39,19 +39,12 @@ impl Supervisor {
             None => false,
         };
         let _claim = match (&spec.request.name, dead) {
-            (Some(n), true) => Some(
-                tokio::time::timeout(START_TIMEOUT, self.claim(n, true)).await.map_err(|_| self.busy_error(n))??,
-            ),
+            (Some(n), true) => {
+                Some(tokio::time::timeout(START_TIMEOUT, self.claim(n, true)).await.map_err(|_| busy(n))??)
+            }
             _ => None,
         };
         self.start(spec, History { start_group, ..History::default() }, "loaded").await
-    }
-
-    fn busy_error(&self, name: &str) -> Error {
-        Error::new(
-            Errno::EBUSY,
-            format!("module '{name}' is being removed, reloaded, restarted or reconfigured; try again"),
-        )
     }
 
     async fn start(&self, mut spec: ModuleSpec, history: History, event: &str) -> Result<ModuleInfo, Error> {
@@ -96,9 +89,9 @@ impl Supervisor {
     ) -> Result<(Arc<ModuleRecord>, Option<Box<dyn RunningModule>>), Error> {
         let router = self.shared.router.clone();
         let info = info.clone();
-        let rec_dead = self
+        let (rec, dead, replaced) = self
             .with(move |o| {
-                let mut dead = None;
+                let mut dead = false;
                 if let Some(old) = o.find(&info.name) {
                     let replaced = replacing.as_ref().is_some_and(|r| Arc::ptr_eq(r, &old.rec));
                     if !replaced && !old.rec.state().is_final() {
@@ -111,10 +104,8 @@ impl Supervisor {
                             ),
                         ));
                     }
-                    if !replaced {
-                        // A dead instance only kept its name for `list`; the new one takes its place.
-                        dead = Some(old.rec.clone());
-                    }
+                    // A dead instance only kept its name for `list`; the new one takes its place.
+                    dead = !replaced;
                 }
                 let mailbox = Arc::new(Mailbox::default());
                 // SAFETY: getuid cannot fail.
@@ -134,11 +125,10 @@ impl Supervisor {
                 }
                 let rec = Arc::new(ModuleRecord::new(info, endpoint, mailbox));
                 let replaced = o.install(Entry { rec: rec.clone(), spec, history, running: None });
-                Ok((rec, dead.is_some(), replaced))
+                Ok((rec, dead, replaced))
             })
             .await??;
         // A dead instance is reclaimed now; one being reloaded is the reload's to stop.
-        let (rec, dead, replaced) = rec_dead;
         if dead {
             reclaim(replaced);
             return Ok((rec, None));
@@ -221,11 +211,8 @@ impl Supervisor {
         self.with(move |o| o.live(&n).map(|_| ())).await??;
         let _claim = self.claim(name, false).await?;
         let n = name.to_string();
-        let current =
-            self.with(move |o| o.find(&n).map(|e| (e.rec.clone(), e.spec.clone(), e.history.clone()))).await?;
-        let Some((old, old_spec, history)) = current else {
-            return Err(Error::new(Errno::ENOENT, format!("no module named '{name}'")));
-        };
+        let (old, old_spec, history) =
+            self.with(move |o| o.live(&n).map(|e| (e.rec.clone(), e.spec.clone(), e.history.clone()))).await??;
         let mut spec = spec.unwrap_or_else(|| old_spec.clone());
         spec.request.name = Some(name.to_string());
         let loaded = self.open(&mut spec.request).await?;
@@ -478,11 +465,7 @@ fn terminate(o: &mut Owner, rec: &Arc<ModuleRecord>, grace: Duration) -> bool {
 /// ending.
 pub(super) fn reclaim(running: Option<Box<dyn RunningModule>>) {
     let Some(r) = running else { return };
-    // tokio panics when its pool has no thread and cannot start one; the work stays queued
-    // and runs once a thread is there.
-    let queued =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(move || r.wait())));
-    if queued.is_err() {
+    if try_spawn_blocking(move || r.wait()).is_none() {
         tracing::warn!("no thread to reclaim an ended module now (thread limit?); it is reclaimed when one is free");
     }
 }

@@ -31,7 +31,6 @@ mod tests;
 
 pub use management::spawn_management;
 pub use order::{levels, Cycle, Node};
-pub use owner::History;
 pub use plan::ApplyError;
 pub use spec::{Change, ModuleSpec, RestartPolicy};
 
@@ -163,8 +162,7 @@ impl Supervisor {
     pub async fn update_settings(&self, name: &str, want: &ModuleSpec) -> Result<(), Error> {
         let (name, want) = (name.to_string(), want.clone());
         self.with(move |o| {
-            o.live(&name)?;
-            let Some(spec) = o.find_mut(&name).map(|e| &mut e.spec) else { return Ok(()) };
+            let spec = &mut o.live_mut(&name)?.spec;
             spec.requires = want.requires;
             spec.after = want.after;
             spec.restart = want.restart;
@@ -185,12 +183,6 @@ impl Supervisor {
 
     pub async fn count(&self) -> usize {
         self.with(|o| o.modules.len()).await.unwrap_or(0)
-    }
-
-    /// Running modules that require `name`.
-    pub async fn dependents(&self, name: &str) -> Vec<String> {
-        let name = name.to_string();
-        self.with(move |o| o.dependents(&name)).await.unwrap_or_default()
     }
 
     /// Remove every module, last started first; modules started together go together.
@@ -218,8 +210,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + S
         }
         work()
     };
-    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(guarded)));
-    let Ok(task) = spawned else {
+    let Some(task) = try_spawn_blocking(guarded) else {
         refused.store(true, std::sync::atomic::Ordering::Release);
         return Err(Error::new(
             Errno::EAGAIN,
@@ -230,6 +221,28 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + S
         let why = if e.is_panic() { "panicked" } else { "was cancelled" };
         Err(Error::new(Errno::EIO, format!("the broker's work on a module file {why}; see its log")))
     })
+}
+
+/// `spawn_blocking`, or None when the pool has no thread for `work` and cannot start one
+/// (tokio panics then, with the work already queued: it runs once a thread is free).
+fn try_spawn_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<tokio::task::JoinHandle<T>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(work))).ok()
+}
+
+/// Every operation at once, a task each; their outcomes in order. One that panics (a bug)
+/// is an EIO error saying `what` panicked.
+async fn in_parallel<T: Send + 'static>(
+    what: &str,
+    operations: impl IntoIterator<Item = impl std::future::Future<Output = Result<T, Error>> + Send + 'static>,
+) -> Vec<Result<T, Error>> {
+    let tasks: Vec<_> = operations.into_iter().map(tokio::spawn).collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.unwrap_or_else(|_| Err(Error::new(Errno::EIO, format!("the {what} panicked")))));
+    }
+    outcomes
 }
 
 /// Load options of one kind given for a module of another are a mistake, not a no-op.

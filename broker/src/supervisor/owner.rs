@@ -94,7 +94,11 @@ impl Owner {
     }
 
     pub fn live(&self, name: &str) -> Result<&Entry, Error> {
-        self.find(name).ok_or_else(|| Error::new(Errno::ENOENT, format!("no module named '{name}'")))
+        self.find(name).ok_or_else(|| no_module(name))
+    }
+
+    pub fn live_mut(&mut self, name: &str) -> Result<&mut Entry, Error> {
+        self.find_mut(name).ok_or_else(|| no_module(name))
     }
 
     /// Drop `rec`'s entry; its running handle, for the caller to reclaim off the owner.
@@ -143,10 +147,7 @@ impl Owner {
                 busy.waiting.push_back((token, tx));
                 Ok(Some(rx))
             }
-            Some(_) => Err(Error::new(
-                Errno::EBUSY,
-                format!("module '{key}' is being removed, reloaded, restarted or reconfigured; try again"),
-            )),
+            Some(_) => Err(busy(key)),
         }
     }
 
@@ -171,6 +172,18 @@ impl Owner {
     pub fn list(&self) -> Vec<ModuleStatus> {
         self.modules.iter().map(Entry::status).collect()
     }
+}
+
+fn no_module(name: &str) -> Error {
+    Error::new(Errno::ENOENT, format!("no module named '{name}'"))
+}
+
+/// What an operation on a name another operation is working on is told.
+pub(super) fn busy(name: &str) -> Error {
+    Error::new(
+        Errno::EBUSY,
+        format!("module '{name}' is being removed, reloaded, restarted or reconfigured; try again"),
+    )
 }
 
 impl Entry {

@@ -9,12 +9,12 @@ use std::collections::HashSet;
 use switchboard_loaders::digest::DigestCache;
 use switchboard_loaders::{ModuleState, SearchPath};
 use switchboard_module_api::mgmt::{ApplyReport, ApplyStep};
-use switchboard_module_api::{Errno, Error};
+use switchboard_module_api::Error;
 
 use super::order::{levels, Cycle, Node};
 use super::owner::Owner;
 use super::spec::{Change, ModuleSpec};
-use super::{blocking, Supervisor};
+use super::{blocking, in_parallel, Supervisor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
@@ -98,30 +98,29 @@ impl Supervisor {
         let mut failed: HashSet<String> = HashSet::new();
         for level in &by_level {
             let group = self.with(Owner::new_start_group).await?;
-            let tasks: Vec<_> = level
-                .iter()
-                .map(|step| {
-                    let spec = want[step.want.unwrap_or_default()].clone();
-                    let skip = spec.requires.iter().find(|q| failed.contains(*q)).cloned();
-                    let (sup, step) = (self.clone(), step.clone());
-                    tokio::spawn(async move {
-                        match skip {
-                            Some(q) => Ok(Outcome::Skipped(format!("skipped: it requires '{q}', which failed"))),
-                            None => sup.carry_out(&step, &spec, group).await.map(Outcome::Done),
-                        }
-                    })
-                })
-                .collect();
-            for (step, task) in level.iter().zip(tasks) {
-                let outcome = task.await.unwrap_or_else(|_| Err(Error::new(Errno::EIO, "the step panicked")));
-                // A refused config-update leaves the module running as it was: its
-                // dependents go on.
-                let name = step.name.clone();
-                let running =
-                    self.with(move |o| o.find(&name).is_some_and(|e| e.rec.state() == ModuleState::Running)).await?;
+            let steps = level.iter().map(|step| {
+                let spec = want[step.want.unwrap_or_default()].clone();
+                let skip = spec.requires.iter().find(|q| failed.contains(*q)).cloned();
+                let (sup, step) = (self.clone(), step.clone());
+                async move {
+                    match skip {
+                        Some(q) => Ok(Outcome::Skipped(format!("skipped: it requires '{q}', which failed"))),
+                        None => sup.carry_out(&step, &spec, group).await.map(Outcome::Done),
+                    }
+                }
+            });
+            for (step, outcome) in level.iter().zip(in_parallel("step", steps).await) {
                 let bad = match &outcome {
                     Ok(o) => matches!(o, Outcome::Skipped(_)),
-                    Err(_) => !(step.action == Action::Configure && running),
+                    // A refused config-update leaves the module running as it was: its
+                    // dependents go on.
+                    Err(_) if step.action == Action::Configure => {
+                        let name = step.name.clone();
+                        !self
+                            .with(move |o| o.find(&name).is_some_and(|e| e.rec.state() == ModuleState::Running))
+                            .await?
+                    }
+                    Err(_) => true,
                 };
                 if bad {
                     failed.insert(step.name.clone());
@@ -167,16 +166,11 @@ impl Supervisor {
             while i + n < names.len() && g.is_some() && group_of(i + n) == g && (i..i + n).all(|j| !related(j, i + n)) {
                 n += 1;
             }
-            let tasks: Vec<_> = names[i..i + n]
-                .iter()
-                .map(|m| {
-                    let (sup, m) = (self.clone(), m.clone());
-                    tokio::spawn(async move { sup.remove(&m, None, true).await })
-                })
-                .collect();
-            for task in tasks {
-                outcomes.push(task.await.unwrap_or_else(|_| Err(Error::new(Errno::EIO, "the removal panicked"))));
-            }
+            let removals = names[i..i + n].iter().map(|m| {
+                let (sup, m) = (self.clone(), m.clone());
+                async move { sup.remove(&m, None, true).await }
+            });
+            outcomes.extend(in_parallel("removal", removals).await);
             i += n;
         }
         outcomes
