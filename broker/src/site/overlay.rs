@@ -102,10 +102,6 @@ impl OverlaySite {
             _ => Err(format!("`hosts` names this machine ({hostname}) more than once; give each broker --rank N")),
         }
     }
-
-    pub fn topology(&self, rank: u32) -> Topology {
-        Topology { rank, size: self.size(), fanout: self.fanout }
-    }
 }
 
 /// The certificate must exist and be the owner's alone.
