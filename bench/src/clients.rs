@@ -49,7 +49,8 @@ fn io_err(what: &'static str) -> impl Fn(io::Error) -> BenchError {
 
 /// Run the wanted `clients-*` rows against `switchboard` (the binary) and print them.
 pub fn run(opts: &Opts, switchboard: &Path, echo_so: &Path, payload: &Bytes) -> Result<()> {
-    let fds = raise_fd_limit();
+    // The same raise as the broker's own; the broker started here inherits it.
+    let fds = switchboard::runtime::raise_fd_limit().unwrap_or(u64::MAX);
     if opts.wants("clients-connect") {
         let max = if opts.quick { opts.clients.min(1000) } else { opts.clients };
         report_connections(&connections(switchboard, max, fds)?);
@@ -59,24 +60,6 @@ pub fn run(opts: &Opts, switchboard: &Path, echo_so: &Path, payload: &Bytes) -> 
         report_active(&active(opts, switchboard, echo_so, payload, clients.max(1))?);
     }
     Ok(())
-}
-
-/// Raise this process's soft `RLIMIT_NOFILE` to its hard limit; the soft limit after.
-fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-        lim.rlim_cur
-    }
 }
 
 /// Start `switchboard` on a socket of its own, logging only errors (a broker that refuses

@@ -57,21 +57,6 @@ fn bound_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn bound_malloc_arenas() {}
 
-/// Clients cost the broker a file descriptor each and no thread: let it have as many
-/// descriptors as the hard limit allows, as servers commonly do (systemd's default soft limit
-/// of 1024 would otherwise be the broker's connection limit).
-fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let from = limit.current;
-        limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            tracing::debug!("open-file limit stays at {from:?}: {e}");
-        }
-    }
-}
-
 /// The signals the broker acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -122,7 +107,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    raise_fd_limit();
+    switchboard::runtime::raise_fd_limit();
     let mut builder = Broker::builder();
     if let Some(site) = &site {
         builder = builder.site(site);

@@ -12,6 +12,24 @@
 
 use tokio::runtime::Handle;
 
+/// Clients cost the broker a file descriptor each and no thread: raise this process's soft
+/// limit on open files to its hard limit, as servers commonly do (systemd's default soft
+/// limit of 1024 would otherwise be the connection limit). Children inherit it. The soft
+/// limit afterwards; None when it is unlimited.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let from = limit.current;
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("open-file limit stays at {from:?}: {e}");
+            return from;
+        }
+    }
+    limit.current
+}
+
 /// A runtime as the broker builds its own: for a program (the `switchboard` binary) that
 /// wants it before the broker starts, to lend it with `BrokerBuilder::runtime`.
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
