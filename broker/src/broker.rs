@@ -12,7 +12,8 @@ use switchboard_module_api::proto::DEFAULT_MAX_FRAME;
 use switchboard_module_api::{uri, Error};
 
 use crate::connector::{ListenOptions, Listener};
-use crate::router::{Router, DEFAULT_MAX_OUTPUT};
+use crate::overlay::{Certificate, Overlay, OverlayConfig, OverlayError, Topology};
+use crate::router::{Place, Router, DEFAULT_MAX_OUTPUT};
 use crate::runtime::BrokerRuntime;
 use crate::site::{apply_file, Running, Site};
 use crate::supervisor::{spawn_management, ModuleSpec, Supervisor};
@@ -32,6 +33,8 @@ pub enum BrokerError {
     Module { module: String, source: Error },
     #[error("{0}")]
     Site(String),
+    #[error("{0}")]
+    Overlay(#[from] OverlayError),
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct BrokerBuilder {
     site: Option<Site>,
     /// Added one by one, loaded after the site's in this order.
     modules: Vec<LoadRequest>,
+    /// `--rank`: this broker's rank in the site file's `[overlay]`, instead of its hostname's.
+    rank: Option<u32>,
 }
 
 impl Default for BrokerBuilder {
@@ -62,6 +67,7 @@ impl Default for BrokerBuilder {
             search_path: SearchPath::default(),
             site: None,
             modules: Vec::new(),
+            rank: None,
         }
     }
 }
@@ -77,6 +83,13 @@ impl BrokerBuilder {
     /// own: for a program that already has one. Module threads are the broker's either way.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
+        self
+    }
+
+    /// This broker's rank in the site file's instance (RFC 7 §2.2), instead of the one its
+    /// hostname has there.
+    pub fn rank(mut self, rank: u32) -> Self {
+        self.rank = Some(rank);
         self
     }
 
@@ -141,19 +154,15 @@ impl BrokerBuilder {
     /// in parallel), then the ones added with `module`. A module that fails to start stops
     /// the start and removes those already running.
     pub fn start(self) -> Result<Broker, BrokerError> {
-        if let Some(site) = self.site.as_ref().filter(|s| s.overlay.is_some()) {
-            return Err(BrokerError::Site(format!(
-                "{}: [overlay]: brokers joined in a tree (RFC 7) are not built yet; remove the table to run this broker alone",
-                site.path.display()
-            )));
-        }
+        let overlay = self.site.as_ref().map(|s| overlay_config(s, self.rank)).transpose()?.flatten();
+        let place = overlay.as_ref().map_or(Place::STANDALONE, |o| Place { topology: o.topology, instance: true });
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
         let runtime = match self.runtime {
             Some(handle) => BrokerRuntime::Lent(handle),
             None => BrokerRuntime::build().map_err(BrokerError::Runtime)?,
         };
-        let router = Arc::new(Router::new());
+        let router = Arc::new(Router::at(place));
         let handle = runtime.handle();
         let entered = handle.enter();
         let supervisor = Supervisor::new(router.clone(), Registry::new(handle.clone()), self.grace);
@@ -164,6 +173,7 @@ impl BrokerBuilder {
             allow_guests: self.allow_guests,
             max_frame: self.max_frame,
             max_output: self.max_output,
+            rank: place.rank(),
         });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         router.set_management(tx);
@@ -180,10 +190,19 @@ impl BrokerBuilder {
             },
         )
         .map_err(|source| BrokerError::Listen { path: path.clone(), source })?;
-        let broker = Broker { router, supervisor, listener: Some(listener), path, running, runtime };
+        let mut broker = Broker { router, supervisor, listener: Some(listener), path, running, runtime, overlay: None };
+        if let Some(config) = overlay {
+            match Overlay::start(config, broker.router.clone()) {
+                Ok(o) => broker.overlay = Some(o),
+                Err(e) => {
+                    broker.shutdown();
+                    return Err(e.into());
+                }
+            }
+        }
         if let Some(site) = &self.site {
             let report = broker
-                .block_on(broker.supervisor.apply(&site.wanted(), None, false))
+                .block_on(broker.supervisor.apply(&site.wanted(broker.router.place().rank()), None, false))
                 .map_err(|c| BrokerError::Site(c.to_string()));
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
@@ -218,8 +237,28 @@ pub struct Broker {
     listener: Option<Listener>,
     path: PathBuf,
     running: Arc<Running>,
+    /// The links to the rest of the instance (RFC 7), if the site file has `[overlay]`.
+    overlay: Option<Overlay>,
     /// Dropped last, after every module and connection task is done with it.
     runtime: BrokerRuntime,
+}
+
+/// The overlay a site file asks for, with this broker's rank: `given` (`--rank`) or the one
+/// its hostname has.
+fn overlay_config(site: &Site, given: Option<u32>) -> Result<Option<OverlayConfig>, BrokerError> {
+    let Some(o) = &site.overlay else { return Ok(None) };
+    let fail = |e: String| BrokerError::Site(format!("{}: [overlay]: {e}", site.path.display()));
+    let rank = o.rank_of(&crate::overlay::hostname(), given).map_err(fail)?;
+    let topology = Topology::new(rank, o.size(), o.fanout).map_err(|e| fail(e.to_string()))?;
+    let cert = Certificate::read(&o.curve_cert).map_err(|e| fail(format!("curve_cert: {e}")))?;
+    let me = &o.hosts[rank as usize];
+    Ok(Some(OverlayConfig {
+        topology,
+        hosts: o.hosts.iter().map(|h| h.host.clone()).collect(),
+        bind: me.bind.clone(),
+        connect: topology.parent().map(|p| o.hosts[p as usize].connect.clone()),
+        cert,
+    }))
 }
 
 impl Broker {
@@ -288,6 +327,9 @@ impl Broker {
     }
 
     fn stop(&mut self) {
+        if let Some(mut o) = self.overlay.take() {
+            o.stop();
+        }
         if let Some(mut l) = self.listener.take() {
             let (handle, supervisor) = (self.runtime.handle(), self.supervisor.clone());
             // The listener's stop waits for the accept task, which needs a free worker.

@@ -8,14 +8,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use switchboard::overlay::Certificate;
 use switchboard::site::{run_script, OnStartFailure, RcError};
 use switchboard::{Broker, Site};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard", version, about = "Switchboard message broker")]
+#[command(name = "switchboard", version, about = "Switchboard message broker", args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Site file (TOML, RFC 4): socket, search path, modules and their order, rc scripts.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -36,6 +39,34 @@ struct Args {
     /// the site file's `log`, else `info`).
     #[arg(long, env = "SWITCHBOARD_LOG")]
     log: Option<String>,
+    /// This broker's rank in the site file's `[overlay]` (default: the rank of the host entry
+    /// naming this machine).
+    #[arg(long, value_name = "N")]
+    rank: Option<u32>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Write a new instance certificate (CURVE key pair) to PATH, mode 0600 (RFC 7 §2.1).
+    Keygen {
+        /// Where to write it; an existing file is not replaced.
+        path: PathBuf,
+    },
+}
+
+/// `switchboard keygen PATH`.
+fn keygen(path: &std::path::Path) -> ExitCode {
+    let written = Certificate::generate().and_then(|c| c.write(path, &switchboard::overlay::hostname()));
+    match written {
+        Ok(()) => {
+            println!("{}: written; copy it to every broker of the instance, mode 0600", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard keygen: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// glibc malloc arenas for the whole process (broker, native modules, wasmtime), unless the
@@ -90,6 +121,9 @@ fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<Unbounded
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let args = Args::parse();
+    if let Some(Command::Keygen { path }) = &args.command {
+        return keygen(path);
+    }
     let site = match args.config.as_deref().map(Site::load).transpose() {
         Ok(s) => s,
         Err(e) => {
@@ -111,6 +145,9 @@ fn main() -> ExitCode {
     let mut builder = Broker::builder();
     if let Some(site) = &site {
         builder = builder.site(site);
+    }
+    if let Some(rank) = args.rank {
+        builder = builder.rank(rank);
     }
     if let Some(l) = args.listen {
         builder = builder.listen(l);

@@ -275,6 +275,40 @@ pub struct BrokerInfo {
     /// Clients connected to the local socket, the requester included.
     #[serde(default)]
     pub connections: u32,
+    /// Brokers in the instance (RFC 7); 1 for a standalone broker.
+    #[serde(default = "one")]
+    pub size: u32,
+    /// The k of the k-ary tree (RFC 7 §1).
+    #[serde(default = "one")]
+    pub fanout: u32,
+    /// This broker's parent's rank; absent at rank 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
+    /// This broker's children's ranks, whether their links are up or not.
+    #[serde(default)]
+    pub children: Vec<u32>,
+    /// Events numbered by rank 0 that never reached this broker (RFC 7 §4.5).
+    #[serde(default)]
+    pub events_lost: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `overlay.status` response (RFC 7 §6.3): a rank of the tree and, recursively, its subtree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub rank: u32,
+    /// `full`, `partial`, `lost` or `offline` (RFC 7 §6.1).
+    pub state: String,
+    /// The host the site file names for this rank.
+    pub host: String,
+    /// Why a `lost` rank is lost, and since when ("link lost 12 s ago").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub children: Vec<OverlayStatus>,
 }
 
 /// `service.add` / `service.remove` request.

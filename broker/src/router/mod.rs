@@ -5,6 +5,7 @@
 //! an unroutable request gets an error response, and so does a module's call back into a
 //! module that is waiting on it (EDEADLK, RFC 1 §8.10).
 
+mod across;
 mod batch;
 mod budget;
 mod conn_out;
@@ -12,35 +13,37 @@ mod inflight;
 mod mailbox;
 mod trace;
 
+pub use across::{Place, Way};
 pub use batch::{flush, hold};
 pub use budget::{OutputBudget, DEFAULT_MAX_OUTPUT};
 pub use conn_out::ConnOut;
 pub use inflight::Inflight;
 pub use mailbox::Mailbox;
 
+use self::across::EventOrder;
 use self::trace::{Dir, Tracers};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
-use switchboard_module_api::proto::{Cred, Flags, MsgType, MAX_ROUTE, NODEID_ANY};
+use switchboard_module_api::proto::{Cred, Flags, MsgType, MAX_ROUTE};
 use switchboard_module_api::{Errno, Message};
 
+use crate::overlay::{Control, LinkOut, Peer};
 use crate::services::{self, Builtin};
 
 /// Identifies a connection or a module for the route stack. Never reused.
 pub type EndpointId = u64;
-
-/// This broker's rank. Without the overlay every broker is rank 0.
-pub const RANK: u32 = 0;
 
 /// Where messages for an endpoint go.
 #[derive(Clone)]
 pub enum Sink {
     Conn(Arc<ConnOut>),
     Module(Arc<Mailbox>),
+    /// A link to another broker of the instance (RFC 7 §4.1).
+    Link(Arc<LinkOut>),
 }
 
 /// A connection or a module, as the router knows it.
@@ -72,12 +75,24 @@ struct Table {
     services: HashMap<String, Owner>,
     /// (topic prefix, subscriber)
     subscriptions: Vec<(String, EndpointId)>,
+    /// The links to the parent and children, by the peer's rank; absent: never up.
+    links: HashMap<u32, LinkSlot>,
+}
+
+/// A link as routing sees it.
+#[derive(Clone, Copy)]
+enum LinkSlot {
+    Up(EndpointId),
+    Lost,
 }
 
 pub struct Router {
     table: RwLock<Table>,
     next_id: AtomicU64,
-    next_seq: AtomicU32,
+    place: Place,
+    events: EventOrder,
+    /// The overlay thread, for `overlay.status` (absent for a standalone broker).
+    overlay: OnceLock<Control>,
     /// The supervisor's queue, for `module.*` and `broker.info`.
     management: OnceLock<tokio::sync::mpsc::UnboundedSender<Message>>,
     tracers: Tracers,
@@ -98,7 +113,13 @@ impl Default for Router {
 }
 
 impl Router {
+    /// A standalone broker's router.
     pub fn new() -> Self {
+        Self::at(Place::STANDALONE)
+    }
+
+    /// The router of the broker at `place` in an instance.
+    pub fn at(place: Place) -> Self {
         let mut table = Table::default();
         for b in Builtin::ALL {
             table.services.insert(b.service().to_string(), Owner::Builtin(b));
@@ -106,9 +127,41 @@ impl Router {
         Router {
             table: RwLock::new(table),
             next_id: AtomicU64::new(1),
-            next_seq: AtomicU32::new(1),
+            place,
+            events: EventOrder::default(),
+            overlay: OnceLock::new(),
             management: OnceLock::new(),
             tracers: Tracers::default(),
+        }
+    }
+
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// Events numbered by rank 0 that never reached this broker's subscribers.
+    pub fn events_lost(&self) -> u64 {
+        self.events.lost()
+    }
+
+    pub(crate) fn set_overlay(&self, control: Control) {
+        let _ = self.overlay.set(control);
+    }
+
+    /// Hand an `overlay.status` request to the overlay thread; a standalone broker answers it.
+    pub(crate) fn to_overlay(&self, msg: Message) {
+        match self.overlay.get() {
+            Some(c) => c.status(msg),
+            None => {
+                let me = switchboard_module_api::mgmt::OverlayStatus {
+                    rank: 0,
+                    state: "full".into(),
+                    host: crate::overlay::hostname(),
+                    reason: None,
+                    children: Vec::new(),
+                };
+                services::reply(self, &msg, &me);
+            }
         }
     }
 
@@ -168,6 +221,17 @@ impl Router {
         for err in errors {
             self.route_response(err);
         }
+    }
+
+    /// The link to `peer` is up, as endpoint `ep` (RFC 7 §4.1).
+    pub(crate) fn link_up(&self, peer: u32, ep: EndpointId) {
+        self.table.write().links.insert(peer, LinkSlot::Up(ep));
+    }
+
+    /// The link to `peer` is lost: every request in flight across it is answered.
+    pub(crate) fn link_lost(&self, peer: u32, ep: &Endpoint, reason: &str) {
+        self.table.write().links.insert(peer, LinkSlot::Lost);
+        self.retire(ep, reason);
     }
 
     /// Register all of `services` for `id`, or none of them.
@@ -265,7 +329,12 @@ impl Router {
                 None
             }
             MsgType::Event => {
-                self.publish(msg);
+                match &from.sink {
+                    Sink::Link(l) if matches!(l.peer, Peer::Parent(_)) => self.from_parent(msg),
+                    _ => {
+                        self.publish(msg);
+                    }
+                }
                 None
             }
             MsgType::Control => {
@@ -275,27 +344,57 @@ impl Router {
         }
     }
 
-    fn route_request(&self, from: &Endpoint, msg: Message) -> Option<EndpointId> {
-        if msg.nodeid != NODEID_ANY && msg.nodeid != RANK {
-            let text = format!("no broker of rank {}: this broker is rank {RANK} and has no overlay", msg.nodeid);
-            self.respond_error(&msg, Errno::EHOSTUNREACH, text);
-            return None;
-        }
-        if msg.flags.contains(Flags::UPSTREAM) {
-            self.respond_error(&msg, Errno::EHOSTUNREACH, "no upstream broker: this broker is the root");
-            return None;
-        }
+    fn route_request(&self, from: &Endpoint, mut msg: Message) -> Option<EndpointId> {
         let owner = {
             let t = self.table.read();
-            match t.services.get(msg.service()) {
+            let owner = || match t.services.get(msg.service()) {
                 None => None,
                 Some(Owner::Builtin(b)) => Some(Err(*b)),
                 Some(Owner::Endpoint(id)) => t.endpoints.get(id).map(|e| Ok(e.clone())),
+            };
+            let mut local = None;
+            match across::decide(&self.place, &msg, || {
+                local = owner();
+                local.is_some()
+            }) {
+                Way::Here if local.is_none() => owner(),
+                Way::Here => local,
+                Way::Fail(errnum, text) => {
+                    drop(t);
+                    self.respond_error(&msg, errnum, text);
+                    return None;
+                }
+                Way::Link { peer, nodeid, clear_upstream } => {
+                    let link = match t.links.get(&peer) {
+                        Some(LinkSlot::Up(id)) => t.endpoints.get(id).cloned(),
+                        _ => None,
+                    };
+                    let was = t.links.get(&peer).map(|l| matches!(l, LinkSlot::Lost));
+                    drop(t);
+                    let Some(link) = link else {
+                        let state = if was == Some(true) { "lost" } else { "offline" };
+                        let text = match msg.nodeid {
+                            n if n == peer => format!("rank {peer} is {state}"),
+                            n if n < self.place.topology.size => {
+                                format!("rank {n} is unreachable: the link to rank {peer} is {state}")
+                            }
+                            _ => format!("no upstream broker to ask: the link to rank {peer} is {state}"),
+                        };
+                        self.respond_error(&msg, Errno::EHOSTUNREACH, text);
+                        return None;
+                    };
+                    msg.nodeid = nodeid;
+                    if clear_upstream {
+                        msg.flags = msg.flags.without(Flags::UPSTREAM);
+                    }
+                    self.deliver(&link, msg);
+                    return Some(link.id);
+                }
             }
         };
         match owner {
             None => {
-                let text = format!("no service '{}' (topic '{}')", msg.service(), msg.topic);
+                let text = across::no_service(&self.place, &msg);
                 self.respond_error(&msg, Errno::ENOSYS, text);
                 None
             }
@@ -329,9 +428,44 @@ impl Router {
         }
     }
 
-    /// Sequence an event and deliver it to every subscriber whose prefix matches.
+    /// Publish an event for the instance: rank 0 numbers it and hands it to its subscribers
+    /// and down every link (RFC 7 §4.5); another rank sends it up to be numbered, and it comes
+    /// back down. Returns its number, or 0 where rank 0 will number it.
     pub fn publish(&self, mut msg: Message) -> u32 {
-        msg.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if !self.place.is_root() {
+            msg.seq = 0;
+            match self.link_to(self.place.topology.parent()) {
+                Some(up) => self.deliver(&up, msg),
+                None => {
+                    self.events.count_lost(1);
+                    tracing::warn!(topic = %msg.topic, "an event was lost: the link to the parent is down");
+                }
+            }
+            return 0;
+        }
+        let _order = self.events.publishing.lock();
+        msg.seq = self.events.number();
+        self.fan_out(msg)
+    }
+
+    /// An event from the parent: already numbered; check its number, then hand it on.
+    fn from_parent(&self, msg: Message) {
+        let _order = self.events.publishing.lock();
+        self.events.arrived(msg.seq);
+        self.fan_out(msg);
+    }
+
+    /// The endpoint of the link to `peer`, if that link is up.
+    fn link_to(&self, peer: Option<u32>) -> Option<Arc<Endpoint>> {
+        let t = self.table.read();
+        match t.links.get(&peer?) {
+            Some(LinkSlot::Up(id)) => t.endpoints.get(id).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Deliver a numbered event to every matching subscriber here and down every child link.
+    fn fan_out(&self, msg: Message) -> u32 {
         let sinks: Vec<Arc<Endpoint>> = {
             let t = self.table.read();
             let mut ids: Vec<EndpointId> =
@@ -344,6 +478,10 @@ impl Router {
                     !msg.flags.contains(Flags::PRIVATE) || e.cred.is_owner() || e.cred.userid == msg.cred.userid
                 })
                 .cloned()
+                .chain(t.links.iter().filter_map(|(&peer, l)| match l {
+                    LinkSlot::Up(id) if self.place.topology.parent() != Some(peer) => t.endpoints.get(id).cloned(),
+                    _ => None,
+                }))
                 .collect()
         };
         let seq = msg.seq;
@@ -383,6 +521,10 @@ impl Router {
                         None => ep.inflight.track(&msg),
                     }
                 }
+            }
+            Sink::Link(l) => {
+                ep.inflight.track(&msg);
+                l.enqueue(ep.id, msg);
             }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see

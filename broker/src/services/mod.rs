@@ -19,10 +19,13 @@ pub enum Builtin {
     Service,
     Event,
     Module,
+    /// `overlay.status` (RFC 7 §6.3).
+    Overlay,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 4] = [Builtin::Broker, Builtin::Service, Builtin::Event, Builtin::Module];
+    pub const ALL: [Builtin; 5] =
+        [Builtin::Broker, Builtin::Service, Builtin::Event, Builtin::Module, Builtin::Overlay];
 
     pub fn service(self) -> &'static str {
         match self {
@@ -30,6 +33,7 @@ impl Builtin {
             Builtin::Service => "service",
             Builtin::Event => "event",
             Builtin::Module => "module",
+            Builtin::Overlay => "overlay",
         }
     }
 }
@@ -47,6 +51,7 @@ pub(crate) fn handle(router: &Router, builtin: Builtin, msg: Message) {
         (Builtin::Broker, "info") | (Builtin::Module, _) => router.to_management(msg),
         (Builtin::Service, m) => service::handle(router, m, &msg),
         (Builtin::Event, m) => event::handle(router, m, &msg),
+        (Builtin::Overlay, "status") => router.to_overlay(msg),
         (b, m) => {
             let text = format!("service '{}' has no method '{m}'", b.service());
             router.respond_error(&msg, Errno::ENOSYS, text)

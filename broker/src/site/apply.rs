@@ -20,6 +20,8 @@ pub struct Running {
     pub allow_guests: bool,
     pub max_frame: usize,
     pub max_output: usize,
+    /// This broker's rank: which of the file's modules are its own.
+    pub rank: u32,
 }
 
 pub async fn apply_file(
@@ -32,7 +34,7 @@ pub async fn apply_file(
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
-    let mut report = sup.apply(&site.wanted(), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
+    let mut report = sup.apply(&site.wanted(running.rank), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
         ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
         ApplyError::Broker(e) => e,
     })?;

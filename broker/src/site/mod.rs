@@ -76,10 +76,10 @@ impl Site {
         Self::parse(path, &text)
     }
 
-    /// The modules to run: the enabled ones for this broker's rank (0 until the overlay
-    /// runs), in file order.
-    pub fn wanted(&self) -> Vec<ModuleSpec> {
-        self.modules.iter().filter(|m| m.enabled && m.ranks.contains(0)).map(|m| m.spec.clone()).collect()
+    /// The modules the broker of `rank` runs: the enabled ones whose `ranks` include it, in
+    /// file order. A standalone broker is rank 0.
+    pub fn wanted(&self, rank: u32) -> Vec<ModuleSpec> {
+        self.modules.iter().filter(|m| m.enabled && m.ranks.contains(rank)).map(|m| m.spec.clone()).collect()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Site, SiteError> {

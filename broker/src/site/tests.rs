@@ -58,7 +58,7 @@ dirs = ["data:/data:rw"]
     assert_eq!(off.spec.request.sandbox.memory, Some(8 << 20));
     assert_eq!(off.spec.request.sandbox.dirs[0].guest, "/data");
     assert!(off.spec.request.sandbox.dirs[0].writable);
-    assert_eq!(site.wanted().len(), 2);
+    assert_eq!(site.wanted(0).len(), 2);
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn an_overlay_table_fills_in_its_defaults_and_finds_this_broker() {
         .contains("rank 6 is out of range: the instance has 6 brokers"));
     assert_eq!(site.modules[1].ranks.to_string(), "1-3,5");
     // Rank 0 runs kvs only.
-    let names: Vec<_> = site.wanted().into_iter().filter_map(|s| s.request.name).collect();
+    let names: Vec<_> = site.wanted(0).into_iter().filter_map(|s| s.request.name).collect();
     assert_eq!(names, ["kvs"]);
 }
 

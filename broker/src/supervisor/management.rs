@@ -16,7 +16,7 @@ use switchboard_module_api::{Errno, Error, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{ModuleSpec, Supervisor};
-use crate::router::{Router, RANK};
+use crate::router::Router;
 use crate::services::{decode, reply};
 use crate::site::{apply_file, Running};
 
@@ -187,7 +187,7 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
             &msg,
             &BrokerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                rank: RANK,
+                rank: router.place().rank(),
                 pid: std::process::id(),
                 // SAFETY: getuid cannot fail.
                 uid: unsafe { libc::getuid() },
@@ -195,6 +195,11 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
                 modules: sup.count().await as u32,
                 uri: cx.uri.clone(),
                 connections: router.connections() as u32,
+                size: router.place().topology.size,
+                fanout: router.place().topology.fanout,
+                parent: router.place().topology.parent(),
+                children: router.place().topology.children().collect(),
+                events_lost: router.events_lost(),
             },
         ),
         t => router.respond_error(&msg, Errno::ENOSYS, format!("no method '{t}'")),

@@ -33,13 +33,21 @@ pub enum FrameError {
 /// Append one whole frame for `msg` to `out`.
 pub fn encode_frame_into(msg: &Message, out: &mut Vec<u8>) {
     let start = out.len();
-    out.extend_from_slice(&[0u8; 8]);
-    encode_header(msg, out);
-    let hlen = out.len() - start - 8;
-    out.extend_from_slice(&msg.payload);
+    out.extend_from_slice(&[0u8; FRAME_PREFIX]);
+    encode_body_into(msg, out);
     let len = out.len() - start - FRAME_PREFIX;
     out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-    out[start + 4..start + 8].copy_from_slice(&(hlen as u32).to_be_bytes());
+}
+
+/// Append a frame's body for `msg` (the frame without its length: what `decode_frame` reads
+/// and what a message between brokers carries, RFC 7 §3.2) to `out`.
+pub fn encode_body_into(msg: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    encode_header(msg, out);
+    let hlen = out.len() - start - 4;
+    out.extend_from_slice(&msg.payload);
+    out[start..start + 4].copy_from_slice(&(hlen as u32).to_be_bytes());
 }
 
 /// One whole frame for `msg`.

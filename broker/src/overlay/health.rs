@@ -1,0 +1,170 @@
+//! What a broker knows of its subtree's health (RFC 7 §6.1): the state of each rank below it,
+//! from its own links and from what its children report, folded into one map it reports to
+//! its parent and draws for `overlay.status`. Pure bookkeeping, owned by the overlay thread.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use switchboard_module_api::mgmt::OverlayStatus;
+
+use super::Topology;
+
+/// A rank's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Up, and every rank of its subtree is up.
+    Full,
+    /// Up, and some rank of its subtree is not.
+    Partial,
+    /// Its link was up once and is lost now.
+    Lost,
+    /// Never seen up since this broker started.
+    Offline,
+}
+
+impl State {
+    pub fn is_up(self) -> bool {
+        matches!(self, State::Full | State::Partial)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Full => "full",
+            State::Partial => "partial",
+            State::Lost => "lost",
+            State::Offline => "offline",
+        }
+    }
+}
+
+/// The states of a subtree's ranks, by rank.
+pub type States = BTreeMap<u32, State>;
+
+#[derive(Default)]
+struct Child {
+    up: bool,
+    /// When its link was lost (None: up, or never seen).
+    lost_at: Option<Instant>,
+    /// What it last reported of its own subtree (itself included).
+    report: States,
+}
+
+pub struct Health {
+    topology: Topology,
+    children: BTreeMap<u32, Child>,
+}
+
+impl Health {
+    pub fn new(topology: Topology) -> Health {
+        Health { topology, children: topology.children().map(|c| (c, Child::default())).collect() }
+    }
+
+    pub fn child_up(&mut self, c: u32) {
+        if let Some(child) = self.children.get_mut(&c) {
+            child.up = true;
+            child.lost_at = None;
+            // Until it reports, it is up and its subtree unknown.
+            child.report.insert(c, State::Full);
+        }
+    }
+
+    pub fn child_lost(&mut self, c: u32) {
+        if let Some(child) = self.children.get_mut(&c) {
+            child.up = false;
+            child.lost_at = Some(Instant::now());
+        }
+    }
+
+    /// Child `c`'s report of its subtree; entries outside that subtree are ignored.
+    pub fn child_report(&mut self, c: u32, report: States) {
+        let topology = self.topology;
+        if let Some(child) = self.children.get_mut(&c).filter(|ch| ch.up) {
+            child.report = report.into_iter().filter(|(r, _)| topology.in_subtree(*r, c)).collect();
+        }
+    }
+
+    /// Every rank of this subtree, this broker included.
+    pub fn states(&self) -> States {
+        let mut all = States::new();
+        for (&c, child) in &self.children {
+            for r in self.subtree_of(c) {
+                let reported = child.report.get(&r).copied();
+                let state = match (child.up, reported) {
+                    (true, Some(s)) => s,
+                    (true, None) => State::Offline,
+                    // Below a lost link nothing is known now: what was seen up is lost.
+                    (false, Some(s)) if s != State::Offline => State::Lost,
+                    (false, _) if r == c && child.lost_at.is_some() => State::Lost,
+                    (false, _) => State::Offline,
+                };
+                all.insert(r, state);
+            }
+        }
+        let me = if all.values().all(|s| s.is_up()) { State::Full } else { State::Partial };
+        all.insert(self.topology.rank, me);
+        all
+    }
+
+    /// The `overlay.status` tree of this subtree, with `hosts` by rank.
+    pub fn status(&self, hosts: &[String]) -> OverlayStatus {
+        let states = self.states();
+        self.draw(self.topology.rank, &states, hosts)
+    }
+
+    fn draw(&self, r: u32, states: &States, hosts: &[String]) -> OverlayStatus {
+        let reason = self
+            .children
+            .get(&r)
+            .and_then(|c| c.lost_at)
+            .map(|at| format!("link lost {} s ago", at.elapsed().as_secs()));
+        OverlayStatus {
+            rank: r,
+            state: states.get(&r).copied().unwrap_or(State::Offline).name().to_string(),
+            host: hosts.get(r as usize).cloned().unwrap_or_default(),
+            reason,
+            children: self.topology.children_of(r).map(|c| self.draw(c, states, hosts)).collect(),
+        }
+    }
+
+    fn subtree_of(&self, r: u32) -> Vec<u32> {
+        let mut out = vec![r];
+        let mut i = 0;
+        while i < out.len() {
+            out.extend(self.topology.children_of(out[i]));
+            i += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_is_full_only_when_its_whole_subtree_is_up() {
+        // Rank 0 of 7, fanout 2: children 1 and 2; 1 has 3 and 4.
+        let mut h = Health::new(Topology::new(0, 7, 2).unwrap());
+        assert_eq!(h.states()[&1], State::Offline);
+        assert_eq!(h.states()[&0], State::Partial);
+        h.child_up(1);
+        h.child_up(2);
+        h.child_report(1, States::from([(1, State::Full), (3, State::Full), (4, State::Full)]));
+        h.child_report(2, States::from([(2, State::Full), (5, State::Full), (6, State::Full), (0, State::Lost)]));
+        let s = h.states();
+        assert_eq!(s[&0], State::Full, "{s:?}");
+        // 1 loses 4: 1 reports partial, and so is 0.
+        h.child_report(1, States::from([(1, State::Partial), (3, State::Full), (4, State::Lost)]));
+        assert_eq!(h.states()[&0], State::Partial);
+        // 1 itself is lost: what was up below it is lost too.
+        h.child_lost(1);
+        let s = h.states();
+        assert_eq!((s[&1], s[&3], s[&4]), (State::Lost, State::Lost, State::Lost));
+        let tree = h.status(&["n0", "n1", "n2", "n3", "n4", "n5", "n6"].map(String::from));
+        assert_eq!(tree.children[0].state, "lost");
+        assert!(tree.children[0].reason.as_deref().unwrap_or("").starts_with("link lost"));
+        assert_eq!(tree.children[0].children[1].host, "n4");
+    }
+}

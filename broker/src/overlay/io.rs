@@ -1,0 +1,552 @@
+//! The overlay thread (RFC 7 §3, §5): the one owner of this broker's ZeroMQ sockets (the
+//! ROUTER its children connect to, the DEALER to its parent, their monitors and the ZAP
+//! handler) and of everything known about its links and its subtree's health. It polls the
+//! sockets and a wake-up; what arrives on a link is routed by `Router::route` on this
+//! thread, as a connection's reader routes what a client sends; what the router sends on a
+//! link comes here as a `Command`. It never blocks but in its poll, and it never waits for
+//! the runtime.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, TryRecvError};
+use serde::{Deserialize, Serialize};
+use switchboard_module_api::proto::{decode_frame, encode_body_into, MsgType, PROTOCOL_VERSION};
+use switchboard_module_api::{Errno, Message};
+
+use super::health::{Health, State, States};
+use super::outbox::{Command, Control, LinkOut, Peer};
+use super::Topology;
+use crate::router::{self, broker_cred, Endpoint, Router, Sink};
+
+/// Messages taken from one source before looking at the others.
+const BATCH: usize = 512;
+/// How often a child not yet welcomed says hello again.
+const HELLO_AGAIN: Duration = Duration::from_secs(1);
+
+/// Monitor events (libzmq's `ZMQ_EVENT_*`).
+pub(super) const EV_ACCEPTED: u16 = 0x0020;
+pub(super) const EV_DISCONNECTED: u16 = 0x0200;
+pub(super) const EV_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
+pub(super) const EV_HANDSHAKE_SUCCEEDED: u16 = 0x1000;
+pub(super) const EV_HANDSHAKE_FAILED_PROTOCOL: u16 = 0x2000;
+pub(super) const EV_HANDSHAKE_FAILED_AUTH: u16 = 0x4000;
+
+/// `overlay.hello`'s payload (§3.3).
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    rank: u32,
+    size: u32,
+    fanout: u32,
+    version: u32,
+}
+
+/// `overlay.refused`'s payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct Refused {
+    reason: String,
+}
+
+/// `overlay.health`'s payload (§6.1).
+#[derive(Debug, Serialize, Deserialize)]
+struct HealthReport {
+    states: States,
+}
+
+/// The ROUTER side: this broker's children.
+pub(super) struct Down {
+    pub sock: zmq::Socket,
+    pub monitor: zmq::Socket,
+    /// The ZAP handler's socket (RFC 27): who may connect.
+    pub zap: zmq::Socket,
+    /// Children whose links are up: their endpoint and the descriptor their hello came on.
+    links: HashMap<u32, (Arc<Endpoint>, Option<i32>)>,
+    /// How many times each address was refused (logged at 1, 2, 4, 8, ...).
+    refused: HashMap<String, u64>,
+}
+
+impl Down {
+    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
+        Down { sock, monitor, zap, links: HashMap::new(), refused: HashMap::new() }
+    }
+}
+
+/// The DEALER side: the link to the parent.
+pub(super) struct Up {
+    pub sock: zmq::Socket,
+    pub monitor: zmq::Socket,
+    pub parent: u32,
+    link: Option<Arc<Endpoint>>,
+    /// When the last hello went out on the present connection (None: not connected).
+    hello_at: Option<Instant>,
+    auth_failures: u64,
+}
+
+impl Up {
+    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, parent: u32) -> Up {
+        Up { sock, monitor, parent, link: None, hello_at: None, auth_failures: 0 }
+    }
+}
+
+pub(super) struct Io {
+    pub router: Arc<Router>,
+    pub topology: Topology,
+    pub hosts: Vec<String>,
+    /// The instance's public key (32 bytes), the only one the ZAP handler admits.
+    pub public_key: Vec<u8>,
+    pub control: Control,
+    pub rx: Receiver<Command>,
+    pub wake: UnixStream,
+    pub down: Option<Down>,
+    pub up: Option<Up>,
+    pub health: Health,
+    /// What was last reported up (or, at rank 0, published).
+    pub reported: States,
+    pub buf: Vec<u8>,
+}
+
+impl Io {
+    pub fn run(mut self) {
+        loop {
+            self.control.wake.disarm();
+            let mut more = false;
+            for _ in 0..BATCH {
+                match self.rx.try_recv() {
+                    Ok(Command::Send { peer, link, msg }) => self.send(peer, link, msg),
+                    Ok(Command::Status(req)) => {
+                        let tree = self.health.status(&self.hosts);
+                        crate::services::reply(&self.router, &req, &tree);
+                    }
+                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return self.stop(),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            more |= !self.rx.is_empty();
+            router::hold();
+            self.monitors();
+            more |= self.from_children();
+            more |= self.from_parent();
+            router::flush();
+            self.zap();
+            self.hello_again();
+            self.report_health();
+            let timeout = if more { 0 } else { HELLO_AGAIN.as_millis() as i64 };
+            self.poll(timeout);
+        }
+    }
+
+    fn poll(&mut self, timeout: i64) {
+        let mut items = vec![zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN)];
+        if let Some(d) = &self.down {
+            items.push(d.sock.as_poll_item(zmq::POLLIN));
+            items.push(d.monitor.as_poll_item(zmq::POLLIN));
+            items.push(d.zap.as_poll_item(zmq::POLLIN));
+        }
+        if let Some(u) = &self.up {
+            items.push(u.sock.as_poll_item(zmq::POLLIN));
+            items.push(u.monitor.as_poll_item(zmq::POLLIN));
+        }
+        if let Err(e) = zmq::poll(&mut items, timeout) {
+            if e != zmq::Error::EINTR {
+                tracing::error!("the overlay's poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if items[0].is_readable() {
+            let mut sink = [0u8; 64];
+            while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(d) = &mut self.down {
+            for (_, (ep, _)) in d.links.drain() {
+                self.router.retire(&ep, "is gone (this broker is stopping)");
+            }
+        }
+        if let Some(ep) = self.up.as_mut().and_then(|u| u.link.take()) {
+            self.router.retire(&ep, "is gone (this broker is stopping)");
+        }
+    }
+
+    // ------------------------------------------------------------ sending
+
+    /// Send `msg` on the link to `peer`, if `link` is still that link's endpoint.
+    fn send(&mut self, peer: Peer, link: u64, msg: Message) {
+        let ep = match peer {
+            Peer::Child(r) => self.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.clone()),
+            Peer::Parent(_) => self.up.as_ref().and_then(|u| u.link.clone()),
+        };
+        // A link lost since: its requests were answered when it was retired.
+        let Some(ep) = ep.filter(|ep| ep.id == link) else { return };
+        self.buf.clear();
+        encode_body_into(&msg, &mut self.buf);
+        let sent = match peer {
+            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
+            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
+        };
+        match sent {
+            Some(Ok(())) | None => {}
+            Some(Err(zmq::Error::EHOSTUNREACH)) => {
+                if let Peer::Child(r) = peer {
+                    self.child_lost(r, "is lost (not connected)");
+                }
+            }
+            Some(Err(e)) => {
+                let why = match e {
+                    zmq::Error::EAGAIN => "is not taking messages (its link is full)".to_string(),
+                    e => format!("could not be sent a message: {e}"),
+                };
+                if msg.wants_response() && ep.inflight.forget(&msg) {
+                    self.router.respond_error(&msg, Errno::EHOSTUNREACH, format!("rank {} {why}", peer.rank()));
+                } else {
+                    tracing::warn!(topic = %msg.topic, "a message to rank {} was dropped: it {why}", peer.rank());
+                }
+            }
+        }
+    }
+
+    fn control_to(&mut self, peer: Peer, topic: &str, payload: &impl Serialize) {
+        let Ok(payload) = Message::encode_payload(payload) else { return };
+        let msg = Message::control(topic, payload);
+        self.buf.clear();
+        encode_body_into(&msg, &mut self.buf);
+        let sent = match peer {
+            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
+            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
+        };
+        if let Some(Err(e)) = sent {
+            tracing::debug!("{topic} to rank {} not sent: {e}", peer.rank());
+        }
+    }
+
+    // ------------------------------------------------------------ receiving
+
+    /// Route what the children sent. True if there may be more.
+    fn from_children(&mut self) -> bool {
+        for _ in 0..BATCH {
+            let Some(d) = &self.down else { return false };
+            let mut id = zmq::Message::new();
+            match d.sock.recv(&mut id, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => return false,
+                Err(e) => {
+                    tracing::error!("receiving from the children failed: {e}");
+                    return false;
+                }
+            }
+            let mut body = zmq::Message::new();
+            if !id.get_more() || d.sock.recv(&mut body, zmq::DONTWAIT).is_err() {
+                continue;
+            }
+            while body.get_more() {
+                // One frame per message (§3.2): a peer that sends more is not ours.
+                let mut extra = zmq::Message::new();
+                if d.sock.recv(&mut extra, zmq::DONTWAIT).is_err() {
+                    break;
+                }
+                body = extra;
+            }
+            let Some(rank) = std::str::from_utf8(&id).ok().and_then(|s| s.parse::<u32>().ok()) else {
+                tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
+                continue;
+            };
+            let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
+            let msg = match decode_frame(Bytes::copy_from_slice(&body)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("a malformed message from rank {rank} was dropped: {e}");
+                    continue;
+                }
+            };
+            if msg.kind == MsgType::Control {
+                self.child_control(rank, fd, msg);
+                continue;
+            }
+            match d.links.get(&rank) {
+                Some((ep, _)) => {
+                    let ep = ep.clone();
+                    self.router.route(&ep, msg);
+                }
+                None => tracing::debug!(topic = %msg.topic, "a message from rank {rank} before its hello was dropped"),
+            }
+        }
+        true
+    }
+
+    /// Route what the parent sent. True if there may be more.
+    fn from_parent(&mut self) -> bool {
+        for _ in 0..BATCH {
+            let Some(u) = &self.up else { return false };
+            let mut body = zmq::Message::new();
+            match u.sock.recv(&mut body, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => return false,
+                Err(e) => {
+                    tracing::error!("receiving from the parent failed: {e}");
+                    return false;
+                }
+            }
+            let msg = match decode_frame(Bytes::copy_from_slice(&body)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("a malformed message from rank {} was dropped: {e}", u.parent);
+                    continue;
+                }
+            };
+            if msg.kind == MsgType::Control {
+                self.parent_control(msg);
+                continue;
+            }
+            match &u.link {
+                Some(ep) => {
+                    let ep = ep.clone();
+                    self.router.route(&ep, msg);
+                }
+                None => tracing::debug!(topic = %msg.topic, "a message from the parent before its welcome was dropped"),
+            }
+        }
+        true
+    }
+
+    // ------------------------------------------------------------ hello, health
+
+    fn child_control(&mut self, rank: u32, fd: Option<i32>, msg: Message) {
+        match msg.topic.as_str() {
+            "overlay.hello" => {
+                // A restarted child's new connection may reuse its old descriptor: take in
+                // the old one's disconnect first.
+                self.monitors();
+                let hello: Hello = match msg.decode() {
+                    Ok(h) => h,
+                    Err(e) => return self.refuse(rank, format!("a malformed hello: {e}")),
+                };
+                let t = self.topology;
+                let why = if hello.rank != rank {
+                    Some(format!("it says it is rank {} but connected as {rank}", hello.rank))
+                } else if !t.children().any(|c| c == rank) {
+                    Some(format!("rank {rank} is not a child of rank {}", t.rank))
+                } else if hello.size != t.size || hello.fanout != t.fanout {
+                    Some(format!(
+                        "its instance has size {} and fanout {}, this one {} and {}",
+                        hello.size, hello.fanout, t.size, t.fanout
+                    ))
+                } else if hello.version != PROTOCOL_VERSION {
+                    Some(format!("it speaks overlay version {}, this broker {PROTOCOL_VERSION}", hello.version))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return self.refuse(rank, why);
+                }
+                if self.down.as_ref().is_some_and(|d| d.links.contains_key(&rank)) {
+                    self.child_lost(rank, "is lost (it connected again)");
+                }
+                let ep = self.link_endpoint(Peer::Child(rank));
+                self.router.link_up(rank, ep.id);
+                if let Some(d) = &mut self.down {
+                    d.links.insert(rank, (ep, fd));
+                }
+                self.health.child_up(rank);
+                tracing::info!("rank {rank} joined");
+                self.control_to(Peer::Child(rank), "overlay.welcome", &Hello {
+                    rank: t.rank,
+                    size: t.size,
+                    fanout: t.fanout,
+                    version: PROTOCOL_VERSION,
+                });
+            }
+            "overlay.health" => {
+                if let Ok(report) = msg.decode::<HealthReport>() {
+                    self.health.child_report(rank, report.states);
+                }
+            }
+            other => tracing::debug!("ignoring control message {other} from rank {rank}"),
+        }
+    }
+
+    fn refuse(&mut self, rank: u32, why: String) {
+        tracing::error!("refused rank {rank}: {why}");
+        self.control_to(Peer::Child(rank), "overlay.refused", &Refused { reason: why });
+    }
+
+    fn parent_control(&mut self, msg: Message) {
+        let Some(parent) = self.up.as_ref().map(|u| u.parent) else { return };
+        match msg.topic.as_str() {
+            "overlay.welcome" => {
+                if let Some(old) = self.up.as_mut().and_then(|u| u.link.take()) {
+                    self.router.link_lost(parent, &old, "is lost (it welcomed this broker again)");
+                }
+                let ep = self.link_endpoint(Peer::Parent(parent));
+                self.router.link_up(parent, ep.id);
+                if let Some(u) = &mut self.up {
+                    u.link = Some(ep);
+                    u.hello_at = None;
+                }
+                tracing::info!("joined the instance through rank {parent}");
+                self.reported.clear();
+            }
+            "overlay.refused" => {
+                let why = msg.decode::<Refused>().map(|r| r.reason).unwrap_or_else(|e| e.to_string());
+                tracing::error!("rank {parent} refused this broker: {why}");
+            }
+            other => tracing::debug!("ignoring control message {other} from the parent"),
+        }
+    }
+
+    fn link_endpoint(&self, peer: Peer) -> Arc<Endpoint> {
+        let out = Arc::new(LinkOut { peer, control: self.control.clone() });
+        self.router.add_endpoint(Sink::Link(out), broker_cred(), format!("rank {}", peer.rank()), None)
+    }
+
+    fn child_lost(&mut self, rank: u32, reason: &str) {
+        let Some((ep, _)) = self.down.as_mut().and_then(|d| d.links.remove(&rank)) else { return };
+        tracing::warn!("rank {rank} {reason}");
+        self.router.link_lost(rank, &ep, reason);
+        self.health.child_lost(rank);
+    }
+
+    fn parent_lost(&mut self, reason: &str) {
+        let Some(u) = &mut self.up else { return };
+        u.hello_at = None;
+        let parent = u.parent;
+        if let Some(ep) = u.link.take() {
+            tracing::warn!("rank {parent} (the parent) {reason}; reconnecting");
+            self.router.link_lost(parent, &ep, reason);
+        }
+    }
+
+    /// A child connected but not welcomed says hello again now and then (its first may have
+    /// gone out before the parent could read it).
+    fn hello_again(&mut self) {
+        let Some(u) = &self.up else { return };
+        if u.link.is_none() && u.hello_at.is_some_and(|at| at.elapsed() >= HELLO_AGAIN) {
+            self.hello();
+        }
+    }
+
+    fn hello(&mut self) {
+        let t = self.topology;
+        let Some(parent) = self.up.as_ref().map(|u| u.parent) else { return };
+        let hello = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION };
+        self.control_to(Peer::Parent(parent), "overlay.hello", &hello);
+        if let Some(u) = &mut self.up {
+            u.hello_at = Some(Instant::now());
+        }
+    }
+
+    /// Tell the parent (or, at rank 0, the instance) what changed in this subtree.
+    fn report_health(&mut self) {
+        let states = self.health.states();
+        if states == self.reported {
+            return;
+        }
+        if self.topology.rank == 0 {
+            for (&r, &s) in &states {
+                if self.reported.get(&r) != Some(&s) && !(self.reported.is_empty() && s == State::Offline) {
+                    self.publish_rank(r, s);
+                }
+            }
+        } else if let Some(parent) = self.up.as_ref().filter(|u| u.link.is_some()).map(|u| u.parent) {
+            self.control_to(Peer::Parent(parent), "overlay.health", &HealthReport { states: states.clone() });
+        } else {
+            return;
+        }
+        self.reported = states;
+    }
+
+    /// Rank 0's `overlay.rank.N` event (§6.2).
+    fn publish_rank(&self, r: u32, s: State) {
+        #[derive(Serialize)]
+        struct RankEvent<'a> {
+            rank: u32,
+            state: &'a str,
+        }
+        if let Ok(payload) = Message::encode_payload(&RankEvent { rank: r, state: s.name() }) {
+            let mut ev = Message::event(format!("overlay.rank.{r}"), payload);
+            ev.cred = broker_cred();
+            self.router.publish(ev);
+        }
+    }
+
+    // ------------------------------------------------------------ monitors, ZAP
+
+    fn monitors(&mut self) {
+        while let Some((event, value)) = self.down.as_ref().and_then(|d| monitor_event(&d.monitor)) {
+            if event == EV_DISCONNECTED {
+                let gone = self.down.as_ref().and_then(|d| {
+                    d.links.iter().find(|(_, (_, fd))| *fd == Some(value as i32)).map(|(r, _)| *r)
+                });
+                if let Some(rank) = gone {
+                    self.child_lost(rank, "is lost (its connection closed)");
+                }
+            }
+        }
+        while let Some((event, value)) = self.up.as_ref().and_then(|u| monitor_event(&u.monitor)) {
+            match event {
+                EV_HANDSHAKE_SUCCEEDED => self.hello(),
+                EV_DISCONNECTED => self.parent_lost("is lost (its connection closed)"),
+                EV_HANDSHAKE_FAILED_AUTH | EV_HANDSHAKE_FAILED_PROTOCOL | EV_HANDSHAKE_FAILED_NO_DETAIL => {
+                    if let Some(u) = &mut self.up {
+                        u.auth_failures += 1;
+                        if u.auth_failures.is_power_of_two() {
+                            tracing::error!(
+                                "rank {} refused the connection (event {event:#x}, {value}): this broker's \
+                                 certificate is not the instance's ({} refusals so far)",
+                                u.parent,
+                                u.auth_failures
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Answer ZAP requests (RFC 27): admit a CURVE client only if it holds the instance key.
+    fn zap(&mut self) {
+        let Some(d) = &mut self.down else { return };
+        while let Ok(frames) = d.zap.recv_multipart(zmq::DONTWAIT) {
+            // version, request id, domain, address, routing id, mechanism, credentials...
+            if frames.len() < 6 {
+                continue;
+            }
+            let address = String::from_utf8_lossy(&frames[3]).into_owned();
+            let ok = frames[5] == b"CURVE" && frames.get(6).is_some_and(|k| *k == self.public_key);
+            let (code, text): (&[u8], &[u8]) = if ok { (b"200", b"OK") } else { (b"400", b"not the instance certificate") };
+            let reply: [&[u8]; 6] = [b"1.0", &frames[1], code, text, b"", b""];
+            if let Err(e) = d.zap.send_multipart(reply, 0) {
+                tracing::error!("the ZAP handler could not answer: {e}");
+            }
+            if !ok {
+                let n = d.refused.entry(address.clone()).or_insert(0);
+                *n += 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "refused a peer from {address}: it does not hold the instance certificate ({n} times)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn send_to_child(sock: &zmq::Socket, rank: u32, body: &[u8]) -> zmq::Result<()> {
+    sock.send(rank.to_string().as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)?;
+    sock.send(body, zmq::DONTWAIT)
+}
+
+/// The next event on a monitor socket: (event, value), where value is a descriptor or an errno.
+fn monitor_event(monitor: &zmq::Socket) -> Option<(u16, u32)> {
+    let frames = monitor.recv_multipart(zmq::DONTWAIT).ok()?;
+    let head = frames.first().filter(|f| f.len() >= 6)?;
+    let event = u16::from_ne_bytes([head[0], head[1]]);
+    let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+    Some((event, value))
+}

@@ -1,0 +1,209 @@
+//! Routing across the overlay (RFC 7 §4): the rules that decide, for a request, whether it is
+//! served here, sent up to the parent or down to a child, or answered with an error, and the
+//! numbering of events for the whole instance (§4.5). Pure decisions and counters: the links
+//! themselves are endpoints in the routing table, and their sockets are `overlay`'s.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use switchboard_module_api::proto::{Flags, NODEID_ANY, NODEID_UPSTREAM};
+use switchboard_module_api::{Errno, Message};
+
+use crate::overlay::{NextHop, Topology};
+
+/// Where this broker is: a standalone broker is rank 0 of 1 and keeps RFC 1's error texts.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub topology: Topology,
+    /// False for a broker without `[overlay]`.
+    pub instance: bool,
+}
+
+impl Place {
+    pub const STANDALONE: Place = Place { topology: Topology { rank: 0, size: 1, fanout: 1 }, instance: false };
+
+    pub fn rank(&self) -> u32 {
+        self.topology.rank
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.topology.rank == 0
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Way {
+    /// Route it by service on this broker.
+    Here,
+    /// Send it on the link to this peer rank, its header changed as said.
+    Link { peer: u32, nodeid: u32, clear_upstream: bool },
+    Fail(Errno, String),
+}
+
+/// RFC 7 §4.2's rules, in order. `owned_here` says whether a local endpoint or the broker
+/// itself owns the request's service (asked only for NODEID_ANY).
+pub fn decide(place: &Place, msg: &Message, owned_here: impl FnOnce() -> bool) -> Way {
+    let topo = &place.topology;
+    let upstream = msg.flags.contains(Flags::UPSTREAM);
+    let up = |nodeid: u32, clear_upstream: bool| match topo.parent() {
+        Some(peer) => Way::Link { peer, nodeid: if nodeid == NODEID_UPSTREAM { peer } else { nodeid }, clear_upstream },
+        None => Way::Fail(Errno::EHOSTUNREACH, "no upstream broker: this broker is the root".into()),
+    };
+    match msg.nodeid {
+        NODEID_UPSTREAM => up(NODEID_UPSTREAM, false),
+        NODEID_ANY if upstream => up(NODEID_ANY, true),
+        NODEID_ANY if owned_here() => Way::Here,
+        NODEID_ANY if place.is_root() => Way::Fail(Errno::ENOSYS, no_service(place, msg)),
+        NODEID_ANY => up(NODEID_ANY, false),
+        n if n == topo.rank && upstream && !place.instance => {
+            Way::Fail(Errno::EHOSTUNREACH, "no upstream broker: this broker is the root".into())
+        }
+        n if n == topo.rank && upstream => Way::Fail(
+            Errno::EHOSTUNREACH,
+            format!("rank {n} is this broker, and the UPSTREAM flag says not this broker"),
+        ),
+        n if n == topo.rank => Way::Here,
+        n if !place.instance => Way::Fail(
+            Errno::EHOSTUNREACH,
+            format!("no broker of rank {n}: this broker is rank 0 and has no overlay"),
+        ),
+        n => match topo.next_hop(n) {
+            None => Way::Fail(Errno::EHOSTUNREACH, format!("no rank {n}: the instance has {} brokers", topo.size)),
+            Some(NextHop::Child(peer)) => Way::Link { peer, nodeid: n, clear_upstream: false },
+            Some(NextHop::Parent) => up(n, false),
+        },
+    }
+}
+
+/// ENOSYS's text for a service nobody here owns.
+pub fn no_service(place: &Place, msg: &Message) -> String {
+    match (place.instance, msg.nodeid) {
+        (false, _) => format!("no service '{}' (topic '{}')", msg.service(), msg.topic),
+        (true, NODEID_ANY) => {
+            format!("no service '{}' on this broker or any on the way to the root (topic '{}')", msg.service(), msg.topic)
+        }
+        (true, _) => format!("no service '{}' on rank {} (topic '{}')", msg.service(), place.rank(), msg.topic),
+    }
+}
+
+/// The instance's event order (RFC 7 §4.5): rank 0 numbers every event, and each other broker
+/// checks that what its parent sends follows what it had.
+#[derive(Default)]
+pub struct EventOrder {
+    /// Held while an event is numbered and handed to every sink, so that every link and every
+    /// local subscriber is handed events in number order.
+    pub publishing: Mutex<()>,
+    next: AtomicU32,
+    /// The last number delivered from the parent; None before the first or after a rejoin.
+    last: Mutex<Option<u32>>,
+    lost: AtomicU64,
+}
+
+impl EventOrder {
+    /// The next number (rank 0 only). Call with `publishing` held.
+    pub fn number(&self) -> u32 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// An event numbered `seq` arrived from the parent: log and count the numbers skipped.
+    pub fn arrived(&self, seq: u32) {
+        let mut last = self.last.lock();
+        match *last {
+            Some(l) if seq > l.wrapping_add(1) && seq > l => {
+                let missing = u64::from(seq - l - 1);
+                self.lost.fetch_add(missing, Ordering::Relaxed);
+                tracing::warn!(
+                    "events {}..{} were lost on the way from rank 0 ({missing} in all)",
+                    l + 1,
+                    seq - 1
+                );
+            }
+            Some(l) if seq <= l => {
+                tracing::info!(seq, last = l, "rank 0 numbers events from the start again (it restarted)")
+            }
+            _ => {}
+        }
+        *last = Some(seq);
+    }
+
+    /// An event this broker could not pass on (its parent link is down), or events skipped.
+    pub fn count_lost(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn req(nodeid: u32, flags: Flags) -> Message {
+        let mut m = Message::request("kvs.get", Bytes::new());
+        m.nodeid = nodeid;
+        m.flags = flags;
+        m
+    }
+
+    fn place(rank: u32) -> Place {
+        Place { topology: Topology::new(rank, 16, 2).unwrap(), instance: true }
+    }
+
+    #[test]
+    fn nodeid_goes_down_into_the_subtree_and_up_otherwise() {
+        // 1's children are 3 and 4; 7 is under 3.
+        let at1 = place(1);
+        assert_eq!(decide(&at1, &req(7, Flags::default()), || false), Way::Link { peer: 3, nodeid: 7, clear_upstream: false });
+        assert_eq!(decide(&at1, &req(2, Flags::default()), || false), Way::Link { peer: 0, nodeid: 2, clear_upstream: false });
+        assert_eq!(decide(&at1, &req(1, Flags::default()), || false), Way::Here);
+        assert!(matches!(decide(&at1, &req(16, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t == "no rank 16: the instance has 16 brokers"));
+    }
+
+    #[test]
+    fn any_is_served_by_the_nearest_owner_on_the_way_to_the_root() {
+        assert_eq!(decide(&place(5), &req(NODEID_ANY, Flags::default()), || true), Way::Here);
+        assert_eq!(
+            decide(&place(5), &req(NODEID_ANY, Flags::default()), || false),
+            Way::Link { peer: 2, nodeid: NODEID_ANY, clear_upstream: false }
+        );
+        assert!(matches!(decide(&place(0), &req(NODEID_ANY, Flags::default()), || false), Way::Fail(Errno::ENOSYS, _)));
+    }
+
+    #[test]
+    fn upstream_skips_this_broker() {
+        // The UPSTREAM flag does not ask whether a local owner exists.
+        assert_eq!(
+            decide(&place(5), &req(NODEID_ANY, Flags::UPSTREAM), || panic!("asked")),
+            Way::Link { peer: 2, nodeid: NODEID_ANY, clear_upstream: true }
+        );
+        assert_eq!(
+            decide(&place(5), &req(NODEID_UPSTREAM, Flags::default()), || false),
+            Way::Link { peer: 2, nodeid: 2, clear_upstream: false }
+        );
+        assert!(matches!(decide(&place(0), &req(NODEID_UPSTREAM, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, _)));
+        assert!(matches!(decide(&place(5), &req(5, Flags::UPSTREAM), || false), Way::Fail(Errno::EHOSTUNREACH, _)));
+    }
+
+    #[test]
+    fn a_standalone_broker_keeps_rfc1s_answers() {
+        let p = Place::STANDALONE;
+        assert!(matches!(decide(&p, &req(3, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("has no overlay")));
+        assert!(matches!(decide(&p, &req(0, Flags::UPSTREAM), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("no upstream broker")));
+    }
+
+    #[test]
+    fn a_gap_in_event_numbers_is_counted() {
+        let order = EventOrder::default();
+        order.arrived(1);
+        order.arrived(2);
+        order.arrived(5);
+        assert_eq!(order.lost(), 2);
+        order.arrived(1); // rank 0 restarted: a new start, not a loss
+        order.arrived(2);
+        assert_eq!(order.lost(), 2);
+    }
+}
