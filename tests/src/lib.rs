@@ -2,6 +2,8 @@
 //! `switchboard` processes on temporary sockets, runs the real `modctl`, and compiles C
 //! modules with the system compiler. No mocks: every test talks to a broker over its socket.
 
+pub mod instance;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -191,6 +193,11 @@ impl Broker {
         Self::spawn(&["--config", &file.display().to_string()], &[("PATH", &python_path())])
     }
 
+    /// Start with these arguments (a site file and more), the Python environment on PATH.
+    pub fn start_site_args(args: &[&str]) -> Broker {
+        Self::spawn(args, &[("PATH", &python_path())])
+    }
+
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {
         Self::spawn_as(args, env, None)
     }
@@ -293,6 +300,12 @@ impl Broker {
     /// Whether the broker process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit status.

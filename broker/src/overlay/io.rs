@@ -129,8 +129,8 @@ impl Io {
             more |= !self.rx.is_empty();
             router::hold();
             self.monitors();
-            more |= self.from_children();
-            more |= self.from_parent();
+            more |= self.read_children();
+            more |= self.read_parent();
             router::flush();
             self.zap();
             self.hello_again();
@@ -228,7 +228,7 @@ impl Io {
     // ------------------------------------------------------------ receiving
 
     /// Route what the children sent. True if there may be more.
-    fn from_children(&mut self) -> bool {
+    fn read_children(&mut self) -> bool {
         for _ in 0..BATCH {
             let Some(d) = &self.down else { return false };
             let mut id = zmq::Message::new();
@@ -280,7 +280,7 @@ impl Io {
     }
 
     /// Route what the parent sent. True if there may be more.
-    fn from_parent(&mut self) -> bool {
+    fn read_parent(&mut self) -> bool {
         for _ in 0..BATCH {
             let Some(u) = &self.up else { return false };
             let mut body = zmq::Message::new();
@@ -354,12 +354,11 @@ impl Io {
                 }
                 self.health.child_up(rank);
                 tracing::info!("rank {rank} joined");
-                self.control_to(Peer::Child(rank), "overlay.welcome", &Hello {
-                    rank: t.rank,
-                    size: t.size,
-                    fanout: t.fanout,
-                    version: PROTOCOL_VERSION,
-                });
+                self.control_to(
+                    Peer::Child(rank),
+                    "overlay.welcome",
+                    &Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION },
+                );
             }
             "overlay.health" => {
                 if let Ok(report) = msg.decode::<HealthReport>() {
@@ -479,9 +478,10 @@ impl Io {
     fn monitors(&mut self) {
         while let Some((event, value)) = self.down.as_ref().and_then(|d| monitor_event(&d.monitor)) {
             if event == EV_DISCONNECTED {
-                let gone = self.down.as_ref().and_then(|d| {
-                    d.links.iter().find(|(_, (_, fd))| *fd == Some(value as i32)).map(|(r, _)| *r)
-                });
+                let gone = self
+                    .down
+                    .as_ref()
+                    .and_then(|d| d.links.iter().find(|(_, (_, fd))| *fd == Some(value as i32)).map(|(r, _)| *r));
                 if let Some(rank) = gone {
                     self.child_lost(rank, "is lost (its connection closed)");
                 }
@@ -519,7 +519,8 @@ impl Io {
             }
             let address = String::from_utf8_lossy(&frames[3]).into_owned();
             let ok = frames[5] == b"CURVE" && frames.get(6).is_some_and(|k| *k == self.public_key);
-            let (code, text): (&[u8], &[u8]) = if ok { (b"200", b"OK") } else { (b"400", b"not the instance certificate") };
+            let (code, text): (&[u8], &[u8]) =
+                if ok { (b"200", b"OK") } else { (b"400", b"not the instance certificate") };
             let reply: [&[u8]; 6] = [b"1.0", &frames[1], code, text, b"", b""];
             if let Err(e) = d.zap.send_multipart(reply, 0) {
                 tracing::error!("the ZAP handler could not answer: {e}");

@@ -37,7 +37,11 @@ pub enum Way {
     /// Route it by service on this broker.
     Here,
     /// Send it on the link to this peer rank, its header changed as said.
-    Link { peer: u32, nodeid: u32, clear_upstream: bool },
+    Link {
+        peer: u32,
+        nodeid: u32,
+        clear_upstream: bool,
+    },
     Fail(Errno, String),
 }
 
@@ -64,10 +68,9 @@ pub fn decide(place: &Place, msg: &Message, owned_here: impl FnOnce() -> bool) -
             format!("rank {n} is this broker, and the UPSTREAM flag says not this broker"),
         ),
         n if n == topo.rank => Way::Here,
-        n if !place.instance => Way::Fail(
-            Errno::EHOSTUNREACH,
-            format!("no broker of rank {n}: this broker is rank 0 and has no overlay"),
-        ),
+        n if !place.instance => {
+            Way::Fail(Errno::EHOSTUNREACH, format!("no broker of rank {n}: this broker is rank 0 and has no overlay"))
+        }
         n => match topo.next_hop(n) {
             None => Way::Fail(Errno::EHOSTUNREACH, format!("no rank {n}: the instance has {} brokers", topo.size)),
             Some(NextHop::Child(peer)) => Way::Link { peer, nodeid: n, clear_upstream: false },
@@ -81,7 +84,11 @@ pub fn no_service(place: &Place, msg: &Message) -> String {
     match (place.instance, msg.nodeid) {
         (false, _) => format!("no service '{}' (topic '{}')", msg.service(), msg.topic),
         (true, NODEID_ANY) => {
-            format!("no service '{}' on this broker or any on the way to the root (topic '{}')", msg.service(), msg.topic)
+            format!(
+                "no service '{}' on this broker or any on the way to the root (topic '{}')",
+                msg.service(),
+                msg.topic
+            )
         }
         (true, _) => format!("no service '{}' on rank {} (topic '{}')", msg.service(), place.rank(), msg.topic),
     }
@@ -113,11 +120,7 @@ impl EventOrder {
             Some(l) if seq > l.wrapping_add(1) && seq > l => {
                 let missing = u64::from(seq - l - 1);
                 self.lost.fetch_add(missing, Ordering::Relaxed);
-                tracing::warn!(
-                    "events {}..{} were lost on the way from rank 0 ({missing} in all)",
-                    l + 1,
-                    seq - 1
-                );
+                tracing::warn!("events {}..{} were lost on the way from rank 0 ({missing} in all)", l + 1, seq - 1);
             }
             Some(l) if seq <= l => {
                 tracing::info!(seq, last = l, "rank 0 numbers events from the start again (it restarted)")
@@ -157,10 +160,18 @@ mod tests {
     fn nodeid_goes_down_into_the_subtree_and_up_otherwise() {
         // 1's children are 3 and 4; 7 is under 3.
         let at1 = place(1);
-        assert_eq!(decide(&at1, &req(7, Flags::default()), || false), Way::Link { peer: 3, nodeid: 7, clear_upstream: false });
-        assert_eq!(decide(&at1, &req(2, Flags::default()), || false), Way::Link { peer: 0, nodeid: 2, clear_upstream: false });
+        assert_eq!(
+            decide(&at1, &req(7, Flags::default()), || false),
+            Way::Link { peer: 3, nodeid: 7, clear_upstream: false }
+        );
+        assert_eq!(
+            decide(&at1, &req(2, Flags::default()), || false),
+            Way::Link { peer: 0, nodeid: 2, clear_upstream: false }
+        );
         assert_eq!(decide(&at1, &req(1, Flags::default()), || false), Way::Here);
-        assert!(matches!(decide(&at1, &req(16, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t == "no rank 16: the instance has 16 brokers"));
+        assert!(
+            matches!(decide(&at1, &req(16, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t == "no rank 16: the instance has 16 brokers")
+        );
     }
 
     #[test]
@@ -184,15 +195,22 @@ mod tests {
             decide(&place(5), &req(NODEID_UPSTREAM, Flags::default()), || false),
             Way::Link { peer: 2, nodeid: 2, clear_upstream: false }
         );
-        assert!(matches!(decide(&place(0), &req(NODEID_UPSTREAM, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, _)));
+        assert!(matches!(
+            decide(&place(0), &req(NODEID_UPSTREAM, Flags::default()), || false),
+            Way::Fail(Errno::EHOSTUNREACH, _)
+        ));
         assert!(matches!(decide(&place(5), &req(5, Flags::UPSTREAM), || false), Way::Fail(Errno::EHOSTUNREACH, _)));
     }
 
     #[test]
     fn a_standalone_broker_keeps_rfc1s_answers() {
         let p = Place::STANDALONE;
-        assert!(matches!(decide(&p, &req(3, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("has no overlay")));
-        assert!(matches!(decide(&p, &req(0, Flags::UPSTREAM), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("no upstream broker")));
+        assert!(
+            matches!(decide(&p, &req(3, Flags::default()), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("has no overlay"))
+        );
+        assert!(
+            matches!(decide(&p, &req(0, Flags::UPSTREAM), || false), Way::Fail(Errno::EHOSTUNREACH, t) if t.contains("no upstream broker"))
+        );
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl Router {
             }
             MsgType::Event => {
                 match &from.sink {
-                    Sink::Link(l) if matches!(l.peer, Peer::Parent(_)) => self.from_parent(msg),
+                    Sink::Link(l) if matches!(l.peer, Peer::Parent(_)) => self.event_from_parent(msg),
                     _ => {
                         self.publish(msg);
                     }
@@ -449,7 +449,7 @@ impl Router {
     }
 
     /// An event from the parent: already numbered; check its number, then hand it on.
-    fn from_parent(&self, msg: Message) {
+    fn event_from_parent(&self, msg: Message) {
         let _order = self.events.publishing.lock();
         self.events.arrived(msg.seq);
         self.fan_out(msg);

@@ -34,10 +34,11 @@ pub async fn apply_file(
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
-    let mut report = sup.apply(&site.wanted(running.rank), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
-        ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
-        ApplyError::Broker(e) => e,
-    })?;
+    let mut report =
+        sup.apply(&site.wanted(running.rank), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
+            ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
+            ApplyError::Broker(e) => e,
+        })?;
     report.path = site.path.display().to_string();
     for step in report.steps.iter_mut().filter(|s| s.action == "remove") {
         if let Some(line) =

@@ -1,0 +1,151 @@
+//! Brokers in a tree (RFC 7), end to end: real `switchboard` processes joined over real
+//! ZeroMQ CURVE links on loopback TCP, clients on their local sockets. Requests by rank, ANY
+//! and UPSTREAM across the tree; events from a leaf in one order everywhere; a broker killed
+//! with requests in flight through it, and its return; a peer with another certificate.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use switchboard_module_api::proto::{Flags, NODEID_ANY, NODEID_UPSTREAM};
+use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_tests::instance::{all_states, Instance};
+use switchboard_tests::{errno_of, errtext, json, module, payload, wait_until, WAIT};
+
+/// A request with `nodeid` and `flags`, and its response.
+fn rpc_at(c: &mut Client, nodeid: u32, flags: Flags, topic: &str, body: Value) -> Result<Message, ClientError> {
+    let tag = send_at(c, nodeid, flags, topic, payload(body));
+    c.wait_response(tag, Some(WAIT))
+}
+
+fn send_at(c: &mut Client, nodeid: u32, flags: Flags, topic: &str, body: Bytes) -> u32 {
+    let mut req = Message::request(topic, body);
+    req.nodeid = nodeid;
+    req.flags = flags;
+    req.matchtag = c.next_matchtag();
+    c.send(&req).expect("send");
+    req.matchtag
+}
+
+/// The rank of the broker that served `broker.info`.
+fn rank_of(r: Result<Message, ClientError>) -> u64 {
+    json(&r.expect("broker.info"))["rank"].as_u64().expect("rank")
+}
+
+/// The faulty test module on every rank.
+fn faulty_everywhere() -> String {
+    format!("[[module]]\npath = \"{}\"\nranks = \"all\"\n", module("faulty").display())
+}
+
+#[test]
+fn a_request_reaches_every_rank_by_nodeid_from_the_root_and_from_a_leaf() {
+    let inst = Instance::start(16, 2, &faulty_everywhere());
+    for from in [0, 15] {
+        let mut c = inst.client(from);
+        for to in 0..16 {
+            let got = rank_of(rpc_at(&mut c, to, Flags::default(), "broker.info", json!({})));
+            assert_eq!(got, u64::from(to), "broker.info from rank {from} with nodeid {to}");
+            // A module's service on that rank answers too (the module asks its own broker).
+            let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info"}));
+            assert_eq!(json(&r.expect("faulty.call"))["rank"], json!(to));
+        }
+        let r = rpc_at(&mut c, 16, Flags::default(), "broker.info", json!({}));
+        assert_eq!(errno_of(&r), "EHOSTUNREACH");
+        assert!(errtext(&r).contains("no rank 16: the instance has 16 brokers"), "{}", errtext(&r));
+    }
+}
+
+#[test]
+fn any_falls_through_to_the_nearest_ancestor_that_owns_the_service_and_upstream_skips_this_broker() {
+    // faulty on ranks 0 and 1 only; rank 7's ancestors are 3, 1 and 0.
+    let modules = format!("[[module]]\npath = \"{}\"\nranks = \"0-1\"\n", module("faulty").display());
+    let inst = Instance::start(16, 2, &modules);
+    let mut leaf = inst.client(7);
+    let served_by = |c: &mut Client, flags| {
+        let r = rpc_at(c, NODEID_ANY, flags, "faulty.call", json!({"topic": "broker.info"}));
+        json(&r.expect("faulty.call"))["rank"].as_u64()
+    };
+    assert_eq!(served_by(&mut leaf, Flags::default()), Some(1));
+    let mut one = inst.client(1);
+    assert_eq!(served_by(&mut one, Flags::default()), Some(1));
+    assert_eq!(served_by(&mut one, Flags::UPSTREAM), Some(0), "UPSTREAM skips rank 1's own faulty");
+    // NODEID_UPSTREAM: the parent itself.
+    assert_eq!(rank_of(rpc_at(&mut leaf, NODEID_UPSTREAM, Flags::default(), "broker.info", json!({}))), 3);
+    // Nobody owns it: ENOSYS from the root; the root has nothing upstream.
+    let r = rpc_at(&mut leaf, NODEID_ANY, Flags::default(), "nosuch.thing", json!({}));
+    assert_eq!(errno_of(&r), "ENOSYS");
+    assert!(errtext(&r).contains("on the way to the root"), "{}", errtext(&r));
+    let mut root = inst.client(0);
+    let r = rpc_at(&mut root, NODEID_ANY, Flags::UPSTREAM, "broker.info", json!({}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH");
+}
+
+#[test]
+fn events_published_on_a_leaf_reach_every_rank_in_one_order() {
+    let inst = Instance::start(16, 2, &faulty_everywhere());
+    for r in 0..16 {
+        let mut c = inst.client(r);
+        rpc_at(&mut c, r, Flags::default(), "faulty.subscribe", json!({"topic": "test."})).expect("subscribe");
+    }
+    // Two publishers, a leaf and an interior rank, interleaved.
+    let (mut leaf, mut mid) = (inst.client(15), inst.client(3));
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &mut leaf } else { &mut mid };
+        let ev = Message::event(format!("test.{i}"), Bytes::from_static(&[0x80]));
+        c.send(&ev).expect("publish");
+    }
+    let mut orders = Vec::new();
+    for r in 0..16 {
+        let mut c = inst.client(r);
+        let mut got = Vec::new();
+        let ok = wait_until(|| {
+            let r = rpc_at(&mut c, r, Flags::default(), "faulty.events", json!({})).expect("events");
+            got = serde_json::from_value::<Vec<String>>(json(&r)).unwrap_or_default();
+            got.len() >= 20
+        });
+        assert!(ok, "rank {r} got {got:?}");
+        orders.push(got);
+    }
+    for (r, o) in orders.iter().enumerate() {
+        assert_eq!(o, &orders[0], "rank {r}'s order differs from rank 0's");
+    }
+}
+
+#[test]
+fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_when_restarted() {
+    let mut inst = Instance::start(7, 2, &faulty_everywhere());
+    // Rank 1's children are 3 and 4. 100 slow requests from rank 0 to rank 3, through 1.
+    let mut c = inst.client(0);
+    let tags: Vec<u32> = (0..100)
+        .map(|_| send_at(&mut c, 3, Flags::default(), "faulty.sleep", payload(json!({"ms": 60_000}))))
+        .collect();
+    // Rank 3's module has them (one running, the rest queued); now cut the path.
+    std::thread::sleep(Duration::from_millis(300));
+    inst.kill(1);
+    for tag in tags {
+        let r = c.wait_response(tag, Some(WAIT));
+        assert_eq!(errno_of(&r), "EHOSTUNREACH");
+        assert!(errtext(&r).contains("rank 1 is lost"), "{}", errtext(&r));
+    }
+    let states = all_states(&inst.status());
+    for (r, s) in &states {
+        let want = if [1, 3, 4].contains(r) {
+            "lost"
+        } else if *r == 0 {
+            "partial"
+        } else {
+            "full"
+        };
+        assert_eq!(s, want, "rank {r} in {states:?}");
+    }
+    // A new request for that subtree fails at once, naming the lost link.
+    let r = rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH");
+    assert!(errtext(&r).contains("the link to rank 1 is lost"), "{}", errtext(&r));
+    // Ranks 3 and 4 keep serving their own clients.
+    let mut three = inst.client(3);
+    assert_eq!(rank_of(rpc_at(&mut three, 3, Flags::default(), "broker.info", json!({}))), 3);
+    inst.restart(1);
+    inst.wait_full();
+    assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
+}
