@@ -10,8 +10,8 @@ mod message;
 pub use codec::{decode_header, encode_header, DecodeError, MAX_ROUTE};
 pub use errno::Errno;
 pub use frame::{
-    decode_frame, encode_body_into, encode_frame, encode_frame_into, frames, FrameError, FrameReader, Frames, DEFAULT_MAX_FRAME,
-    FRAME_PREFIX,
+    decode_frame, encode_body_into, encode_frame, encode_frame_into, frames, FrameError, FrameReader, Frames,
+    DEFAULT_MAX_FRAME, FRAME_PREFIX,
 };
 pub use message::{
     Cred, Flags, Message, MsgType, Route, NODEID_ANY, NODEID_UPSTREAM, PROTOCOL_VERSION, ROLE_NONE, ROLE_OWNER,
