@@ -15,7 +15,7 @@ use crate::connector::{ListenOptions, Listener};
 use crate::overlay::{Certificate, Overlay, OverlayConfig, OverlayError, Topology};
 use crate::router::{Place, Router, DEFAULT_MAX_OUTPUT};
 use crate::runtime::BrokerRuntime;
-use crate::site::{apply_file, Running, Site};
+use crate::site::{apply_file, OverlaySite, Running, Site};
 use crate::supervisor::{spawn_management, ModuleSpec, Supervisor};
 
 /// Default time a module has to finalize after a shutdown request.
@@ -53,6 +53,8 @@ pub struct BrokerBuilder {
     modules: Vec<LoadRequest>,
     /// `--rank`: this broker's rank in the site file's `[overlay]`, instead of its hostname's.
     rank: Option<u32>,
+    /// An `[overlay]` from another file than the site's (`--test-size`): (file, table).
+    overlay: Option<(PathBuf, OverlaySite)>,
 }
 
 impl Default for BrokerBuilder {
@@ -68,6 +70,7 @@ impl Default for BrokerBuilder {
             site: None,
             modules: Vec::new(),
             rank: None,
+            overlay: None,
         }
     }
 }
@@ -90,6 +93,13 @@ impl BrokerBuilder {
     /// hostname has there.
     pub fn rank(mut self, rank: u32) -> Self {
         self.rank = Some(rank);
+        self
+    }
+
+    /// Join the instance this `[overlay]` table (read from `file`) describes, whatever the
+    /// site file says.
+    pub fn overlay(mut self, file: &Path, table: OverlaySite) -> Self {
+        self.overlay = Some((file.to_path_buf(), table));
         self
     }
 
@@ -154,7 +164,11 @@ impl BrokerBuilder {
     /// in parallel), then the ones added with `module`. A module that fails to start stops
     /// the start and removes those already running.
     pub fn start(self) -> Result<Broker, BrokerError> {
-        let overlay = self.site.as_ref().map(|s| overlay_config(s, self.rank)).transpose()?.flatten();
+        let table = self.overlay.clone().or_else(|| {
+            let site = self.site.as_ref()?;
+            Some((site.path.clone(), site.overlay.clone()?))
+        });
+        let overlay = table.map(|(file, table)| overlay_config(&file, &table, self.rank)).transpose()?;
         let place = overlay.as_ref().map_or(Place::STANDALONE, |o| Place { topology: o.topology, instance: true });
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
@@ -243,22 +257,21 @@ pub struct Broker {
     runtime: BrokerRuntime,
 }
 
-/// The overlay a site file asks for, with this broker's rank: `given` (`--rank`) or the one
-/// its hostname has.
-fn overlay_config(site: &Site, given: Option<u32>) -> Result<Option<OverlayConfig>, BrokerError> {
-    let Some(o) = &site.overlay else { return Ok(None) };
-    let fail = |e: String| BrokerError::Site(format!("{}: [overlay]: {e}", site.path.display()));
+/// The overlay `file`'s `[overlay]` table `o` asks for, with this broker's rank: `given`
+/// (`--rank`) or the one its hostname has.
+fn overlay_config(file: &Path, o: &OverlaySite, given: Option<u32>) -> Result<OverlayConfig, BrokerError> {
+    let fail = |e: String| BrokerError::Site(format!("{}: [overlay]: {e}", file.display()));
     let rank = o.rank_of(&crate::overlay::hostname(), given).map_err(fail)?;
     let topology = Topology::new(rank, o.size(), o.fanout).map_err(|e| fail(e.to_string()))?;
     let cert = Certificate::read(&o.curve_cert).map_err(|e| fail(format!("curve_cert: {e}")))?;
     let me = &o.hosts[rank as usize];
-    Ok(Some(OverlayConfig {
+    Ok(OverlayConfig {
         topology,
         hosts: o.hosts.iter().map(|h| h.host.clone()).collect(),
         bind: me.bind.clone(),
         connect: topology.parent().map(|p| o.hosts[p as usize].connect.clone()),
         cert,
-    }))
+    })
 }
 
 impl Broker {

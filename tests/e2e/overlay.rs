@@ -149,3 +149,34 @@ fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_wh
     inst.wait_full();
     assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
 }
+
+#[test]
+fn test_size_starts_an_instance_that_is_full_and_stops_it_leaves_first() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(switchboard_tests::bin("switchboard"))
+        .args(["--test-size", "5", "--fanout", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start switchboard --test-size");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the address");
+    let socket = line.trim().strip_prefix("local://").expect("a local:// address").to_string();
+    let mut c = Client::connect(std::path::Path::new(&socket)).expect("connect to rank 0");
+    let tree = json(&rpc_at(&mut c, 0, Flags::default(), "overlay.status", json!({})).expect("status"));
+    let states = all_states(&tree);
+    assert_eq!(states.len(), 5, "{tree:#}");
+    assert!(states.iter().all(|(_, s)| s == "full"), "{tree:#}");
+    assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
+    let ranks = switchboard_tests::children_of(child.id());
+    assert_eq!(ranks.len(), 5, "one process per rank");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = switchboard_tests::output_within(child, WAIT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for pid in ranks {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "rank process {pid} outlived the stop");
+    }
+    assert!(!std::path::Path::new(&socket).exists(), "the instance's directory was not removed");
+}

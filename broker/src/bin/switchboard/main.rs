@@ -4,6 +4,8 @@
 //! the runtime and handed to the main thread, which does the work they ask for. Everything
 //! else is in the library.
 
+mod test_size;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +45,18 @@ struct Args {
     /// naming this machine).
     #[arg(long, value_name = "N")]
     rank: Option<u32>,
+    /// Start an instance of N brokers on this machine (loopback TCP, a fresh certificate),
+    /// each with the site file's modules for its rank; print rank 0's address once every
+    /// rank is up; stop them all on Ctrl-C (RFC 7 §2.3).
+    #[arg(long, value_name = "N", conflicts_with_all = ["rank", "listen", "overlay_site"])]
+    test_size: Option<u32>,
+    /// The fanout of the `--test-size` tree.
+    #[arg(long, value_name = "K", default_value_t = 2, requires = "test_size")]
+    fanout: u32,
+    /// Join the instance this file's `[overlay]` table describes (what `--test-size` gives
+    /// each rank).
+    #[arg(long, value_name = "FILE", hide = true)]
+    overlay_site: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -124,6 +138,10 @@ fn main() -> ExitCode {
     if let Some(Command::Keygen { path }) = &args.command {
         return keygen(path);
     }
+    if let Some(size) = args.test_size {
+        let fanout = args.fanout;
+        return test_size::run(test_size::TestSize { size, fanout, config: args.config, log: args.log });
+    }
     let site = match args.config.as_deref().map(Site::load).transpose() {
         Ok(s) => s,
         Err(e) => {
@@ -145,6 +163,19 @@ fn main() -> ExitCode {
     let mut builder = Broker::builder();
     if let Some(site) = &site {
         builder = builder.site(site);
+    }
+    if let Some(file) = &args.overlay_site {
+        match Site::load(file) {
+            Ok(Site { overlay: Some(table), .. }) => builder = builder.overlay(file, table),
+            Ok(_) => {
+                eprintln!("switchboard: {}: no [overlay] table", file.display());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if let Some(rank) = args.rank {
         builder = builder.rank(rank);
