@@ -180,3 +180,88 @@ fn test_size_starts_an_instance_that_is_full_and_stops_it_leaves_first() {
     }
     assert!(!std::path::Path::new(&socket).exists(), "the instance's directory was not removed");
 }
+
+#[test]
+fn a_peer_without_the_instance_certificate_is_refused_and_nothing_it_sends_is_routed() {
+    let mut inst = Instance::start(3, 2, "");
+    inst.kill(2);
+    // An impostor for rank 2: the same site file but another key pair.
+    let rogue_dir = tempfile::tempdir().expect("tempdir");
+    let cert = rogue_dir.path().join("other.cert");
+    switchboard_tests::instance::keygen(&cert);
+    let text = std::fs::read_to_string(&inst.site)
+        .expect("site")
+        .replace("curve_cert = \"cert\"", &format!("curve_cert = \"{}\"", cert.display()));
+    let site = rogue_dir.path().join("site.toml");
+    std::fs::write(&site, text).expect("write");
+    let rogue =
+        switchboard_tests::Broker::start_site_args(&["--config", &site.display().to_string(), "--rank", "2"], None);
+    assert!(
+        inst.broker(0).wait_log("refused a peer whose CURVE handshake failed"),
+        "rank 0's log:\n{}",
+        inst.broker(0).log()
+    );
+    assert!(rogue.wait_log("check that this broker's certificate is the instance's"), "its log:\n{}", rogue.log());
+    // Rank 0 never counts it in, and nothing it sends reaches rank 0.
+    let states = all_states(&inst.status());
+    assert!(states.contains(&(2, "lost".to_string())), "{states:?}");
+    let mut c = rogue.client();
+    let r = rpc_at(&mut c, 0, Flags::default(), "broker.info", json!({}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH");
+    assert!(errtext(&r).contains("rank 0 is offline"), "{}", errtext(&r));
+    let mut root = inst.client(0);
+    let r = rpc_at(&mut root, 2, Flags::default(), "broker.info", json!({}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH");
+}
+
+#[test]
+fn a_guest_stays_a_guest_on_another_rank() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the brokers as another user, so that this test is a guest");
+        return;
+    }
+    let inst = Instance::start_as(3, 2, "", Some(65534));
+    let mut guest = inst.client(1);
+    // Allowed to anyone, on the far rank.
+    assert_eq!(rank_of(rpc_at(&mut guest, 2, Flags::default(), "broker.info", json!({}))), 2);
+    // Owner-only on rank 0: the credentials rank 1 stamped travel with the request.
+    let r = rpc_at(&mut guest, 0, Flags::default(), "module.list", json!({}));
+    assert_eq!(errno_of(&r), "EPERM", "{r:?}");
+    assert!(errtext(&r).contains("for the instance owner only"), "{}", errtext(&r));
+}
+
+#[test]
+fn a_client_that_knows_the_public_key_but_not_the_secret_one_is_refused_by_zap() {
+    let inst = Instance::start(3, 2, "");
+    let text = std::fs::read_to_string(inst.dir.path().join("cert")).expect("certificate");
+    let public =
+        text.lines().find_map(|l| l.trim().strip_prefix("public-key = ")).expect("public-key").trim_matches('"');
+    let site = std::fs::read_to_string(&inst.site).expect("site");
+    let at = site
+        .lines()
+        .find_map(|l| l.split("connect = \"").nth(1))
+        .expect("rank 0's connect")
+        .trim_end_matches(|c| c != '"');
+    let at = at.trim_end_matches('"');
+    // A DEALER with a key pair of its own, claiming to be rank 2, told the instance's public key.
+    let ctx = zmq::Context::new();
+    let d = ctx.socket(zmq::DEALER).expect("socket");
+    let own = zmq::CurveKeyPair::new().expect("keys");
+    d.set_linger(0).expect("linger");
+    d.set_identity(b"2").expect("identity");
+    d.set_curve_serverkey(public.as_bytes()).expect("server key");
+    d.set_curve_publickey(&own.public_key).expect("public key");
+    d.set_curve_secretkey(&own.secret_key).expect("secret key");
+    d.connect(at).expect("connect");
+    let hello = b"\x00\x00\x00\x00"; // never routed whatever it is
+    d.send(&hello[..], zmq::DONTWAIT).ok();
+    assert!(
+        inst.broker(0).wait_log("refused a peer from 127.0.0.1: it does not hold the instance certificate"),
+        "rank 0's log:\n{}",
+        inst.broker(0).log()
+    );
+    // The real rank 2 is still rank 2.
+    let mut c = inst.client(0);
+    assert_eq!(rank_of(rpc_at(&mut c, 2, Flags::default(), "broker.info", json!({}))), 2);
+}

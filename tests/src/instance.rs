@@ -16,6 +16,8 @@ pub struct Instance {
     pub site: PathBuf,
     pub size: u32,
     brokers: Vec<Option<Broker>>,
+    /// The user every broker runs as (None: this test's).
+    uid: Option<u32>,
 }
 
 /// A loopback TCP port nobody listened on a moment ago.
@@ -51,11 +53,23 @@ impl Instance {
     /// Start `size` brokers in a tree of fanout `fanout`, with `modules` (site file text,
     /// `[[module]]` tables) appended to the site file, and wait until every rank is `full`.
     pub fn start(size: u32, fanout: u32, modules: &str) -> Instance {
+        Self::start_as(size, fanout, modules, None)
+    }
+
+    /// `start`, every broker running as user `uid` (root only) and admitting guests, so this
+    /// test's clients are guests.
+    pub fn start_as(size: u32, fanout: u32, modules: &str, uid: Option<u32>) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
-        keygen(&dir.path().join("cert"));
+        let cert = dir.path().join("cert");
+        keygen(&cert);
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&cert, Some(uid), None).expect("chown the certificate");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
         let site = dir.path().join("site.toml");
         std::fs::write(&site, format!("{}\n{modules}", overlay_table(size, fanout, "cert"))).expect("write site");
-        let mut inst = Instance { dir, site, size, brokers: Vec::new() };
+        let mut inst = Instance { dir, site, size, brokers: Vec::new(), uid };
         for r in 0..size {
             let b = inst.spawn(r);
             inst.brokers.push(Some(b));
@@ -66,7 +80,7 @@ impl Instance {
 
     fn spawn(&self, rank: u32) -> Broker {
         let site = self.site.display().to_string();
-        Broker::start_site_args(&["--config", &site, "--rank", &rank.to_string()])
+        Broker::start_site_args(&["--config", &site, "--rank", &rank.to_string()], self.uid)
     }
 
     pub fn broker(&self, rank: u32) -> &Broker {

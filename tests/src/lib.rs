@@ -193,9 +193,14 @@ impl Broker {
         Self::spawn(&["--config", &file.display().to_string()], &[("PATH", &python_path())])
     }
 
-    /// Start with these arguments (a site file and more), the Python environment on PATH.
-    pub fn start_site_args(args: &[&str]) -> Broker {
-        Self::spawn(args, &[("PATH", &python_path())])
+    /// Start with these arguments (a site file and more), the Python environment on PATH,
+    /// as user `uid` if given (root only; guests admitted, as `start_as_user`).
+    pub fn start_site_args(args: &[&str], uid: Option<u32>) -> Broker {
+        let mut all = Vec::from(args);
+        if uid.is_some() {
+            all.push("--allow-guests");
+        }
+        Self::spawn_as(&all, &[("PATH", &python_path())], uid)
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Broker {

@@ -30,7 +30,6 @@ const BATCH: usize = 512;
 const HELLO_AGAIN: Duration = Duration::from_secs(1);
 
 /// Monitor events (libzmq's `ZMQ_EVENT_*`).
-pub(super) const EV_ACCEPTED: u16 = 0x0020;
 pub(super) const EV_DISCONNECTED: u16 = 0x0200;
 pub(super) const EV_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
 pub(super) const EV_HANDSHAKE_SUCCEEDED: u16 = 0x1000;
@@ -66,13 +65,15 @@ pub(super) struct Down {
     pub zap: zmq::Socket,
     /// Children whose links are up: their endpoint and the descriptor their hello came on.
     links: HashMap<u32, (Arc<Endpoint>, Option<i32>)>,
-    /// How many times each address was refused (logged at 1, 2, 4, 8, ...).
+    /// How many times each address was refused by ZAP (logged at 1, 2, 4, 8, ...).
     refused: HashMap<String, u64>,
+    /// Handshakes that failed before ZAP was asked (a peer with another server key).
+    failed: u64,
 }
 
 impl Down {
     pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
-        Down { sock, monitor, zap, links: HashMap::new(), refused: HashMap::new() }
+        Down { sock, monitor, zap, links: HashMap::new(), refused: HashMap::new(), failed: 0 }
     }
 }
 
@@ -84,12 +85,13 @@ pub(super) struct Up {
     link: Option<Arc<Endpoint>>,
     /// When the last hello went out on the present connection (None: not connected).
     hello_at: Option<Instant>,
-    auth_failures: u64,
+    /// Connections refused or closed by the parent before a welcome.
+    refusals: u64,
 }
 
 impl Up {
     pub fn new(sock: zmq::Socket, monitor: zmq::Socket, parent: u32) -> Up {
-        Up { sock, monitor, parent, link: None, hello_at: None, auth_failures: 0 }
+        Up { sock, monitor, parent, link: None, hello_at: None, refusals: 0 }
     }
 }
 
@@ -485,26 +487,39 @@ impl Io {
                 if let Some(rank) = gone {
                     self.child_lost(rank, "is lost (its connection closed)");
                 }
+            } else if let Some(d) = &mut self.down {
+                // A failed handshake: the peer's keys do not match the instance's. libzmq
+                // names only this end's address here; ZAP (below) names the peer's.
+                d.failed += 1;
+                if d.failed.is_power_of_two() {
+                    tracing::warn!(
+                        "refused a peer whose CURVE handshake failed (event {event:#x}, code {value:#x}): it does \
+                         not hold the instance certificate ({} times)",
+                        d.failed
+                    );
+                }
             }
         }
         while let Some((event, value)) = self.up.as_ref().and_then(|u| monitor_event(&u.monitor)) {
+            let welcomed = self.up.as_ref().is_some_and(|u| u.link.is_some() || u.hello_at.is_some());
             match event {
                 EV_HANDSHAKE_SUCCEEDED => self.hello(),
-                EV_DISCONNECTED => self.parent_lost("is lost (its connection closed)"),
-                EV_HANDSHAKE_FAILED_AUTH | EV_HANDSHAKE_FAILED_PROTOCOL | EV_HANDSHAKE_FAILED_NO_DETAIL => {
+                EV_DISCONNECTED if welcomed => self.parent_lost("is lost (its connection closed)"),
+                // Closed before the handshake ended, or refused in it: the parent does not
+                // take this broker's keys.
+                _ => {
                     if let Some(u) = &mut self.up {
-                        u.auth_failures += 1;
-                        if u.auth_failures.is_power_of_two() {
+                        u.refusals += 1;
+                        if u.refusals.is_power_of_two() {
                             tracing::error!(
-                                "rank {} refused the connection (event {event:#x}, {value}): this broker's \
-                                 certificate is not the instance's ({} refusals so far)",
+                                "rank {} refused the connection before the handshake ended (event {event:#x}, \
+                                 {value:#x}): check that this broker's certificate is the instance's ({} times)",
                                 u.parent,
-                                u.auth_failures
+                                u.refusals
                             );
                         }
                     }
                 }
-                _ => {}
             }
         }
     }

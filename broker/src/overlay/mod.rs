@@ -90,7 +90,11 @@ impl Overlay {
                 sock.set_curve_server(true)?;
                 sock.set_curve_secretkey(secret.as_bytes())?;
                 sock.set_zap_domain("switchboard")?;
-                sock.monitor("inproc://overlay-down", i32::from(io::EV_DISCONNECTED | io::EV_ACCEPTED))?;
+                let events = io::EV_DISCONNECTED
+                    | io::EV_HANDSHAKE_FAILED_AUTH
+                    | io::EV_HANDSHAKE_FAILED_PROTOCOL
+                    | io::EV_HANDSHAKE_FAILED_NO_DETAIL;
+                sock.monitor("inproc://overlay-down", i32::from(events))?;
                 let monitor = ctx.socket(zmq::PAIR)?;
                 monitor.connect("inproc://overlay-down")?;
                 sock.bind(uri).map_err(|source| OverlayError::Bind { rank: t.rank, uri: uri.clone(), source })?;
