@@ -1,8 +1,10 @@
-//! Where `modctl` parses its arguments: the command line, and nothing else.
+//! Where `modctl` parses its arguments: the command line, and nothing else (`--rank` sets are
+//! parsed by `switchboard_module_api::ranks`).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use switchboard_module_api::ranks::RankSet;
 
 #[derive(Parser, Debug)]
 #[command(name = "modctl", version, about = "Drive a Switchboard broker", propagate_version = true)]
@@ -10,6 +12,11 @@ pub struct Cli {
     /// Broker socket (default: SWITCHBOARD_URI, else the per-user default path).
     #[arg(long, global = true)]
     pub uri: Option<String>,
+    /// Run on the brokers of these ranks (`3`, `1-7,9` or `all`), through the broker modctl
+    /// connects to, all at once, reporting per rank (RFC 7 §7): load, remove, reload, list,
+    /// stats, info, rpc, ping; overlay status takes one rank.
+    #[arg(long, global = true, value_name = "RANKS")]
+    pub rank: Option<RankSet>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -125,6 +132,21 @@ pub enum Command {
     Event {
         #[command(subcommand)]
         command: EventCommand,
+    },
+    /// The tree of brokers of the instance (RFC 7).
+    Overlay {
+        #[command(subcommand)]
+        command: OverlayCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OverlayCommand {
+    /// Draw the tree below this broker (with --rank N: below rank N): each rank with its
+    /// host and state (full, partial, lost, offline).
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 

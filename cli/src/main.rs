@@ -1,6 +1,7 @@
-//! `modctl`: a thin client over the broker's management protocol (RFC 3). Arguments are
-//! parsed in `args`, each command lives in `commands`, and every failure ends here as one
-//! line on stderr and a non-zero exit status.
+//! `modctl`: a thin client over the broker's management protocol (RFC 3), on one broker or,
+//! with `--rank`, on several ranks of an instance at once (RFC 7 §7). Arguments are parsed in
+//! `args`, each command lives in `commands`, and every failure ends here as one line on
+//! stderr and a non-zero exit status (with `--rank`, after a line per failed rank).
 
 mod args;
 mod commands;
@@ -18,6 +19,9 @@ pub enum CliError {
     Usage(String),
     #[error("{what}: {source}")]
     Broker { what: String, source: ClientError },
+    /// Some of the ranks of `--rank` failed (each was reported as it was seen).
+    #[error("{what}: failed on {} {failed} ({count} of {asked})", if *.count == 1 { "rank" } else { "ranks" })]
+    Ranks { what: String, failed: switchboard_module_api::ranks::RankSet, count: usize, asked: usize },
 }
 
 /// Attach what modctl was doing to a client error.
@@ -38,7 +42,8 @@ fn connect(cli_uri: Option<&str>) -> Result<Client, CliError> {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let result = connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command));
+    let result =
+        connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command, cli.rank.as_ref()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

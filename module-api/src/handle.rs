@@ -1,11 +1,12 @@
 //! `Handle`: a module's low-level view of the broker (Flux's `flux_t`): receive, send,
-//! respond, blocking rpc (with a deadline), publish, subscribe, its own name, arguments and
-//! configuration.
+//! respond, blocking rpc (with a deadline, to any rank of the instance), publish, subscribe,
+//! its own name, rank, arguments and configuration.
 //!
 //! A handle belongs to the module's thread. It holds no broker state: everything it does is a
 //! message on its `Link`. What it remembers for itself: the services it added (a blocking rpc
-//! to one of them would wait on itself, EDEADLK), its rpc deadline, and the matchtags of rpcs
-//! that gave up (their late responses are dropped, never handed to `recv`).
+//! to one of them would wait on itself, EDEADLK), its broker's rank once asked, its rpc
+//! deadline, and the matchtags of rpcs that gave up (their late responses are dropped, never
+//! handed to `recv`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -16,7 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::Error;
 use crate::link::{Level, Link, LinkError};
-use crate::proto::{Errno, Flags, Message, MsgType};
+use crate::proto::{Errno, Flags, Message, MsgType, NODEID_ANY, NODEID_UPSTREAM};
 
 /// The control topic the broker sends to ask a module to stop (RFC 1 §5).
 pub const SHUTDOWN: &str = "shutdown";
@@ -45,6 +46,8 @@ pub struct Handle {
     services: RefCell<Vec<String>>,
     /// Matchtags of rpcs that gave up, oldest first: their responses are dropped on arrival.
     abandoned: RefCell<VecDeque<u32>>,
+    /// This broker's rank, from `broker.info`, once `rank` has asked (it never changes).
+    rank: Cell<Option<u32>>,
 }
 
 impl Handle {
@@ -59,6 +62,7 @@ impl Handle {
             rpc_timeout: Cell::new(Some(DEFAULT_RPC_TIMEOUT)),
             services: RefCell::new(Vec::new()),
             abandoned: RefCell::new(VecDeque::new()),
+            rank: Cell::new(None),
         }
     }
 
@@ -173,9 +177,33 @@ impl Handle {
 
     /// `rpc` with a raw payload; `timeout` None is the module's rpc deadline.
     pub fn rpc_raw(&self, topic: &str, payload: Bytes, timeout: Option<Duration>) -> Result<Message, Error> {
+        self.rpc_raw_on(NODEID_ANY, topic, payload, timeout)
+    }
+
+    /// `rpc` to the broker of rank `nodeid` (RFC 7 §4.2): the request crosses the tree to
+    /// that broker and is routed there by service, so a module on rank 3 reads rank 0's kvs
+    /// with `rpc_on(0, "kvs.get", ...)`. `NODEID_ANY` is `rpc`; `NODEID_UPSTREAM` is this
+    /// broker's parent. A rank the instance does not have, or cannot reach now, answers
+    /// EHOSTUNREACH. A call to a service this module owns is EDEADLK when it would come back
+    /// to this very module (`nodeid` ANY or this broker's rank), and allowed to another rank.
+    pub fn rpc_on<T: Serialize + ?Sized>(&self, nodeid: u32, topic: &str, value: &T) -> Result<Message, Error> {
+        self.rpc_raw_on(nodeid, topic, Message::encode_payload(value)?, None)
+    }
+
+    /// `rpc_on` with a raw payload and a deadline (None: the module's rpc deadline;
+    /// `Duration::MAX`: for ever).
+    pub fn rpc_raw_on(
+        &self,
+        nodeid: u32,
+        topic: &str,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Message, Error> {
         let mut req = Message::request(topic, payload);
+        req.nodeid = nodeid;
         let service = req.service();
-        if service == self.name || self.services.borrow().iter().any(|s| s == service) {
+        let owned = service == self.name || self.services.borrow().iter().any(|s| s == service);
+        if owned && self.comes_back(nodeid)? {
             return Err(Error::new(
                 Errno::EDEADLK,
                 format!(
@@ -214,6 +242,28 @@ impl Handle {
                 self.deferred.borrow_mut().push_back(msg);
             }
         }
+    }
+
+    /// Whether a request with `nodeid` for one of this module's own services would be routed
+    /// to this module: ANY finds the local owner first; a rank is this module's only if it is
+    /// this broker's (asked once); UPSTREAM never is.
+    fn comes_back(&self, nodeid: u32) -> Result<bool, Error> {
+        match nodeid {
+            NODEID_ANY => Ok(true),
+            NODEID_UPSTREAM => Ok(false),
+            n => Ok(n == self.rank()?),
+        }
+    }
+
+    /// The rank of this module's broker in its instance (RFC 7; 0 for a standalone broker),
+    /// asked of `broker.info` the first time and remembered.
+    pub fn rank(&self) -> Result<u32, Error> {
+        if let Some(r) = self.rank.get() {
+            return Ok(r);
+        }
+        let info: BrokerRank = self.rpc("broker.info", &())?.decode()?;
+        self.rank.set(Some(info.rank));
+        Ok(info.rank)
     }
 
     /// Wait at most `timeout` in every later rpc that names no deadline of its own; None
@@ -296,6 +346,12 @@ impl Handle {
             None => false,
         }
     }
+}
+
+/// The part of `broker.info`'s answer the handle reads.
+#[derive(serde::Deserialize)]
+struct BrokerRank {
+    rank: u32,
 }
 
 #[derive(Serialize)]
@@ -387,6 +443,35 @@ mod tests {
         // A response to nothing it abandoned still reaches recv (the module's own requests).
         s.inbox.borrow_mut().push_back(response(3));
         assert_eq!(h.recv_timeout(Some(Duration::ZERO)).unwrap().map(|m| m.matchtag), Some(3));
+    }
+
+    #[test]
+    fn an_rpc_to_a_rank_carries_its_nodeid_and_reaches_its_own_service_only_on_other_ranks() {
+        let (h, s) = handle();
+        // broker.info (tag 1) says rank 2; the call to rank 0 is tag 2.
+        let mut info = Message::request("broker.info", Bytes::new());
+        info.matchtag = 1;
+        let info = info.response(Message::encode_payload(&serde_json::json!({"rank": 2, "size": 4})).unwrap());
+        s.inbox.borrow_mut().extend([info, response(2)]);
+        assert_eq!(h.rpc_on(0, "me.get", &()).unwrap().matchtag, 2);
+        {
+            let sent = s.sent.borrow();
+            assert_eq!((sent[0].topic.as_str(), sent[0].nodeid), ("broker.info", NODEID_ANY));
+            assert_eq!((sent[1].topic.as_str(), sent[1].nodeid), ("me.get", 0));
+        }
+        // Its own service on its own rank would come back to it; the rank is not asked again.
+        let e = h.rpc_on(2, "me.get", &()).unwrap_err();
+        assert_eq!(e.errnum, Errno::EDEADLK);
+        assert_eq!(s.sent.borrow().len(), 2);
+        assert_eq!(h.rank(), Ok(2));
+        // Another service on its own rank, and its own service upstream, are sent.
+        s.inbox.borrow_mut().extend([response(3), response(4)]);
+        assert_eq!(h.rpc_on(2, "other.x", &()).unwrap().matchtag, 3);
+        assert_eq!(h.rpc_raw_on(NODEID_UPSTREAM, "me.get", Bytes::new(), None).unwrap().matchtag, 4);
+        assert_eq!(s.sent.borrow()[3].nodeid, NODEID_UPSTREAM);
+        // ANY finds the local owner first: refused as before, without asking anything.
+        assert_eq!(h.rpc_on(NODEID_ANY, "me.get", &()).unwrap_err().errnum, Errno::EDEADLK);
+        assert_eq!(s.sent.borrow().len(), 4);
     }
 
     #[test]

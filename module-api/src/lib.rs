@@ -41,7 +41,7 @@ pub mod wasm;
 
 pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
 #[cfg(unix)]
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, RankReply};
 pub use error::Error;
 pub use handle::{Handle, SHUTDOWN};
 pub use link::{Hold, Level, Link, LinkError, MAX_HOLD_MS};

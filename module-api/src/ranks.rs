@@ -78,6 +78,24 @@ impl fmt::Display for RankSet {
     }
 }
 
+/// The set of some ranks, in any order and with repeats: `[9, 1, 2, 3]` is `1-3,9`, to print
+/// a list of ranks as an operator would write it.
+impl FromIterator<u32> for RankSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(ranks: I) -> RankSet {
+        let mut ranks: Vec<u32> = ranks.into_iter().collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        for r in ranks {
+            match merged.last_mut() {
+                Some(last) if last.1.checked_add(1) == Some(r) => last.1 = r,
+                _ => merged.push((r, r)),
+            }
+        }
+        RankSet::Ranges(merged)
+    }
+}
+
 impl RankSet {
     pub fn contains(&self, rank: u32) -> bool {
         match self {
@@ -119,6 +137,13 @@ mod tests {
         assert!(set("1-7,9").contains(9) && !set("1-7,9").contains(8) && set("all").contains(1 << 30));
         assert_eq!(set("0,2-3").resolve(4), Ok(vec![0, 2, 3]));
         assert_eq!(set("all").resolve(3), Ok(vec![0, 1, 2]));
+    }
+
+    #[test]
+    fn a_list_of_ranks_prints_as_a_set() {
+        assert_eq!([9, 1, 3, 2, 2].into_iter().collect::<RankSet>().to_string(), "1-3,9");
+        assert_eq!([u32::MAX, 0].into_iter().collect::<RankSet>().to_string(), format!("0,{}", u32::MAX));
+        assert_eq!(std::iter::empty::<u32>().collect::<RankSet>(), RankSet::Ranges(Vec::new()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::actor::{dispatch, Actor, Methods};
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::link::{Level, Link, LinkError};
-use crate::proto::{encode_frame_into, frames, Cred, Errno, Flags, Message, MsgType, Route};
+use crate::proto::{encode_frame_into, frames, Cred, Errno, Flags, Message, MsgType, Route, NODEID_ANY};
 
 /// The generated bindings of `wit/world.wit`.
 pub mod bindings {
@@ -121,7 +121,12 @@ impl Link for Rc<WasmLink> {
             return Some(Err(Error::new(Errno::ECONNRESET, e.to_string())));
         }
         let ms = timeout.map(|t| t.as_millis().min(u32::MAX as u128) as u32);
-        Some(match host::request(&req.topic, &req.payload, ms) {
+        // Plain `request` for ANY, which every host of this world has.
+        let answer = match req.nodeid {
+            NODEID_ANY => host::request(&req.topic, &req.payload, ms),
+            nodeid => host::request_on(nodeid, &req.topic, &req.payload, ms),
+        };
+        Some(match answer {
             Ok(m) => from_wit(m).ok_or_else(|| Error::proto("the broker sent a malformed response")),
             Err(f) => Err(failure(f)),
         })

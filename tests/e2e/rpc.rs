@@ -4,8 +4,10 @@
 //! the caller (the broker's router, RFC 1 §8.10) — for native, WASM and process modules,
 //! which all keep serving afterwards.
 //!
-//! Every module here is the `faulty` fixture: `call {topic, payload?, ms?}` is a
-//! `Handle::rpc`, `ignore` is never answered, `sleep {ms}` answers late.
+//! Every module here is the `faulty` fixture: `call {topic, payload?, ms?, nodeid?}` is a
+//! `Handle::rpc` (`rpc_raw_on` with a nodeid), `ignore` is never answered, `sleep {ms}`
+//! answers late. A standalone broker is rank 0 of 1: a call by rank reaches rank 0, and only
+//! rank 0 (multi-broker calls are in overlay.rs).
 
 use serde_json::json;
 use switchboard_tests::{bin, errno_of, errtext, json, module, rpc, wait_until, wasm_module, Broker};
@@ -85,6 +87,35 @@ fn a_module_calling_its_own_services_gets_edeadlk_before_anything_is_sent() {
         serves(&b, name);
         let r = rpc(&mut c, &format!("{extra}.whoami"), json!({})).expect("the added service");
         assert_eq!(json(&r)["name"], json!(name));
+    }
+}
+
+#[test]
+fn a_module_calls_a_rank_by_nodeid_and_its_own_service_only_elsewhere() {
+    let b = Broker::start();
+    let mut c = b.client();
+    load(&b, "native", "target");
+    for (kind, name) in [("native", "alpha"), ("wasm", "walpha"), ("process", "palpha")] {
+        load(&b, kind, name);
+        let call = format!("{name}.call");
+        // nodeid 0 is this broker: the call is routed here by service.
+        let r = rpc(&mut c, &call, json!({"topic": "target.whoami", "nodeid": 0})).expect("a call to rank 0");
+        assert_eq!(json(&r)["name"], json!("target"), "{kind}");
+        let r = rpc(&mut c, &call, json!({"topic": "broker.info", "nodeid": 0, "ms": 5000})).expect("broker.info");
+        assert_eq!(json(&r)["rank"], json!(0), "{kind}");
+        // A rank the instance does not have.
+        let r = rpc(&mut c, &call, json!({"topic": "target.whoami", "nodeid": 3}));
+        assert_eq!(errno_of(&r), "EHOSTUNREACH", "{kind}: {r:?}");
+        assert!(errtext(&r).contains("no broker of rank 3"), "{kind}: {r:?}");
+        // Its own service on its own rank (the handle asks broker.info which rank that is) would
+        // come back to it; upstream of the root there is nobody.
+        let own = format!("{name}.whoami");
+        let r = rpc(&mut c, &call, json!({"topic": own, "nodeid": 0}));
+        assert_eq!(errno_of(&r), "EDEADLK", "{kind}: {r:?}");
+        let r = rpc(&mut c, &call, json!({"topic": own, "nodeid": 0xFFFF_FFFEu32}));
+        assert_eq!(errno_of(&r), "EHOSTUNREACH", "{kind}: {r:?}");
+        assert_eq!(errtext(&r), "no upstream broker: this broker is the root", "{kind}");
+        serves(&b, name);
     }
 }
 

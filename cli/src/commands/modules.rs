@@ -1,13 +1,19 @@
-//! `load`, `remove`, `list`, `info`: the `module` service.
+//! `load`, `remove`, `reload`, `stats`, `list`, `info`: the `module` service, on the broker
+//! modctl is connected to or (the `_on` forms) on the ranks of `--rank`, one section, line or
+//! table row per rank.
 
 use std::path::{Path, PathBuf};
 
 use switchboard_module_api::mgmt::{
-    DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, ModuleStats, NameArgs, RemoveArgs,
+    DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs, RemoveArgs,
 };
 use switchboard_module_api::{Client, Message};
 
+use super::ranks::{self, Failures, RankJson};
 use crate::{table, CliError, Context};
+
+const LIST_HEADER: [&str; 11] =
+    ["NAME", "KIND", "SERVICES", "DIGEST", "SIZE", "IDLE", "IN", "OUT", "PID", "RESTARTS", "STATE"];
 
 /// The broker runs elsewhere: hand it an absolute path.
 pub fn absolute(path: &Path) -> PathBuf {
@@ -35,8 +41,27 @@ pub fn load(client: &mut Client, path: &Path, mut request: LoadArgs) -> Result<(
     let what = format!("load {}", path.display());
     let reply = client.rpc("module.load", &request).doing(&what)?;
     let d: ModuleDescription = decode(&reply, &what)?;
-    println!("loaded {} ({}, services: {})", d.name, d.kind, d.services.join(","));
+    println!("{}", loaded(&d));
     Ok(())
+}
+
+/// `load` on each of `ranks`: `rank N: loaded ...` per rank. The path is made absolute here,
+/// so it must name the file where each of those brokers runs; a bare name is looked up on
+/// each broker's own search path.
+pub fn load_on(client: &mut Client, ranks: &[u32], path: &Path, mut request: LoadArgs) -> Result<(), CliError> {
+    request.path = reference(path);
+    let what = format!("load {}", path.display());
+    let answers =
+        ranks::each::<ModuleDescription>(client, ranks, &what, "module.load", ranks::payload(&request)?, None)?;
+    let mut failures = Failures::new(&what, ranks.len());
+    for (rank, d) in answers.into_iter().filter_map(|a| failures.take(a)) {
+        println!("rank {rank}: {}", loaded(&d));
+    }
+    failures.finish()
+}
+
+fn loaded(d: &ModuleDescription) -> String {
+    format!("loaded {} ({}, services: {})", d.name, d.kind, d.services.join(","))
 }
 
 pub fn remove(client: &mut Client, name: &str, grace_ms: Option<u64>, force: bool) -> Result<(), CliError> {
@@ -46,12 +71,46 @@ pub fn remove(client: &mut Client, name: &str, grace_ms: Option<u64>, force: boo
     Ok(())
 }
 
+/// `remove` on each of `ranks`: `rank N: removed NAME` per rank.
+pub fn remove_on(
+    client: &mut Client,
+    ranks: &[u32],
+    name: &str,
+    grace_ms: Option<u64>,
+    force: bool,
+) -> Result<(), CliError> {
+    let what = format!("remove {name}");
+    let payload = ranks::payload(&RemoveArgs { name: name.to_string(), grace_ms, force })?;
+    let answers = ranks::each_raw(client, ranks, &what, "module.remove", payload, None)?;
+    let mut failures = Failures::new(&what, ranks.len());
+    for (rank, _) in answers.into_iter().filter_map(|a| failures.take(a)) {
+        println!("rank {rank}: removed {name}");
+    }
+    failures.finish()
+}
+
 pub fn reload(client: &mut Client, name: &str) -> Result<(), CliError> {
     let what = format!("reload {name}");
     let reply = client.rpc("module.reload", &NameArgs { name: name.to_string() }).doing(&what)?;
     let d: ModuleDescription = decode(&reply, &what)?;
-    println!("reloaded {} ({}, digest {})", d.name, d.kind, d.digest.chars().take(12).collect::<String>());
+    println!("{}", reloaded(&d));
     Ok(())
+}
+
+/// `reload` on each of `ranks`: `rank N: reloaded ...` per rank.
+pub fn reload_on(client: &mut Client, ranks: &[u32], name: &str) -> Result<(), CliError> {
+    let what = format!("reload {name}");
+    let payload = ranks::payload(&NameArgs { name: name.to_string() })?;
+    let answers = ranks::each::<ModuleDescription>(client, ranks, &what, "module.reload", payload, None)?;
+    let mut failures = Failures::new(&what, ranks.len());
+    for (rank, d) in answers.into_iter().filter_map(|a| failures.take(a)) {
+        println!("rank {rank}: {}", reloaded(&d));
+    }
+    failures.finish()
+}
+
+fn reloaded(d: &ModuleDescription) -> String {
+    format!("reloaded {} ({}, digest {})", d.name, d.kind, d.digest.chars().take(12).collect::<String>())
 }
 
 pub fn stats(client: &mut Client, name: &str, as_json: bool) -> Result<(), CliError> {
@@ -62,6 +121,23 @@ pub fn stats(client: &mut Client, name: &str, as_json: bool) -> Result<(), CliEr
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return Ok(());
     }
+    for line in stats_lines(&s) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `stats` on each of `ranks`: a `rank N:` section per rank, its lines indented; with
+/// `--json` an array of `{rank, stats}` (or `{rank, error}`).
+pub fn stats_on(client: &mut Client, ranks: &[u32], name: &str, as_json: bool) -> Result<(), CliError> {
+    let what = format!("stats {name}");
+    let payload = ranks::payload(&NameArgs { name: name.to_string() })?;
+    let answers = ranks::each::<ModuleStats>(client, ranks, &what, "module.stats", payload, None)?;
+    sections(answers, &what, ranks.len(), as_json, "stats", stats_lines)
+}
+
+/// One `KEY: VALUE` line per field, the key padded to 13 columns (RFC 3 §6).
+fn stats_lines(s: &ModuleStats) -> Vec<String> {
     let mut rows: Vec<(&str, String)> = vec![
         ("name", s.name.clone()),
         ("kind", s.kind.clone()),
@@ -83,10 +159,43 @@ pub fn stats(client: &mut Client, name: &str, as_json: bool) -> Result<(), CliEr
         ("pid", s.pid.map(|p| p.to_string())),
     ];
     rows.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-    for (k, v) in rows {
-        println!("{:<13} {v}", format!("{k}:"));
+    rows.into_iter().map(|(k, v)| format!("{:<13} {v}", format!("{k}:"))).collect()
+}
+
+/// Per rank, in rank order: `rank N:` and the lines of its answer indented by two spaces, or
+/// its failure on stderr; with `as_json`, one JSON array of `{rank, KEY: answer}` and
+/// `{rank, error}` instead (failures still on stderr too).
+fn sections<T: serde::Serialize>(
+    answers: Vec<ranks::Answer<T>>,
+    what: &str,
+    asked: usize,
+    as_json: bool,
+    key: &str,
+    lines: impl Fn(&T) -> Vec<String>,
+) -> Result<(), CliError> {
+    let mut failures = Failures::new(what, asked);
+    let mut out = Vec::new();
+    for a in answers {
+        match &a.result {
+            Ok(v) if as_json => out.push(RankJson::new(a.rank, key, Ok(v))),
+            Ok(v) => {
+                println!("rank {}:", a.rank);
+                for line in lines(v) {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => {
+                if as_json {
+                    out.push(RankJson::new::<()>(a.rank, key, Err(e)));
+                }
+                failures.fail(a.rank, e);
+            }
+        }
     }
-    Ok(())
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    failures.finish()
 }
 
 pub fn list(client: &mut Client, as_json: bool) -> Result<(), CliError> {
@@ -96,40 +205,69 @@ pub fn list(client: &mut Client, as_json: bool) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&list.modules).unwrap_or_default());
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = list
-        .modules
-        .iter()
-        .map(|m| {
-            let state = match (&m.reason, m.stuck) {
-                (_, true) => format!("{} (stuck)", m.state),
-                (Some(r), _) => format!("{}: {r}", m.state),
-                (None, _) => m.state.clone(),
-            };
-            let state = match (&m.last_failure, m.state.as_str()) {
-                // A restarted module runs: say why it last failed.
-                (Some(f), "running") => format!("running (last failure: {f})"),
-                _ => state,
-            };
-            vec![
-                m.name.clone(),
-                m.kind.clone(),
-                m.services.join(","),
-                m.digest.chars().take(12).collect(),
-                table::size(m.size),
-                table::duration_ms(m.idle_ms),
-                m.msgs_in.to_string(),
-                m.msgs_out.to_string(),
-                m.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
-                m.restarts.to_string(),
-                state,
-            ]
-        })
-        .collect();
-    table::print(
-        &["NAME", "KIND", "SERVICES", "DIGEST", "SIZE", "IDLE", "IN", "OUT", "PID", "RESTARTS", "STATE"],
-        &rows,
-    );
+    let rows: Vec<Vec<String>> = list.modules.iter().map(list_row).collect();
+    table::print(&LIST_HEADER, &rows);
     Ok(())
+}
+
+/// `list` on each of `ranks`: one table with a RANK column first, rows in rank order; with
+/// `--json` an array of `{rank, modules}` (or `{rank, error}`).
+pub fn list_on(client: &mut Client, ranks: &[u32], as_json: bool) -> Result<(), CliError> {
+    let answers = ranks::each::<ModuleList>(client, ranks, "list", "module.list", ranks::payload(&())?, None)?;
+    let mut failures = Failures::new("list", ranks.len());
+    if as_json {
+        let mut out = Vec::new();
+        for a in answers {
+            match a.result {
+                Ok(list) => out.push(RankJson::new(a.rank, "modules", Ok(&list.modules))),
+                Err(e) => {
+                    out.push(RankJson::new::<()>(a.rank, "modules", Err(&e)));
+                    failures.fail(a.rank, &e);
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return failures.finish();
+    }
+    let mut rows = Vec::new();
+    for (rank, list) in answers.into_iter().filter_map(|a| failures.take(a)) {
+        rows.extend(list.modules.iter().map(|m| {
+            let mut row = vec![rank.to_string()];
+            row.extend(list_row(m));
+            row
+        }));
+    }
+    let mut header = vec!["RANK"];
+    header.extend(LIST_HEADER);
+    table::print(&header, &rows);
+    failures.finish()
+}
+
+/// A module's row under `LIST_HEADER` (RFC 3 §6).
+fn list_row(m: &ModuleStatus) -> Vec<String> {
+    let state = match (&m.reason, m.stuck) {
+        (_, true) => format!("{} (stuck)", m.state),
+        (Some(r), _) => format!("{}: {r}", m.state),
+        (None, _) => m.state.clone(),
+    };
+    let state = match (&m.last_failure, m.state.as_str()) {
+        // A restarted module runs: say why it last failed.
+        (Some(f), "running") => format!("running (last failure: {f})"),
+        _ => state,
+    };
+    vec![
+        m.name.clone(),
+        m.kind.clone(),
+        m.services.join(","),
+        m.digest.chars().take(12).collect(),
+        table::size(m.size),
+        table::duration_ms(m.idle_ms),
+        m.msgs_in.to_string(),
+        m.msgs_out.to_string(),
+        m.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        m.restarts.to_string(),
+        state,
+    ]
 }
 
 pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliError> {
@@ -139,18 +277,29 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
     if as_json {
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
     } else {
-        println!(
-            "name:     {}\nkind:     {}\nservices: {}\npath:     {}\ndigest:   {}\nsize:     {} ({} bytes)",
-            d.name,
-            d.kind,
-            d.services.join(","),
-            d.path,
-            d.digest,
-            table::size(d.size),
-            d.size
-        );
+        println!("{}", info_lines(&d).join("\n"));
     }
     Ok(())
+}
+
+/// `info` on each of `ranks`: a `rank N:` section per rank; with `--json` an array of
+/// `{rank, module}` (or `{rank, error}`).
+pub fn info_on(client: &mut Client, ranks: &[u32], path: &Path, as_json: bool) -> Result<(), CliError> {
+    let what = format!("info {}", path.display());
+    let payload = ranks::payload(&InfoArgs { path: reference(path) })?;
+    let answers = ranks::each::<ModuleDescription>(client, ranks, &what, "module.info", payload, None)?;
+    sections(answers, &what, ranks.len(), as_json, "module", info_lines)
+}
+
+fn info_lines(d: &ModuleDescription) -> Vec<String> {
+    vec![
+        format!("name:     {}", d.name),
+        format!("kind:     {}", d.kind),
+        format!("services: {}", d.services.join(",")),
+        format!("path:     {}", d.path),
+        format!("digest:   {}", d.digest),
+        format!("size:     {} ({} bytes)", table::size(d.size), d.size),
+    ]
 }
 
 /// `HOST[:GUEST][:rw]` as a directory grant; the host path is made absolute.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::inbox::{Inbox, RecvError};
 use bytes::Bytes;
-use switchboard_module_api::proto::{frames, Cred, Flags, FrameError, MsgType, Route};
+use switchboard_module_api::proto::{frames, Cred, Flags, FrameError, MsgType, Route, NODEID_ANY};
 use switchboard_module_api::{Errno, Level, Message};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -232,11 +232,22 @@ impl host::Host for HostState {
     }
 
     fn request(&mut self, topic: String, payload: Vec<u8>, timeout_ms: Option<u32>) -> Result<WitMessage, Failure> {
+        self.request_on(NODEID_ANY, topic, payload, timeout_ms)
+    }
+
+    fn request_on(
+        &mut self,
+        nodeid: u32,
+        topic: String,
+        payload: Vec<u8>,
+        timeout_ms: Option<u32>,
+    ) -> Result<WitMessage, Failure> {
         let port = self.port()?.clone();
         let inbox =
             self.inbox.clone().ok_or_else(|| Failure { errnum: Errno::EAGAIN.0, text: "not running".into() })?;
         let tag = self.next_matchtag();
         let mut req = Message::request(topic.clone(), payload);
+        req.nodeid = nodeid;
         req.matchtag = tag;
         port.send(req);
         port.flush();

@@ -1,0 +1,156 @@
+//! `--rank`: which ranks a command names, the one request sent to each of them at once on
+//! modctl's connection (RFC 7 §7), and how each rank's failure is reported. What each command
+//! prints for a rank that answered is the command's own.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use switchboard_module_api::mgmt::BrokerInfo;
+use switchboard_module_api::ranks::RankSet;
+use switchboard_module_api::{Client, Message};
+
+use crate::{CliError, Context};
+
+/// The most ranks one `--rank` list may name: far more than any instance has, and few enough
+/// that a typo such as `0-4000000000` is refused instead of sending billions of requests.
+const MAX_RANKS: u64 = 1 << 20;
+
+/// The ranks `set` names, in order. `all` asks the broker modctl is connected to how many the
+/// instance has (`broker.info`); a list is taken as written, so ranks the instance does not
+/// have are sent too and fail one by one, as the broker answers them (EHOSTUNREACH).
+pub fn resolve(client: &mut Client, set: &RankSet) -> Result<Vec<u32>, CliError> {
+    match set {
+        RankSet::All => {
+            let reply = client.rpc("broker.info", &()).doing("broker.info (to learn the instance's size)")?;
+            let info: BrokerInfo = reply
+                .decode()
+                .map_err(|e| CliError::Usage(format!("broker.info: the broker sent an unexpected reply: {e}")))?;
+            Ok((0..info.size.max(1)).collect())
+        }
+        RankSet::Ranges(ranges) => {
+            let count: u64 = ranges.iter().map(|&(lo, hi)| u64::from(hi - lo) + 1).sum();
+            if count > MAX_RANKS {
+                return Err(CliError::Usage(format!(
+                    "--rank {set} names {count} ranks; at most {MAX_RANKS} at once (write 'all' for every rank)"
+                )));
+            }
+            Ok(ranges.iter().flat_map(|&(lo, hi)| lo..=hi).collect())
+        }
+    }
+}
+
+/// One rank's answer: its decoded reply, or the error to print for it.
+pub struct Answer<T> {
+    pub rank: u32,
+    /// From the request's write to its response.
+    pub elapsed: Duration,
+    pub result: Result<T, String>,
+}
+
+/// `topic` with `payload` to every rank at once (pipelined, one matchtag each); the answers
+/// in rank order, each decoded into `T`. `Err` only when the connection itself fails.
+pub fn each<T: DeserializeOwned>(
+    client: &mut Client,
+    ranks: &[u32],
+    what: &str,
+    topic: &str,
+    payload: Bytes,
+    timeout: Option<Duration>,
+) -> Result<Vec<Answer<T>>, CliError> {
+    Ok(each_raw(client, ranks, what, topic, payload, timeout)?
+        .into_iter()
+        .map(|a| Answer {
+            rank: a.rank,
+            elapsed: a.elapsed,
+            result: a.result.and_then(|m| m.decode().map_err(|e| format!("the broker sent an unexpected reply: {e}"))),
+        })
+        .collect())
+}
+
+/// `each` without decoding: the response messages themselves.
+pub fn each_raw(
+    client: &mut Client,
+    ranks: &[u32],
+    what: &str,
+    topic: &str,
+    payload: Bytes,
+    timeout: Option<Duration>,
+) -> Result<Vec<Answer<Message>>, CliError> {
+    let replies = client.rpc_ranks(ranks, topic, payload, timeout).doing(what)?;
+    Ok(replies
+        .into_iter()
+        .map(|r| Answer { rank: r.rank, elapsed: r.elapsed, result: r.result.map_err(|e| e.to_string()) })
+        .collect())
+}
+
+/// A request's msgpack payload.
+pub fn payload<T: serde::Serialize + ?Sized>(value: &T) -> Result<Bytes, CliError> {
+    Message::encode_payload(value).map_err(|e| CliError::Usage(format!("payload: {e}")))
+}
+
+/// The failures seen so far, and how many ranks were asked.
+pub struct Failures {
+    what: String,
+    failed: Vec<u32>,
+    asked: usize,
+}
+
+impl Failures {
+    pub fn new(what: impl Into<String>, asked: usize) -> Self {
+        Failures { what: what.into(), failed: Vec::new(), asked }
+    }
+
+    /// Print `modctl: rank N: WHAT: ERROR` on standard error and remember rank N.
+    pub fn fail(&mut self, rank: u32, error: &str) {
+        eprintln!("modctl: rank {rank}: {}: {error}", self.what);
+        self.failed.push(rank);
+    }
+
+    /// The answer's value, or None after reporting its failure.
+    pub fn take<T>(&mut self, answer: Answer<T>) -> Option<(u32, T)> {
+        match answer.result {
+            Ok(v) => Some((answer.rank, v)),
+            Err(e) => {
+                self.fail(answer.rank, &e);
+                None
+            }
+        }
+    }
+
+    /// Ok if no rank failed; otherwise the error that ends modctl with status 1, naming them.
+    pub fn finish(self) -> Result<(), CliError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        let failed: RankSet = self.failed.iter().copied().collect();
+        let mut distinct = self.failed;
+        distinct.sort_unstable();
+        distinct.dedup();
+        Err(CliError::Ranks { what: self.what, failed, count: distinct.len(), asked: self.asked })
+    }
+}
+
+/// One rank's entry in a `--json` answer: `{"rank": N, KEY: VALUE}` or `{"rank": N, "error":
+/// TEXT}`, the rank first.
+#[derive(serde::Serialize)]
+pub struct RankJson {
+    rank: u32,
+    #[serde(flatten)]
+    entry: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl RankJson {
+    pub fn new<T: serde::Serialize>(rank: u32, key: &str, result: Result<&T, &str>) -> Self {
+        let (key, value) = match result {
+            Ok(v) => (key, serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => ("error", serde_json::Value::from(e)),
+        };
+        RankJson { rank, entry: [(key.to_string(), value)].into() }
+    }
+}
+
+/// Refuse `--rank` for a command that cannot take it, saying why.
+pub fn refuse(command: &str, why: &str) -> CliError {
+    CliError::Usage(format!("--rank does not apply to {command}: {why}"))
+}
