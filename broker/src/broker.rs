@@ -12,7 +12,7 @@ use switchboard_module_api::proto::DEFAULT_MAX_FRAME;
 use switchboard_module_api::{uri, Error};
 
 use crate::connector::{ListenOptions, Listener};
-use crate::overlay::{Certificate, Overlay, OverlayConfig, OverlayError, Topology};
+use crate::overlay::{Overlay, OverlayConfig, OverlayError, Topology};
 use crate::router::{Place, Router, DEFAULT_MAX_OUTPUT};
 use crate::runtime::BrokerRuntime;
 use crate::site::{apply_file, OverlaySite, Running, Site};
@@ -263,14 +263,13 @@ fn overlay_config(file: &Path, o: &OverlaySite, given: Option<u32>) -> Result<Ov
     let fail = |e: String| BrokerError::Site(format!("{}: [overlay]: {e}", file.display()));
     let rank = o.rank_of(&crate::overlay::hostname(), given).map_err(fail)?;
     let topology = Topology::new(rank, o.size(), o.fanout).map_err(|e| fail(e.to_string()))?;
-    let cert = Certificate::read(&o.curve_cert).map_err(|e| fail(format!("curve_cert: {e}")))?;
     let me = &o.hosts[rank as usize];
     Ok(OverlayConfig {
         topology,
         hosts: o.hosts.iter().map(|h| h.host.clone()).collect(),
         bind: me.bind.clone(),
         connect: topology.parent().map(|p| o.hosts[p as usize].connect.clone()),
-        cert,
+        cert: o.cert.clone(),
     })
 }
 

@@ -265,3 +265,45 @@ fn a_client_that_knows_the_public_key_but_not_the_secret_one_is_refused_by_zap()
     let mut c = inst.client(0);
     assert_eq!(rank_of(rpc_at(&mut c, 2, Flags::default(), "broker.info", json!({}))), 2);
 }
+
+#[test]
+fn a_broker_refuses_to_start_on_an_overlay_table_with_a_mistake_and_says_where() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert");
+    switchboard_tests::instance::keygen(&cert);
+    let good = "[overlay]\ncurve_cert = \"cert\"\nhosts = [\n  { host = \"a\", bind = \"tcp://127.0.0.1:1\" },\n  { host = \"b\" },\n]\n";
+    let cases: &[(String, &[&str], u32, &str)] = &[
+        (good.replace("hosts", "fanout = 2\nport = 3\nhosts"), &["--rank", "0"], 0o600, "unknown field `port`"),
+        (good.to_string(), &["--rank", "2"], 0o600, "rank 2 is out of range: the instance has 2 brokers"),
+        (
+            good.replace("bind = \"tcp://127.0.0.1:1\"", "bind = \"\""),
+            &["--rank", "1"],
+            0o600,
+            "rank 0 has children but no bind address",
+        ),
+        (good.to_string(), &["--rank", "0"], 0o644, "is readable by others (mode 0644); chmod 600 it"),
+        (good.to_string(), &[], 0o600, "give the broker --rank N"),
+    ];
+    for (text, args, mode, want) in cases {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        let site = dir.path().join("site.toml");
+        std::fs::write(&site, text).expect("write");
+        let child = Command::new(switchboard_tests::bin("switchboard"))
+            .arg("--config")
+            .arg(&site)
+            .arg("--listen")
+            .arg(dir.path().join("b.sock"))
+            .args(*args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        let out = switchboard_tests::output_within(child, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started on a file with a mistake ({want})");
+        assert!(err.contains(want), "wanted {want:?} in:\n{err}");
+        assert!(err.contains("site.toml"), "the file is not named:\n{err}");
+    }
+}

@@ -1,13 +1,12 @@
 //! The site file's `[overlay]` table checked (RFC 7 §2.2): the instance's hosts in rank order
 //! with their bind and connect addresses (defaults and `%h`/`%p` filled in), the fanout, and
-//! the certificate's path, refused if others may read it. Finding this broker's own rank is
+//! the certificate, read (and refused if others may read it). Finding this broker's own rank is
 //! `OverlaySite::rank_of`. Nothing here opens a socket.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::file;
-use crate::overlay::Topology;
+use crate::overlay::{Certificate, Topology};
 
 /// Where a broker with children listens, unless its host or the table says otherwise.
 pub const DEFAULT_BIND: &str = "tcp://*:%p";
@@ -20,6 +19,8 @@ pub const DEFAULT_FANOUT: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlaySite {
     pub curve_cert: PathBuf,
+    /// Its keys, read when the file was checked.
+    pub cert: Certificate,
     /// In rank order.
     pub hosts: Vec<HostSite>,
     pub fanout: u32,
@@ -76,8 +77,8 @@ impl OverlaySite {
         }
         let cert = &table.curve_cert;
         let curve_cert = super::absolute(base, cert.get_ref());
-        check_private(&curve_cert).map_err(|why| (cert.span(), format!("key `curve_cert`: {why}")))?;
-        Ok(OverlaySite { curve_cert, hosts: checked, fanout })
+        let keys = Certificate::read(&curve_cert).map_err(|e| (cert.span(), format!("key `curve_cert`: {e}")))?;
+        Ok(OverlaySite { curve_cert, cert: keys, hosts: checked, fanout })
     }
 
     pub fn size(&self) -> u32 {
@@ -102,14 +103,4 @@ impl OverlaySite {
             _ => Err(format!("`hosts` names this machine ({hostname}) more than once; give each broker --rank N")),
         }
     }
-}
-
-/// The certificate must exist and be the owner's alone.
-fn check_private(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!("{} is readable by others (mode {mode:04o}); chmod 600 it", path.display()));
-    }
-    Ok(())
 }

@@ -117,7 +117,7 @@ fn overlay_site(text: &str, mode: u32) -> (tempfile::TempDir, Result<Site, Strin
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = dir.path().join("instance.cert");
-    std::fs::write(&cert, "curve\n    public-key = \"x\"\n").expect("write the certificate");
+    crate::overlay::Certificate::generate().and_then(|c| c.write(&cert, "node0")).expect("write the certificate");
     std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(mode)).expect("chmod");
     let path = dir.path().join("site.toml");
     let result = Site::parse(&path, &text.replace("CERT", "instance.cert")).map_err(|e| e.to_string());
@@ -196,6 +196,7 @@ fn overlay_mistakes_name_their_line_and_key() {
             0o600,
             "key `curve_cert`: cannot read",
         ),
+        ("[overlay]\ncurve_cert = \"site.toml\"\nhosts = [{ host = \"a\" }]\n", 0o600, "key `curve_cert`: "),
         (
             "[[module]]\npath = \"/m/libkvs.so\"\nranks = \"1\"\n",
             0o600,
