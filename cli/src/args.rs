@@ -14,7 +14,7 @@ pub struct Cli {
     pub uri: Option<String>,
     /// Run on the brokers of these ranks (`3`, `1-7,9` or `all`), through the broker modctl
     /// connects to, all at once, reporting per rank (RFC 7 §7): load, remove, reload, list,
-    /// stats, info, rpc, ping; overlay status takes one rank.
+    /// stats, info, apply, config reload, rpc, ping; overlay status takes one rank.
     #[arg(long, global = true, value_name = "RANKS")]
     pub rank: Option<RankSet>,
     #[command(subcommand)]

@@ -200,7 +200,7 @@ fn overlay_status_of_a_standalone_broker_is_one_full_rank() {
 #[test]
 fn rank_is_refused_where_it_does_not_apply_and_a_bad_set_by_the_parser() {
     let b = Broker::start();
-    for args in [vec!["trace"], vec!["event", "pub", "x"], vec!["config", "reload"]] {
+    for args in [vec!["trace"], vec!["event", "pub", "x"], vec!["event", "sub", "x"]] {
         let mut all = vec!["--rank", "all"];
         all.extend(&args);
         let out = b.modctl(&all);
@@ -215,4 +215,27 @@ fn rank_is_refused_where_it_does_not_apply_and_a_bad_set_by_the_parser() {
     let out = b.modctl(&["--rank", "0-4000000000", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("names 4000000001 ranks"), "{}", stderr(&out));
+}
+
+#[test]
+fn apply_with_rank_reports_each_ranks_plan() {
+    let b = Broker::start();
+    let site = b.dir.path().join("site.toml");
+    let echo = module("echo").display().to_string();
+    std::fs::write(&site, format!("[[module]]\nname = \"here\"\npath = \"{echo}\"\nranks = \"0\"\n")).expect("write");
+    let s = site.display().to_string();
+    let out = b.modctl_ok(&["--rank", "all", "apply", &s, "--dry-run"]);
+    assert!(out.starts_with(&format!("rank 0:\n  plan for {s} (dry run, would change nothing):\n  ")), "{out}");
+    assert!(out.contains("load      here"), "{out}");
+    // Rank 0 applies; rank 3 fails on its own line and makes the status 1.
+    let out = b.modctl(&["--rank", "0,3", "apply", &s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with(&format!("rank 0:\n  applying {s}:\n")), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("modctl: rank 3: apply {s}: EHOSTUNREACH: ")), "{err}");
+    assert!(err.trim_end().ends_with(&format!("modctl: apply {s}: failed on rank 3 (1 of 2)")), "{err}");
+    assert!(b.modctl_ok(&["list"]).contains("here"));
+    let v: serde_json::Value =
+        serde_json::from_str(&b.modctl_ok(&["--rank", "0", "apply", &s, "--json"])).expect("JSON");
+    assert_eq!((&v[0]["rank"], &v[0]["report"]["unchanged"]), (&json!(0), &json!(["here"])), "{v}");
 }

@@ -10,7 +10,7 @@
 //! rank 0 (multi-broker calls are in overlay.rs).
 
 use serde_json::json;
-use switchboard_tests::{bin, errno_of, errtext, json, module, rpc, wait_until, wasm_module, Broker};
+use switchboard_tests::{bin, errno_of, errtext, json, module, rpc, script, wait_until, wasm_module, Broker};
 
 /// Load the `faulty` fixture as `name`: "native", "wasm" or "process".
 fn load(b: &Broker, kind: &str, name: &str) {
@@ -117,6 +117,28 @@ fn a_module_calls_a_rank_by_nodeid_and_its_own_service_only_elsewhere() {
         assert_eq!(errtext(&r), "no upstream broker: this broker is the root", "{kind}");
         serves(&b, name);
     }
+}
+
+#[test]
+fn a_python_module_calls_a_rank_with_nodeid() {
+    let b = Broker::start_python();
+    let mut c = b.client();
+    load(&b, "native", "target");
+    b.load(&script("caller.py"), None, &[]);
+    let r = rpc(&mut c, "caller.call", json!({"topic": "target.whoami", "nodeid": 0})).expect("a call to rank 0");
+    assert_eq!(json(&r)["name"], json!("target"));
+    assert_eq!(json(&rpc(&mut c, "caller.rank", json!({})).expect("rank")), json!(0));
+    let r = rpc(&mut c, "caller.call", json!({"topic": "target.whoami", "nodeid": 3}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH", "{r:?}");
+    assert!(errtext(&r).contains("no broker of rank 3"), "{r:?}");
+    // Its own service: on its own rank it would wait on itself; upstream of the root, nobody.
+    let r = rpc(&mut c, "caller.call", json!({"topic": "caller.rank", "nodeid": 0}));
+    assert_eq!(errno_of(&r), "EDEADLK", "{r:?}");
+    let r = rpc(&mut c, "caller.call", json!({"topic": "caller.rank", "nodeid": 0xFFFF_FFFEu32}));
+    assert_eq!(errtext(&r), "no upstream broker: this broker is the root", "{r:?}");
+    let r = rpc(&mut c, "caller.call", json!({"topic": "target.whoami", "nodeid": -1}));
+    assert_eq!(errno_of(&r), "EINVAL", "{r:?}");
+    assert!(errtext(&r).contains("nodeid -1 is not a rank"), "{r:?}");
 }
 
 /// An rpc to `never.ignore` with a short deadline of its own gives up, and one with the

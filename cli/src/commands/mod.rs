@@ -50,12 +50,6 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
 fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), CliError> {
     // Refusals first: no request for a command that will not run.
     match &command {
-        Command::Apply { .. } | Command::Config { .. } => {
-            return Err(ranks::refuse(
-                "apply and config reload",
-                "each broker starts what the site file's `ranks` keys give its rank (RFC 7 §7)",
-            ))
-        }
         Command::Trace { .. } => {
             return Err(ranks::refuse("trace", "it watches the broker modctl connects to (choose it with --uri)"))
         }
@@ -80,15 +74,17 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
         Command::Info { path, json } => modules::info_on(client, &ranks, &path, json),
         Command::Ping { service, count } => rpc::ping_on(client, &ranks, &service, count),
         Command::Rpc { topic, json, timeout } => rpc::rpc_on(client, &ranks, &topic, json.as_deref(), timeout),
+        Command::Apply { file, dry_run, json } => apply::apply_on(client, &ranks, Some(&file), dry_run, json),
+        Command::Config { command: ConfigCommand::Reload { dry_run, json } } => {
+            apply::apply_on(client, &ranks, None, dry_run, json)
+        }
         Command::Overlay { command: OverlayCommand::Status { json } } => match ranks[..] {
             [rank] => overlay::status(client, Some(rank), json),
             _ => Err(CliError::Usage(format!(
                 "overlay status takes one rank, not {set}: it draws that rank's subtree (rank 0's is the whole tree)"
             ))),
         },
-        Command::Apply { .. } | Command::Config { .. } | Command::Trace { .. } | Command::Event { .. } => {
-            unreachable!("refused above")
-        }
+        Command::Trace { .. } | Command::Event { .. } => unreachable!("refused above"),
     }
 }
 

@@ -22,7 +22,7 @@ import msgpack
 __all__ = [
     "Module", "Request", "Error", "Raw",
     "EPERM", "ENOENT", "EIO", "EAGAIN", "EEXIST", "EINVAL", "EDEADLK", "ENOSYS", "ENODATA",
-    "EPROTO", "ETIMEDOUT", "EHOSTUNREACH", "ECANCELED",
+    "EPROTO", "ETIMEDOUT", "EHOSTUNREACH", "ECANCELED", "NODEID_ANY", "NODEID_UPSTREAM",
 ]
 
 EPERM, ENOENT, EIO, EAGAIN, EEXIST, EINVAL, EDEADLK = 1, 2, 5, 11, 17, 22, 35
@@ -30,7 +30,8 @@ ENOSYS, ENODATA, EPROTO, ETIMEDOUT, EHOSTUNREACH, ECANCELED = 38, 61, 71, 110, 1
 
 REQUEST, RESPONSE, EVENT, CONTROL = 1, 2, 4, 8
 NO_RESPONSE, STREAMING = 0x01, 0x02
-NODEID_ANY = 0xFFFFFFFF
+NODEID_ANY = 0xFFFFFFFF  # nodeid: wherever the service is (this broker first, then upstream)
+NODEID_UPSTREAM = 0xFFFFFFFE  # nodeid: this broker's parent in the instance's tree (RFC 7)
 ROLE_OWNER = 1
 PROTOCOL_VERSION = 1
 HANDSHAKE_PROTOCOL = 1
@@ -239,6 +240,7 @@ class Module:
         self._deferred = []
         self._tag = 0
         self._added = set()  # services added with add_service
+        self._rank = None  # this broker's rank, once rank() has asked
 
     # ---------------------------------------------------------------- registration
 
@@ -297,7 +299,7 @@ class Module:
     def publish(self, topic, value=None):
         self.send(Message(EVENT, topic, pack(value if value is not None else {})))
 
-    def rpc(self, topic, value=None, timeout=_DEFAULT):
+    def rpc(self, topic, value=None, timeout=_DEFAULT, nodeid=NODEID_ANY):
         """Call another service and return its decoded response; raises Error on an error.
 
         The module serves nothing while it waits: requests that arrive meanwhile are handled
@@ -305,16 +307,27 @@ class Module:
         `rpc_timeout`, 30 s; None waits for ever) and then raises Error(ETIMEDOUT); the
         request is not withdrawn, and a late response is dropped. A call to a service this
         module owns (its name, or one it added) could never be answered: it raises
-        Error(EDEADLK) at once, without sending anything."""
+        Error(EDEADLK) at once, without sending anything.
+
+        `nodeid` sends the request to the broker of that rank of the instance (RFC 7), which
+        routes it by service: a module on rank 3 reads rank 0's kvs with
+        `mod.rpc("kvs.get", {...}, nodeid=0)`. NODEID_ANY (the default) is wherever the
+        service is, NODEID_UPSTREAM this broker's parent; a rank the instance does not have,
+        or cannot reach now, raises Error(EHOSTUNREACH). The module's own services may be
+        called on other ranks; on its own rank (or with NODEID_ANY) they are EDEADLK."""
+        if isinstance(nodeid, bool) or not isinstance(nodeid, int) or not 0 <= nodeid <= NODEID_ANY:
+            raise Error(EINVAL, f"{topic}: nodeid {nodeid!r} is not a rank (0 and up), NODEID_ANY or NODEID_UPSTREAM")
         service = topic.split(".", 1)[0]
-        if service == self.name or service in self._added:
+        if (service == self.name or service in self._added) and self._comes_back(nodeid):
             raise Error(EDEADLK, f"{topic}: '{self.name}' would wait on itself "
                                  "(a blocking rpc to a service the module owns would deadlock)")
         if timeout is _DEFAULT:
             timeout = self.rpc_timeout
         self._tag = (self._tag % 0xFFFFFFFF) + 1
         tag = self._tag
-        self.send(Message(REQUEST, topic, pack(value if value is not None else {}), 0, tag))
+        req = Message(REQUEST, topic, pack(value if value is not None else {}), 0, tag)
+        req.nodeid = nodeid
+        self.send(req)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
@@ -330,6 +343,22 @@ class Module:
                     raise Error(msg.errnum, msg.errstr or "")
                 return unpack(msg.payload)
             self._deferred.append(msg)
+
+    def rank(self):
+        """This broker's rank in its instance (0 for a standalone broker), asked of
+        `broker.info` the first time and remembered."""
+        if self._rank is None:
+            self._rank = self.rpc("broker.info")["rank"]
+        return self._rank
+
+    def _comes_back(self, nodeid):
+        """Whether a request with `nodeid` for one of this module's services would reach this
+        module: NODEID_ANY finds the local owner first, a rank only if it is this broker's."""
+        if nodeid == NODEID_ANY:
+            return True
+        if nodeid == NODEID_UPSTREAM:
+            return False
+        return nodeid == self.rank()
 
     def subscribe(self, prefix):
         self.rpc("event.subscribe", {"topic": prefix})
