@@ -114,6 +114,8 @@ fn events_published_on_a_leaf_reach_every_rank_in_one_order() {
 #[test]
 fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_when_restarted() {
     let mut inst = Instance::start(7, 2, &faulty_everywhere());
+    let mut watch = inst.client(0);
+    rpc_at(&mut watch, 0, Flags::default(), "event.subscribe", json!({"topic": "overlay.rank.1"})).expect("subscribe");
     // Rank 1's children are 3 and 4. 100 slow requests from rank 0 to rank 3, through 1.
     let mut c = inst.client(0);
     let tags: Vec<u32> = (0..100)
@@ -148,6 +150,14 @@ fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_wh
     inst.restart(1);
     inst.wait_full();
     assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
+    // Rank 0 said so as it happened: lost, then full again.
+    let mut seen = Vec::new();
+    while !seen.ends_with(&["full".to_string()]) || !seen.contains(&"lost".to_string()) {
+        let ev = watch.recv_timeout(Some(WAIT)).expect("an overlay.rank.1 event");
+        assert_eq!(ev.topic, "overlay.rank.1");
+        seen.push(json(&ev)["state"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(seen.first().map(String::as_str), Some("lost"), "{seen:?}");
 }
 
 #[test]
@@ -305,5 +315,25 @@ fn a_broker_refuses_to_start_on_an_overlay_table_with_a_mistake_and_says_where()
         assert!(!out.status.success(), "started on a file with a mistake ({want})");
         assert!(err.contains(want), "wanted {want:?} in:\n{err}");
         assert!(err.contains("site.toml"), "the file is not named:\n{err}");
+    }
+}
+
+#[test]
+fn links_outlive_quiet_and_handlers_slower_than_every_link_timeout() {
+    // The link timeouts: heartbeat 2 s, silence 6 s, hello again 1 s (RFC 7 §3.3, §3.6).
+    let inst = Instance::start(3, 2, &faulty_everywhere());
+    let mut c = inst.client(0);
+    // A handler on rank 2 busy for 8 s while nothing else crosses the link.
+    let r = rpc_at(&mut c, 2, Flags::default(), "faulty.sleep", json!({"ms": 8_000}));
+    assert!(r.is_ok(), "{r:?}");
+    // Then 8 s of quiet.
+    std::thread::sleep(Duration::from_secs(8));
+    for to in 0..3 {
+        assert_eq!(rank_of(rpc_at(&mut c, to, Flags::default(), "broker.info", json!({}))), u64::from(to));
+    }
+    assert!(all_states(&inst.status()).iter().all(|(_, s)| s == "full"));
+    for r in 0..3 {
+        let log = inst.broker(r).log();
+        assert!(!log.contains("is lost"), "rank {r} lost a link while quiet:\n{log}");
     }
 }
