@@ -338,10 +338,9 @@ impl Broker {
         self.stop();
     }
 
+    /// The links close last: until its modules are gone, the broker still answers the rest
+    /// of the instance, and their lifecycle events still reach rank 0.
     fn stop(&mut self) {
-        if let Some(mut o) = self.overlay.take() {
-            o.stop();
-        }
         if let Some(mut l) = self.listener.take() {
             let (handle, supervisor) = (self.runtime.handle(), self.supervisor.clone());
             // The listener's stop waits for the accept task, which needs a free worker.
@@ -349,6 +348,9 @@ impl Broker {
                 l.stop();
                 handle.block_on(supervisor.remove_all());
             });
+        }
+        if let Some(mut o) = self.overlay.take() {
+            o.stop();
         }
     }
 }

@@ -337,3 +337,28 @@ fn links_outlive_quiet_and_handlers_slower_than_every_link_timeout() {
         assert!(!log.contains("is lost"), "rank {r} lost a link while quiet:\n{log}");
     }
 }
+
+#[test]
+fn a_restarted_root_is_joined_again_by_its_children_and_events_flow_again() {
+    let mut inst = Instance::start(3, 2, &faulty_everywhere());
+    let mut two = inst.client(2);
+    rpc_at(&mut two, 2, Flags::default(), "faulty.subscribe", json!({"topic": "after."})).expect("subscribe");
+    inst.kill(0);
+    let mut one = inst.client(1);
+    let ok = wait_until(|| {
+        let r = rpc_at(&mut one, 0, Flags::default(), "broker.info", json!({}));
+        r.is_err() && errtext(&r).contains("rank 0 is lost")
+    });
+    assert!(ok, "rank 1 never saw rank 0 go; its log:\n{}", inst.broker(1).log());
+    // Rank 1 still serves its own clients.
+    assert_eq!(rank_of(rpc_at(&mut one, 1, Flags::default(), "broker.info", json!({}))), 1);
+    inst.restart(0);
+    inst.wait_full();
+    assert_eq!(rank_of(rpc_at(&mut one, 2, Flags::default(), "broker.info", json!({}))), 2);
+    one.send(&Message::event("after.restart", Bytes::from_static(&[0x80]))).expect("publish");
+    let ok = wait_until(|| {
+        let r = rpc_at(&mut two, 2, Flags::default(), "faulty.events", json!({})).expect("events");
+        json(&r).as_array().is_some_and(|a| a.iter().any(|e| e == "after.restart"))
+    });
+    assert!(ok, "an event from rank 1 did not reach rank 2 after the root came back");
+}

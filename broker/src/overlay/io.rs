@@ -166,13 +166,12 @@ impl Io {
     }
 
     fn stop(&mut self) {
-        if let Some(d) = &mut self.down {
-            for (_, (ep, _)) in d.links.drain() {
-                self.router.retire(&ep, "is gone (this broker is stopping)");
-            }
+        let why = "is gone (this broker is stopping)";
+        for (rank, (ep, _)) in self.down.as_mut().map(|d| std::mem::take(&mut d.links)).unwrap_or_default() {
+            self.router.link_lost(rank, &ep, why);
         }
-        if let Some(ep) = self.up.as_mut().and_then(|u| u.link.take()) {
-            self.router.retire(&ep, "is gone (this broker is stopping)");
+        if let Some((parent, ep)) = self.up.as_mut().and_then(|u| Some((u.parent, u.link.take()?))) {
+            self.router.link_lost(parent, &ep, why);
         }
     }
 
