@@ -362,3 +362,38 @@ fn a_restarted_root_is_joined_again_by_its_children_and_events_flow_again() {
     });
     assert!(ok, "an event from rank 1 did not reach rank 2 after the root came back");
 }
+
+#[test]
+fn a_module_loaded_with_rank_all_answers_on_every_rank_and_is_removed_from_all() {
+    let mut inst = Instance::start(8, 2, "");
+    let b = inst.broker(0);
+    let echo = module("echo").display().to_string();
+    let out = b.modctl_ok(&["--rank", "all", "load", &echo, "--name", "e2"]);
+    for r in 0..8 {
+        assert!(out.contains(&format!("rank {r}: loaded e2")), "{out}");
+    }
+    let mut c = inst.client(5);
+    for r in 0..8 {
+        let got = rpc_at(&mut c, r, Flags::default(), "e2.anything", json!({"from": 5})).expect("e2 on a rank");
+        assert_eq!(json(&got), json!({"from": 5}));
+    }
+    let table = b.modctl_ok(&["--rank", "all", "list"]);
+    assert!(table.starts_with("RANK"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.contains(" e2 ")).count(), 8, "{table}");
+    let tree = b.modctl_ok(&["overlay", "status"]);
+    assert!(tree.starts_with("0 127.0.0.1: full"), "{tree}");
+    assert!(tree.contains("└─ 7 127.0.0.1: full"), "{tree}");
+    // A failure on some ranks: those are named, the others done, the exit status 1.
+    inst.kill(6);
+    let out = inst.broker(0).modctl(&["--rank", "all", "remove", "e2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank 6: remove e2: EHOSTUNREACH"), "{err}");
+    assert!(err.contains("failed on rank 6 (1 of 8)"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains("removed e2")).count(), 7, "{stdout}");
+    for r in [0, 1, 2, 3, 4, 5, 7] {
+        let gone = rpc_at(&mut c, r, Flags::default(), "e2.anything", json!({}));
+        assert_eq!(errno_of(&gone), "ENOSYS", "rank {r}");
+    }
+}
