@@ -175,3 +175,37 @@ pub enum ConfigCommand {
         json: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("modctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn rank_is_a_set_before_or_after_the_command() {
+        let cli = parse(&["--rank", "9,1-7", "list"]).expect("parses");
+        assert_eq!(cli.rank.map(|r| r.to_string()), Some("1-7,9".to_string()));
+        let cli = parse(&["list", "--rank", "all", "--json"]).expect("parses");
+        assert_eq!(cli.rank, Some(RankSet::All));
+        assert!(matches!(cli.command, Command::List { json: true }));
+        let cli = parse(&["overlay", "status", "--rank", "3"]).expect("parses");
+        assert!(matches!(cli.command, Command::Overlay { command: OverlayCommand::Status { json: false } }));
+        assert_eq!(cli.rank.map(|r| r.to_string()), Some("3".to_string()));
+        // A load's own arguments start at its first argument: a later --rank is one of them.
+        let cli = parse(&["load", "./m.so", "x", "--rank", "3"]).expect("parses");
+        assert!(cli.rank.is_none());
+        assert!(matches!(cli.command, Command::Load { ref args, .. } if args == &["x", "--rank", "3"]));
+    }
+
+    #[test]
+    fn a_bad_rank_set_is_a_usage_error_saying_what_is_wrong() {
+        for (set, why) in [("x", "'x' is not a rank"), ("5-2", "'5-2' runs backwards"), ("", "an empty rank set")] {
+            let e = parse(&["--rank", set, "list"]).map(|_| ()).expect_err(set);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{set}");
+            assert!(e.to_string().contains(why), "{set}: {e}");
+        }
+    }
+}

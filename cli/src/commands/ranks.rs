@@ -154,3 +154,33 @@ impl RankJson {
 pub fn refuse(command: &str, why: &str) -> CliError {
     CliError::Usage(format!("--rank does not apply to {command}: {why}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_end_with_the_ranks_written_as_a_set() {
+        let mut f = Failures::new("load echo", 4);
+        assert!(f.take(Answer { rank: 0, elapsed: Duration::ZERO, result: Ok(()) }).is_some());
+        for r in [6, 3, 5] {
+            f.fail(r, "EHOSTUNREACH: gone");
+        }
+        let e = f.finish().expect_err("three ranks failed");
+        assert_eq!(e.to_string(), "load echo: failed on ranks 3,5-6 (3 of 4)");
+        let mut f = Failures::new("list", 1);
+        f.fail(3, "EHOSTUNREACH: gone");
+        // A rank failing twice (two ping rounds) counts once.
+        f.fail(3, "EHOSTUNREACH: gone");
+        assert_eq!(f.finish().expect_err("one rank failed").to_string(), "list: failed on rank 3 (1 of 1)");
+        assert!(Failures::new("list", 2).finish().is_ok());
+    }
+
+    #[test]
+    fn a_rank_in_json_comes_first_with_its_answer_or_its_error() {
+        let ok = serde_json::to_string(&RankJson::new(2, "modules", Ok(&vec![1, 2]))).expect("json");
+        assert_eq!(ok, r#"{"rank":2,"modules":[1,2]}"#);
+        let err = serde_json::to_string(&RankJson::new::<()>(3, "modules", Err("EHOSTUNREACH: gone"))).expect("json");
+        assert_eq!(err, r#"{"rank":3,"error":"EHOSTUNREACH: gone"}"#);
+    }
+}
