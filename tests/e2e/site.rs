@@ -230,20 +230,3 @@ fn a_stop_while_the_start_script_runs_ends_the_script_and_what_it_started() {
     };
     assert!(wait_until(|| !running()), "the script's child {pid} outlived the stop");
 }
-
-#[test]
-fn an_overlay_table_is_checked_and_then_refused_until_the_overlay_is_built() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write(dir.path(), "instance.cert", "curve\n");
-    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let text = "[overlay]\ncurve_cert = \"instance.cert\"\nhosts = [{ host = \"a\" }, { host = \"b\" }]\n";
-    let site = write(dir.path(), "site.toml", text);
-    // A mistake first: a certificate others can read.
-    let err = refused(&site);
-    assert!(err.contains("site.toml:2:") && err.contains("chmod 600"), "{err}");
-    // A good table: the broker says plainly that it cannot run it yet.
-    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = refused(&site);
-    assert!(err.contains("[overlay]") && err.contains("not built yet"), "{err}");
-}

@@ -54,17 +54,30 @@ struct Child {
 pub struct Health {
     topology: Topology,
     children: BTreeMap<u32, Child>,
+    /// Something changed since `take_changed` last said so.
+    changed: bool,
 }
 
 impl Health {
     pub fn new(topology: Topology) -> Health {
-        Health { topology, children: topology.children().map(|c| (c, Child::default())).collect() }
+        Health { topology, children: topology.children().map(|c| (c, Child::default())).collect(), changed: true }
+    }
+
+    /// Whether anything changed since the last call (so that `states` is worth computing).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Have the next `take_changed` say yes (the parent link came up: report again).
+    pub fn touch(&mut self) {
+        self.changed = true;
     }
 
     pub fn child_up(&mut self, c: u32) {
         if let Some(child) = self.children.get_mut(&c) {
             child.up = true;
             child.lost_at = None;
+            self.changed = true;
             // Until it reports, it is up and its subtree unknown.
             child.report.insert(c, State::Full);
         }
@@ -74,6 +87,7 @@ impl Health {
         if let Some(child) = self.children.get_mut(&c) {
             child.up = false;
             child.lost_at = Some(Instant::now());
+            self.changed = true;
         }
     }
 
@@ -82,6 +96,7 @@ impl Health {
         let topology = self.topology;
         if let Some(child) = self.children.get_mut(&c).filter(|ch| ch.up) {
             child.report = report.into_iter().filter(|(r, _)| topology.in_subtree(*r, c)).collect();
+            self.changed = true;
         }
     }
 

@@ -257,7 +257,6 @@ impl Io {
                 tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
                 continue;
             };
-            let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
             let msg = match decode_frame(Bytes::copy_from_slice(&body)) {
                 Ok(m) => m,
                 Err(e) => {
@@ -266,6 +265,7 @@ impl Io {
                 }
             };
             if msg.kind == MsgType::Control {
+                let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
                 self.child_control(rank, fd, msg);
                 continue;
             }
@@ -390,6 +390,7 @@ impl Io {
                 }
                 tracing::info!("joined the instance through rank {parent}");
                 self.reported.clear();
+                self.health.touch();
             }
             "overlay.refused" => {
                 let why = msg.decode::<Refused>().map(|r| r.reason).unwrap_or_else(|e| e.to_string());
@@ -442,6 +443,9 @@ impl Io {
 
     /// Tell the parent (or, at rank 0, the instance) what changed in this subtree.
     fn report_health(&mut self) {
+        if !self.health.take_changed() {
+            return;
+        }
         let states = self.health.states();
         if states == self.reported {
             return;
@@ -455,6 +459,7 @@ impl Io {
         } else if let Some(parent) = self.up.as_ref().filter(|u| u.link.is_some()).map(|u| u.parent) {
             self.control_to(Peer::Parent(parent), "overlay.health", &HealthReport { states: states.clone() });
         } else {
+            // Reported when the parent link comes up (`touch`).
             return;
         }
         self.reported = states;

@@ -130,9 +130,9 @@ impl EventOrder {
         *last = Some(seq);
     }
 
-    /// An event this broker could not pass on (its parent link is down), or events skipped.
-    pub fn count_lost(&self, n: u64) {
-        self.lost.fetch_add(n, Ordering::Relaxed);
+    /// An event this broker could not pass on (its parent link is down): the count so far.
+    pub fn count_lost(&self, n: u64) -> u64 {
+        self.lost.fetch_add(n, Ordering::Relaxed) + n
     }
 
     pub fn lost(&self) -> u64 {

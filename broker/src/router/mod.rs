@@ -437,8 +437,10 @@ impl Router {
             match self.link_to(self.place.topology.parent()) {
                 Some(up) => self.deliver(&up, msg),
                 None => {
-                    self.events.count_lost(1);
-                    tracing::warn!(topic = %msg.topic, "an event was lost: the link to the parent is down");
+                    let lost = self.events.count_lost(1);
+                    if lost.is_power_of_two() {
+                        tracing::warn!(topic = %msg.topic, "an event was lost: the link to the parent is down ({lost} events lost so far)");
+                    }
                 }
             }
             return 0;
