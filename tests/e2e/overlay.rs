@@ -399,7 +399,7 @@ fn a_module_loaded_with_rank_all_answers_on_every_rank_and_is_removed_from_all()
 }
 
 #[test]
-fn config_reload_on_every_rank_brings_each_to_its_part_of_the_site_file() {
+fn config_reload_in_an_instance_brings_every_rank_to_its_part_of_the_site_file() {
     let modules = format!("[[module]]\npath = \"{}\"\nranks = \"0-1\"\n", module("echo").display());
     let inst = Instance::start(4, 2, &modules);
     let mut c = inst.client(0);
@@ -407,7 +407,8 @@ fn config_reload_on_every_rank_brings_each_to_its_part_of_the_site_file() {
     assert_eq!((0..4).map(|r| serves(&mut c, r)).collect::<Vec<_>>(), [true, true, false, false]);
     let text = std::fs::read_to_string(&inst.site).expect("site").replace("ranks = \"0-1\"", "ranks = \"2-3\"");
     std::fs::write(&inst.site, text).expect("rewrite the site file");
-    let out = inst.broker(0).modctl_ok(&["--rank", "all", "config", "reload"]);
+    // In an instance, apply and config reload go to every rank without being told.
+    let out = inst.broker(0).modctl_ok(&["config", "reload"]);
     assert!(out.contains("rank 0:") && out.contains("rank 3:"), "{out}");
     assert_eq!((0..4).map(|r| serves(&mut c, r)).collect::<Vec<_>>(), [false, false, true, true], "{out}");
 }

@@ -20,6 +20,11 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
     if let Some(set) = rank {
         return run_on(client, command, set);
     }
+    // A site file describes the whole instance: in one of several brokers, apply it on every
+    // rank (RFC 7 §7), each rank its own part.
+    if matches!(command, Command::Apply { .. } | Command::Config { .. }) && ranks::size(client)? > 1 {
+        return run_on(client, command, &RankSet::All);
+    }
     match command {
         Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
             let request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;

@@ -21,13 +21,7 @@ const MAX_RANKS: u64 = 1 << 20;
 /// have are sent too and fail one by one, as the broker answers them (EHOSTUNREACH).
 pub fn resolve(client: &mut Client, set: &RankSet) -> Result<Vec<u32>, CliError> {
     match set {
-        RankSet::All => {
-            let reply = client.rpc("broker.info", &()).doing("broker.info (to learn the instance's size)")?;
-            let info: BrokerInfo = reply
-                .decode()
-                .map_err(|e| CliError::Usage(format!("broker.info: the broker sent an unexpected reply: {e}")))?;
-            Ok((0..info.size.max(1)).collect())
-        }
+        RankSet::All => Ok((0..size(client)?).collect()),
         RankSet::Ranges(ranges) => {
             let count: u64 = ranges.iter().map(|&(lo, hi)| u64::from(hi - lo) + 1).sum();
             if count > MAX_RANKS {
@@ -38,6 +32,15 @@ pub fn resolve(client: &mut Client, set: &RankSet) -> Result<Vec<u32>, CliError>
             Ok(ranges.iter().flat_map(|&(lo, hi)| lo..=hi).collect())
         }
     }
+}
+
+/// How many brokers the instance of the broker modctl is connected to has (`broker.info`).
+pub fn size(client: &mut Client) -> Result<u32, CliError> {
+    let reply = client.rpc("broker.info", &()).doing("broker.info (to learn the instance's size)")?;
+    let info: BrokerInfo = reply
+        .decode()
+        .map_err(|e| CliError::Usage(format!("broker.info: the broker sent an unexpected reply: {e}")))?;
+    Ok(info.size.max(1))
 }
 
 /// One rank's answer: its decoded reply, or the error to print for it.
