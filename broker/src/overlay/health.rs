@@ -49,6 +49,8 @@ struct Child {
     lost_at: Option<Instant>,
     /// What it last reported of its own subtree (itself included).
     report: States,
+    /// Why its last hello was refused (cleared when it joins).
+    refused: Option<String>,
 }
 
 pub struct Health {
@@ -77,6 +79,7 @@ impl Health {
         if let Some(child) = self.children.get_mut(&c) {
             child.up = true;
             child.lost_at = None;
+            child.refused = None;
             self.changed = true;
             // Until it reports, it is up and its subtree unknown.
             child.report.insert(c, State::Full);
@@ -88,6 +91,13 @@ impl Health {
             child.up = false;
             child.lost_at = Some(Instant::now());
             self.changed = true;
+        }
+    }
+
+    /// Child `c`'s hello was refused, for `why`.
+    pub fn child_refused(&mut self, c: u32, why: &str) {
+        if let Some(child) = self.children.get_mut(&c) {
+            child.refused = Some(why.to_string());
         }
     }
 
@@ -129,11 +139,11 @@ impl Health {
     }
 
     fn draw(&self, r: u32, states: &States, hosts: &[String]) -> OverlayStatus {
-        let reason = self
-            .children
-            .get(&r)
-            .and_then(|c| c.lost_at)
-            .map(|at| format!("link lost {} s ago", at.elapsed().as_secs()));
+        let reason = self.children.get(&r).and_then(|c| match (&c.refused, c.lost_at) {
+            (Some(why), _) => Some(format!("refused: {why}")),
+            (None, Some(at)) => Some(format!("link lost {} s ago", at.elapsed().as_secs())),
+            (None, None) => None,
+        });
         OverlayStatus {
             rank: r,
             state: states.get(&r).copied().unwrap_or(State::Offline).name().to_string(),

@@ -372,6 +372,7 @@ impl Io {
 
     fn refuse(&mut self, rank: u32, why: String) {
         tracing::error!("refused rank {rank}: {why}");
+        self.health.child_refused(rank, &why);
         self.control_to(Peer::Child(rank), "overlay.refused", &Refused { reason: why });
     }
 

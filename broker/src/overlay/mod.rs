@@ -14,6 +14,9 @@ mod io;
 mod outbox;
 pub mod topology;
 
+#[cfg(test)]
+mod tests;
+
 pub use cert::{CertError, Certificate};
 pub use outbox::{Control, LinkOut, Peer};
 pub use topology::{NextHop, Topology, TopologyError};
