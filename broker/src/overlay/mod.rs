@@ -153,7 +153,16 @@ impl Overlay {
             .spawn(move || {
                 // The context lives as long as its sockets, on this thread.
                 let _ctx = ctx;
-                io.run()
+                // A panic here ends the thread and drops its channel: what is sent to a link
+                // afterwards is answered by the router (`LinkOut::enqueue` hands it back).
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.run())) {
+                    let why =
+                        panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(|s| s.as_str()));
+                    tracing::error!(
+                        "the overlay thread failed ({}); this broker is cut off from the instance",
+                        why.unwrap_or("a panic")
+                    );
+                }
             })
             .map_err(OverlayError::Thread)?;
         Ok(Overlay { control, thread: Some(thread), bound })
@@ -166,7 +175,7 @@ impl Overlay {
 
     /// Close the links (every request in flight across them is answered) and end the thread.
     pub fn stop(&mut self) {
-        self.control.send(outbox::Command::Stop);
+        let _ = self.control.send(outbox::Command::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -76,16 +76,21 @@ pub struct Control {
 }
 
 impl Control {
-    pub(crate) fn send(&self, cmd: Command) {
-        // The thread has ended only when the broker is stopping: nothing is waiting then.
-        if self.tx.send(cmd).is_ok() {
-            self.wake.wake();
-        }
+    /// Hand the thread `cmd`; it comes back if the thread has ended (the broker is stopping,
+    /// or the thread failed).
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        self.wake.wake();
+        Ok(())
     }
 
-    /// Have the thread answer an `overlay.status` request.
-    pub fn status(&self, req: Message) {
-        self.send(Command::Status(req));
+    /// Have the thread answer an `overlay.status` request; the request comes back if it has
+    /// ended.
+    pub fn status(&self, req: Message) -> Result<(), Message> {
+        match self.send(Command::Status(req)) {
+            Err(Command::Status(req)) => Err(req),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -96,8 +101,12 @@ pub struct LinkOut {
 }
 
 impl LinkOut {
-    /// Hand `msg` to the thread for the link whose endpoint is `link`.
-    pub fn enqueue(&self, link: EndpointId, msg: Message) {
-        self.control.send(Command::Send { peer: self.peer, link, msg });
+    /// Hand `msg` to the thread for the link whose endpoint is `link`; it comes back if the
+    /// thread has ended, for the caller to answer.
+    pub fn enqueue(&self, link: EndpointId, msg: Message) -> Result<(), Message> {
+        match self.control.send(Command::Send { peer: self.peer, link, msg }) {
+            Err(Command::Send { msg, .. }) => Err(msg),
+            _ => Ok(()),
+        }
     }
 }

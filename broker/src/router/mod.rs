@@ -150,18 +150,18 @@ impl Router {
 
     /// Hand an `overlay.status` request to the overlay thread; a standalone broker answers it.
     pub(crate) fn to_overlay(&self, msg: Message) {
-        match self.overlay.get() {
-            Some(c) => c.status(msg),
-            None => {
-                let me = switchboard_module_api::mgmt::OverlayStatus {
-                    rank: 0,
-                    state: "full".into(),
-                    host: crate::overlay::hostname(),
-                    reason: None,
-                    children: Vec::new(),
-                };
-                services::reply(self, &msg, &me);
-            }
+        let Some(control) = self.overlay.get() else {
+            let me = switchboard_module_api::mgmt::OverlayStatus {
+                rank: 0,
+                state: "full".into(),
+                host: crate::overlay::hostname(),
+                reason: None,
+                children: Vec::new(),
+            };
+            return services::reply(self, &msg, &me);
+        };
+        if let Err(msg) = control.status(msg) {
+            self.respond_error(&msg, Errno::EHOSTUNREACH, "this broker's overlay has stopped");
         }
     }
 
@@ -526,7 +526,12 @@ impl Router {
             }
             Sink::Link(l) => {
                 ep.inflight.track(&msg);
-                l.enqueue(ep.id, msg);
+                if let Err(msg) = l.enqueue(ep.id, msg) {
+                    if ep.inflight.forget(&msg) {
+                        let text = format!("rank {} is unreachable: this broker's overlay has stopped", l.peer.rank());
+                        self.respond_error(&msg, Errno::EHOSTUNREACH, text);
+                    }
+                }
             }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see
