@@ -78,17 +78,17 @@ pub struct Control {
 impl Control {
     /// Hand the thread `cmd`; it comes back if the thread has ended (the broker is stopping,
     /// or the thread failed).
-    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.send(cmd).map_err(|e| e.0)?;
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Box<Command>> {
+        self.tx.send(cmd).map_err(|e| Box::new(e.0))?;
         self.wake.wake();
         Ok(())
     }
 
     /// Have the thread answer an `overlay.status` request; the request comes back if it has
     /// ended.
-    pub fn status(&self, req: Message) -> Result<(), Message> {
-        match self.send(Command::Status(req)) {
-            Err(Command::Status(req)) => Err(req),
+    pub fn status(&self, req: Message) -> Result<(), Box<Message>> {
+        match self.send(Command::Status(req)).map_err(|c| *c) {
+            Err(Command::Status(req)) => Err(Box::new(req)),
             _ => Ok(()),
         }
     }
@@ -103,9 +103,9 @@ pub struct LinkOut {
 impl LinkOut {
     /// Hand `msg` to the thread for the link whose endpoint is `link`; it comes back if the
     /// thread has ended, for the caller to answer.
-    pub fn enqueue(&self, link: EndpointId, msg: Message) -> Result<(), Message> {
-        match self.control.send(Command::Send { peer: self.peer, link, msg }) {
-            Err(Command::Send { msg, .. }) => Err(msg),
+    pub fn enqueue(&self, link: EndpointId, msg: Message) -> Result<(), Box<Message>> {
+        match self.control.send(Command::Send { peer: self.peer, link, msg }).map_err(|c| *c) {
+            Err(Command::Send { msg, .. }) => Err(Box::new(msg)),
             _ => Ok(()),
         }
     }
