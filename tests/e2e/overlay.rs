@@ -412,3 +412,43 @@ fn config_reload_in_an_instance_brings_every_rank_to_its_part_of_the_site_file()
     assert!(out.contains("rank 0:") && out.contains("rank 3:"), "{out}");
     assert_eq!((0..4).map(|r| serves(&mut c, r)).collect::<Vec<_>>(), [false, false, true, true], "{out}");
 }
+
+#[test]
+fn a_leaf_killed_and_restarted_under_load_leaves_no_request_unanswered() {
+    let mut inst = Instance::start(3, 2, &faulty_everywhere());
+    let socket = inst.broker(0).socket.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    // Rank 0's client keeps 20 requests in flight to rank 2, each answered before the next.
+    let load = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket).expect("connect");
+        let (mut sent, mut ok, mut unreachable) = (0u64, 0u64, 0u64);
+        let mut tags = std::collections::VecDeque::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) || !tags.is_empty() {
+            while tags.len() < 20 && !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                tags.push_back(send_at(&mut c, 2, Flags::default(), "faulty.sleep", payload(json!({"ms": 5}))));
+                sent += 1;
+            }
+            let Some(tag) = tags.pop_front() else { break };
+            match c.wait_response(tag, Some(WAIT)) {
+                Ok(_) => ok += 1,
+                Err(ClientError::Remote(e)) if e.errnum.name() == "EHOSTUNREACH" => unreachable += 1,
+                // The restarted rank joins before its modules start (RFC 7 §5.2).
+                Err(ClientError::Remote(e)) if e.errnum.name() == "ENOSYS" => unreachable += 1,
+                Err(e) => panic!("request {tag} to rank 2: {e}"),
+            }
+        }
+        (sent, ok, unreachable)
+    });
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(300));
+        inst.kill(2);
+        std::thread::sleep(Duration::from_millis(100));
+        inst.restart(2);
+        inst.wait_full();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, ok, unreachable) = load.join().expect("the load thread");
+    assert_eq!(ok + unreachable, sent, "every request was answered");
+    assert!(ok > 0 && unreachable > 0, "{ok} answered, {unreachable} unreachable: the kills did not land mid-load");
+}
