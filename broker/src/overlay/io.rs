@@ -232,15 +232,7 @@ impl Io {
     fn read_children(&mut self) -> bool {
         for _ in 0..BATCH {
             let Some(d) = &self.down else { return false };
-            let mut id = zmq::Message::new();
-            match d.sock.recv(&mut id, zmq::DONTWAIT) {
-                Ok(()) => {}
-                Err(zmq::Error::EAGAIN) => return false,
-                Err(e) => {
-                    tracing::error!("receiving from the children failed: {e}");
-                    return false;
-                }
-            }
+            let Some(id) = next(&d.sock, "the children") else { return false };
             let mut body = zmq::Message::new();
             if !id.get_more() || d.sock.recv(&mut body, zmq::DONTWAIT).is_err() {
                 continue;
@@ -257,13 +249,7 @@ impl Io {
                 tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
                 continue;
             };
-            let msg = match decode_frame(Bytes::copy_from_slice(&body)) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("a malformed message from rank {rank} was dropped: {e}");
-                    continue;
-                }
-            };
+            let Some(msg) = decode(&body, rank) else { continue };
             if msg.kind == MsgType::Control {
                 let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
                 self.child_control(rank, fd, msg);
@@ -284,22 +270,8 @@ impl Io {
     fn read_parent(&mut self) -> bool {
         for _ in 0..BATCH {
             let Some(u) = &self.up else { return false };
-            let mut body = zmq::Message::new();
-            match u.sock.recv(&mut body, zmq::DONTWAIT) {
-                Ok(()) => {}
-                Err(zmq::Error::EAGAIN) => return false,
-                Err(e) => {
-                    tracing::error!("receiving from the parent failed: {e}");
-                    return false;
-                }
-            }
-            let msg = match decode_frame(Bytes::copy_from_slice(&body)) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("a malformed message from rank {} was dropped: {e}", u.parent);
-                    continue;
-                }
-            };
+            let Some(body) = next(&u.sock, "the parent") else { return false };
+            let Some(msg) = decode(&body, u.parent) else { continue };
             if msg.kind == MsgType::Control {
                 self.parent_control(msg);
                 continue;
@@ -556,6 +528,26 @@ impl Io {
             }
         }
     }
+}
+
+/// The next frame on `sock`, if one is there (an error other than EAGAIN is logged).
+fn next(sock: &zmq::Socket, from: &str) -> Option<zmq::Message> {
+    let mut frame = zmq::Message::new();
+    match sock.recv(&mut frame, zmq::DONTWAIT) {
+        Ok(()) => Some(frame),
+        Err(zmq::Error::EAGAIN) => None,
+        Err(e) => {
+            tracing::error!("receiving from {from} failed: {e}");
+            None
+        }
+    }
+}
+
+/// A message's frame body from rank `from`; a malformed one is logged and dropped.
+fn decode(body: &zmq::Message, from: u32) -> Option<Message> {
+    decode_frame(Bytes::copy_from_slice(body))
+        .map_err(|e| tracing::warn!("a malformed message from rank {from} was dropped: {e}"))
+        .ok()
 }
 
 fn send_to_child(sock: &zmq::Socket, rank: u32, body: &[u8]) -> zmq::Result<()> {

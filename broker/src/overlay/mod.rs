@@ -97,9 +97,7 @@ impl Overlay {
                     | io::EV_HANDSHAKE_FAILED_AUTH
                     | io::EV_HANDSHAKE_FAILED_PROTOCOL
                     | io::EV_HANDSHAKE_FAILED_NO_DETAIL;
-                sock.monitor("inproc://overlay-down", i32::from(events))?;
-                let monitor = ctx.socket(zmq::PAIR)?;
-                monitor.connect("inproc://overlay-down")?;
+                let monitor = monitor(&ctx, &sock, "inproc://overlay-down", events)?;
                 sock.bind(uri).map_err(|source| OverlayError::Bind { rank: t.rank, uri: uri.clone(), source })?;
                 bound = sock.get_last_endpoint()?.ok();
                 Some(io::Down::new(sock, monitor, zap))
@@ -122,9 +120,7 @@ impl Overlay {
                     | io::EV_HANDSHAKE_FAILED_AUTH
                     | io::EV_HANDSHAKE_FAILED_PROTOCOL
                     | io::EV_HANDSHAKE_FAILED_NO_DETAIL;
-                sock.monitor("inproc://overlay-up", i32::from(events))?;
-                let monitor = ctx.socket(zmq::PAIR)?;
-                monitor.connect("inproc://overlay-up")?;
+                let monitor = monitor(&ctx, &sock, "inproc://overlay-up", events)?;
                 sock.connect(uri).map_err(|source| OverlayError::Connect { uri: uri.clone(), source })?;
                 Some(io::Up::new(sock, monitor, parent))
             }
@@ -186,6 +182,14 @@ impl Drop for Overlay {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A socket that receives `sock`'s monitor `events`, published at `at`.
+fn monitor(ctx: &zmq::Context, sock: &zmq::Socket, at: &str, events: u16) -> zmq::Result<zmq::Socket> {
+    sock.monitor(at, i32::from(events))?;
+    let monitor = ctx.socket(zmq::PAIR)?;
+    monitor.connect(at)?;
+    Ok(monitor)
 }
 
 fn common_options(sock: &zmq::Socket) -> zmq::Result<()> {
