@@ -8,7 +8,8 @@
 //! - [`broker`]: `Broker` and its builder, the embedding API.
 //! - [`router`]: where a message is routed: the service table, endpoints, event fan-out.
 //! - [`connector`]: how clients reach the broker (the local Unix socket).
-//! - [`overlay`]: brokers of one instance in a tree (RFC 7; being built: its arithmetic).
+//! - [`overlay`]: brokers of one instance in a tree (RFC 7): the certificate, the links to
+//!   the parent and children and the thread that owns them, the subtree's health.
 //! - [`runtime`]: the tokio runtime the connections, the supervisor and the management
 //!   service run on.
 //! - [`services`]: the built-in services `broker`, `service`, `event`, `module`.
@@ -29,6 +30,9 @@
 //! - **One thread per module** (native and WASM: the module's own; process modules: none in
 //!   the broker, their child is a process of its own). A handler may block: that is the
 //!   module author's contract.
+//! - In a broker of an instance (RFC 7), **the overlay thread** (`sb-overlay`; [`overlay`]),
+//!   which owns the ZeroMQ sockets of its links and routes what arrives on them, and
+//!   libzmq's own I/O thread. A standalone broker has neither.
 //! - The `switchboard` binary's main thread, which waits for signals the runtime hands it.
 //!
 //! What each task owns:
@@ -40,6 +44,9 @@
 //!   handle), the names being worked on and the search path; operations ask it by command
 //!   (`supervisor`), so there is no lock to order.
 //! - The **management task** owns the management queue and starts a task per request.
+//! - The **overlay thread** owns the links' sockets, which link is up as which endpoint,
+//!   and what the children report of their subtrees; the router hands it what leaves by a
+//!   link through a channel (`overlay::LinkOut`).
 //!
 //! What a module thread may do on the runtime: route (`Router::route` never blocks), enqueue
 //! output to a connection (a non-blocking send, else a hand-over to the writer task), wake a
