@@ -126,7 +126,7 @@ impl ProcPoint {
 }
 
 /// CPU time (user + system) of process `pid` so far, from /proc/PID/stat.
-fn proc_cpu(pid: u32) -> Result<Duration> {
+pub(crate) fn proc_cpu(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io_err("broker stat"))?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

@@ -5,8 +5,10 @@
 //! ping-pong), then RPC through an in-process broker: a client to the native `echo` module
 //! and to `broker.ping`, sequential and pipelined, and module -> module RPC measured by the
 //! `benchdriver` module. Ratios to the floors and the targets are printed beside
-//! them. It measures; it asserts nothing (the exit status is 0 whether targets are met or
-//! not, non-zero only when a benchmark could not run).
+//! them. Groups of their own follow the table: module loading, many clients, the overlay
+//! (`overlay`: an instance of brokers in a tree, against a raw libzmq floor), site files and
+//! module churn. It measures; it asserts nothing (the exit status is 0 whether targets are
+//! met or not, non-zero only when a benchmark could not run).
 //!
 //! The rounds of all benchmarks are interleaved (round 1 of each, then round 2 of each...),
 //! so that noise from other work on the machine spreads over floors and broker alike; the
@@ -18,6 +20,7 @@ pub mod fixture;
 pub mod floors;
 pub mod measure;
 pub mod native_load;
+pub mod overlay;
 mod report;
 pub mod site;
 
@@ -101,6 +104,15 @@ pub struct Opts {
     /// Many clients: requests each `clients-active` client keeps in flight.
     #[arg(long, default_value_t = 10)]
     pub active_window: usize,
+    /// Overlay: brokers in the `switchboard --test-size` instance (`--quick`: at most 16).
+    #[arg(long, default_value_t = 64)]
+    pub overlay_size: u32,
+    /// Overlay: the tree's fanout.
+    #[arg(long, default_value_t = 2)]
+    pub overlay_fanout: u32,
+    /// Overlay: how many times the instance is started for `overlay-start` (`--quick`: 1).
+    #[arg(long, default_value_t = 3)]
+    pub overlay_starts: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -120,7 +132,7 @@ impl Opts {
             self.rounds.max(1)
         }
     }
-    fn wants(&self, id: &str) -> bool {
+    pub(crate) fn wants(&self, id: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| id.starts_with(p.as_str()))
     }
 }
@@ -299,6 +311,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
         && !["site", "churn", "wasm-load", "native-load", "clients-connect", "clients-active"]
             .iter()
             .any(|id| opts.wants(id))
+        && !overlay::wanted(opts)
     {
         return Err(BenchError(format!("--only {} matches no benchmark", opts.only.join(","))));
     }
@@ -350,6 +363,9 @@ pub fn run(opts: &Opts) -> Result<bool> {
     let switchboard = opts.switchboard.clone().unwrap_or_else(|| modules.join("switchboard"));
     if opts.wants("clients-connect") || opts.wants("clients-active") {
         clients::run(opts, &switchboard, &broker.echo_so, &payload)?;
+    }
+    if overlay::wanted(opts) {
+        overlay::run(opts, &switchboard, &broker.echo_so, &payload)?;
     }
     if opts.wants("site") {
         let files = site::files(

@@ -1,6 +1,7 @@
 //! What one measurement is, and the two client loops every socket benchmark shares:
 //! sequential round trips and a pipelined window, both over `switchboard_module_api::Client`,
-//! so the raw-socket floor and the broker paths run exactly the same client code.
+//! so the raw-socket floor and the broker paths run exactly the same client code (the
+//! `*_requests` forms take a whole request, e.g. one with a `nodeid` for the overlay rows).
 
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,28 @@ pub fn client_sequential(client: &mut Client, topic: &str, payload: &Bytes, dur:
     }
 }
 
+/// Sequential RPCs of `req` (its topic, payload and nodeid; a fresh matchtag each) for `dur`:
+/// one request, wait for its response, repeat. Each response must carry the payload back.
+pub fn sequential_requests(client: &mut Client, req: &Message, dur: Duration) -> Result<Sample> {
+    let mut req = req.clone();
+    let usage = Usage::now();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    loop {
+        req.matchtag = client.next_matchtag();
+        client.send(&req)?;
+        let resp = client.wait_response(req.matchtag, Some(RESPONSE_TIMEOUT))?;
+        if resp.payload != req.payload {
+            return Err(BenchError(format!("{}: the response payload is not the request's", req.topic)));
+        }
+        ops += 1;
+        let elapsed = start.elapsed();
+        if elapsed >= dur {
+            return Ok(usage.sample(ops, elapsed));
+        }
+    }
+}
+
 /// Pipelined RPCs to `topic` for `dur` with `window` requests in flight: queue `window`
 /// requests (distinct matchtags) and flush; then queue one more for each response that
 /// arrives, writing the queued ones out every `flush_every` responses (one `write` per batch,
@@ -121,10 +144,21 @@ pub fn client_pipelined(
     flush_every: usize,
     dur: Duration,
 ) -> Result<Sample> {
+    pipelined_requests(client, Message::request(topic, payload.clone()), window, flush_every, dur)
+}
+
+/// `client_pipelined` of the request `req` (its topic, payload and nodeid; a fresh matchtag
+/// each).
+pub fn pipelined_requests(
+    client: &mut Client,
+    mut req: Message,
+    window: usize,
+    flush_every: usize,
+    dur: Duration,
+) -> Result<Sample> {
     let window = window.max(1);
     // Never hold back so many that nothing is left in flight.
     let flush_every = flush_every.clamp(1, window);
-    let mut req = Message::request(topic, payload.clone());
     let usage = Usage::now();
     let start = Instant::now();
     for _ in 0..window {
@@ -143,7 +177,8 @@ pub fn client_pipelined(
         }
         if resp.is_error() {
             return Err(BenchError(format!(
-                "{topic}: error response: {}",
+                "{}: error response: {}",
+                req.topic,
                 resp.errstr.as_deref().unwrap_or("(no text)")
             )));
         }
