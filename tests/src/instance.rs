@@ -20,10 +20,11 @@ pub struct Instance {
     uid: Option<u32>,
 }
 
-/// A loopback TCP port nobody listened on a moment ago.
-pub fn free_port() -> u16 {
+/// A loopback TCP port nobody listens on, held until the listener is dropped (so that a
+/// second call does not get the same port).
+pub fn free_port() -> (u16, std::net::TcpListener) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address").port()
+    (l.local_addr().expect("local address").port(), l)
 }
 
 /// `switchboard keygen PATH`.
@@ -35,10 +36,12 @@ pub fn keygen(path: &std::path::Path) {
 /// The `[overlay]` table of an instance of `size` brokers on loopback, certificate `cert`.
 pub fn overlay_table(size: u32, fanout: u32, cert: &str) -> String {
     let mut hosts = String::new();
+    let mut held = Vec::new();
     for r in 0..size {
         let has_children = u64::from(r) * u64::from(fanout) + 1 < u64::from(size);
         if has_children {
-            let p = free_port();
+            let (p, listener) = free_port();
+            held.push(listener);
             hosts.push_str(&format!(
                 "  {{ host = \"127.0.0.1\", bind = \"tcp://127.0.0.1:{p}\", connect = \"tcp://127.0.0.1:{p}\" }},\n"
             ));

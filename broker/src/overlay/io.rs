@@ -20,7 +20,7 @@ use switchboard_module_api::proto::{decode_frame, encode_body_into, MsgType, PRO
 use switchboard_module_api::{Errno, Message};
 
 use super::health::{Health, State, States};
-use super::outbox::{Command, Control, LinkOut, Peer};
+use super::outbox::{self, Command, Control, LinkOut, Peer};
 use super::Topology;
 use crate::router::{self, broker_cred, Endpoint, Router, Sink};
 
@@ -112,38 +112,85 @@ pub(super) struct Io {
     pub buf: Vec<u8>,
 }
 
+/// Which sockets the last poll found readable: only those are read (each read of an empty
+/// ZeroMQ socket costs libzmq system calls).
+#[derive(Clone, Copy)]
+struct Ready {
+    children: bool,
+    down_monitor: bool,
+    zap: bool,
+    parent: bool,
+    up_monitor: bool,
+}
+
+impl Ready {
+    const ALL: Ready = Ready { children: true, down_monitor: true, zap: true, parent: true, up_monitor: true };
+}
+
 impl Io {
     pub fn run(mut self) {
+        outbox::own_sends_here(&self.control);
+        let mut ready = Ready::ALL;
         loop {
             self.control.wake.disarm();
-            let mut more = false;
-            for _ in 0..BATCH {
-                match self.rx.try_recv() {
-                    Ok(Command::Send { peer, link, msg }) => self.send(peer, link, msg),
-                    Ok(Command::Status(req)) => {
-                        let tree = self.health.status(&self.hosts);
-                        crate::services::reply(&self.router, &req, &tree);
-                    }
-                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return self.stop(),
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            more |= !self.rx.is_empty();
+            let Some(mut more) = self.commands() else { return self.stop() };
             router::hold();
-            self.monitors();
-            more |= self.read_children();
-            more |= self.read_parent();
+            if ready.down_monitor || ready.up_monitor {
+                self.monitors();
+            }
+            if ready.children {
+                more |= self.read_children();
+            }
+            if ready.parent {
+                more |= self.read_parent();
+            }
             router::flush();
-            self.zap();
+            // What this thread's own routing sent on a link (a message relayed from one link
+            // to another, an answer from a built-in service).
+            loop {
+                let own = outbox::take_own_sends();
+                if own.is_empty() {
+                    break;
+                }
+                own.into_iter().for_each(|cmd| self.command(cmd));
+            }
+            if ready.zap {
+                self.zap();
+            }
             self.hello_again();
             self.report_health();
             let timeout = if more { 0 } else { HELLO_AGAIN.as_millis() as i64 };
-            self.poll(timeout);
+            ready = self.poll(timeout);
         }
     }
 
-    fn poll(&mut self, timeout: i64) {
-        let mut items = vec![zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN)];
+    /// Up to a batch of what the rest of the broker sent: Some(whether more are waiting), or
+    /// None when the thread is to stop.
+    fn commands(&mut self) -> Option<bool> {
+        for _ in 0..BATCH {
+            match self.rx.try_recv() {
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return None,
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => return Some(false),
+            }
+        }
+        Some(!self.rx.is_empty())
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { peer, link, msg } => self.send(peer, link, msg),
+            Command::Status(req) => {
+                let tree = self.health.status(&self.hosts);
+                crate::services::reply(&self.router, &req, &tree);
+            }
+            Command::Stop => {}
+        }
+    }
+
+    fn poll(&mut self, timeout: i64) -> Ready {
+        let mut items = Vec::with_capacity(6);
+        items.push(zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN));
         if let Some(d) = &self.down {
             items.push(d.sock.as_poll_item(zmq::POLLIN));
             items.push(d.monitor.as_poll_item(zmq::POLLIN));
@@ -158,10 +205,20 @@ impl Io {
                 tracing::error!("the overlay's poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
+            return Ready::ALL;
         }
         if items[0].is_readable() {
             let mut sink = [0u8; 64];
             while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+        }
+        let readable = |i: usize| items.get(i).is_some_and(|it| it.is_readable());
+        let up = if self.down.is_some() { 4 } else { 1 };
+        Ready {
+            children: self.down.is_some() && readable(1),
+            down_monitor: self.down.is_some() && readable(2),
+            zap: self.down.is_some() && readable(3),
+            parent: self.up.is_some() && readable(up),
+            up_monitor: self.up.is_some() && readable(up + 1),
         }
     }
 
@@ -551,7 +608,17 @@ fn decode(body: &zmq::Message, from: u32) -> Option<Message> {
 }
 
 fn send_to_child(sock: &zmq::Socket, rank: u32, body: &[u8]) -> zmq::Result<()> {
-    sock.send(rank.to_string().as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)?;
+    // The child's routing id: its rank in decimal, written without allocating.
+    let (mut id, mut at, mut n) = ([0u8; 10], 10, rank);
+    loop {
+        at -= 1;
+        id[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    sock.send(&id[at..], zmq::SNDMORE | zmq::DONTWAIT)?;
     sock.send(body, zmq::DONTWAIT)
 }
 

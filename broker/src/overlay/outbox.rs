@@ -4,6 +4,7 @@
 //! is the broker's handle on the thread. Any thread may use either; neither ever blocks.
 //! The wake-up is written only when the thread may be asleep, so a burst costs one write.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,7 @@ impl Control {
     /// Hand the thread `cmd`; it comes back if the thread has ended (the broker is stopping,
     /// or the thread failed).
     pub(crate) fn send(&self, cmd: Command) -> Result<(), Box<Command>> {
+        let Some(cmd) = keep_if_own(&self.wake, cmd) else { return Ok(()) };
         self.tx.send(cmd).map_err(|e| Box::new(e.0))?;
         self.wake.wake();
         Ok(())
@@ -92,6 +94,34 @@ impl Control {
             _ => Ok(()),
         }
     }
+}
+
+thread_local! {
+    /// On an overlay thread: what it sent itself while routing (a message relayed from one
+    /// link to another), with the identity of its wake-up. Kept here for it to send in its
+    /// loop, instead of going through its own channel and waking itself.
+    static OWN: RefCell<Option<(usize, Vec<Command>)>> = const { RefCell::new(None) };
+}
+
+/// This thread is the overlay thread of `control`.
+pub(crate) fn own_sends_here(control: &Control) {
+    OWN.with(|o| *o.borrow_mut() = Some((Arc::as_ptr(&control.wake) as usize, Vec::new())));
+}
+
+/// What this (overlay) thread sent itself since the last call.
+pub(crate) fn take_own_sends() -> Vec<Command> {
+    OWN.with(|o| o.borrow_mut().as_mut().map(|(_, q)| std::mem::take(q)).unwrap_or_default())
+}
+
+/// `cmd` kept for this thread if it is the overlay thread `wake` belongs to (None); else `cmd`.
+fn keep_if_own(wake: &Arc<Wake>, cmd: Command) -> Option<Command> {
+    OWN.with(|o| match o.borrow_mut().as_mut() {
+        Some((id, q)) if *id == Arc::as_ptr(wake) as usize => {
+            q.push(cmd);
+            None
+        }
+        _ => Some(cmd),
+    })
 }
 
 /// A link's sink in the routing table.

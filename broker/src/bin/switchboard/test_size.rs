@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use switchboard::overlay::{Certificate, Topology};
 use switchboard_module_api::mgmt::OverlayStatus;
 use switchboard_module_api::{uri, Client};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// What the command line asked for.
 pub struct TestSize {
@@ -30,11 +30,28 @@ fn start_limit(size: u32) -> Duration {
 }
 
 pub fn run(t: TestSize) -> ExitCode {
+    // Signals are watched from the start: a SIGINT while the ranks start, or right after the
+    // address is printed, stops them instead of leaving them orphaned.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchboard --test-size: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = {
+        let _entered = runtime.enter();
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    };
+    let (Ok(int), Ok(term)) = signals else {
+        eprintln!("switchboard --test-size: cannot watch signals");
+        return ExitCode::FAILURE;
+    };
     let dir = std::env::temp_dir().join(format!("switchboard-instance-{}", std::process::id()));
     let result = start(&t, &dir);
     let code = match result {
         Ok(mut children) => {
-            let code = wait_for_signal(&mut children);
+            let code = runtime.block_on(wait_for_signal(&mut children, int, term));
             stop(&t, children);
             code
         }
@@ -112,13 +129,17 @@ fn socket(dir: &Path, rank: u32) -> PathBuf {
 }
 
 /// The `[overlay]` file: every rank on 127.0.0.1, a port free a moment ago for each rank with
-/// children, the certificate beside it.
+/// children, the certificate beside it. Each port's listener is held until all are chosen, so
+/// no two ranks get the same one.
 fn overlay_table(size: u32, fanout: u32) -> std::io::Result<String> {
     let topology = Topology { rank: 0, size, fanout };
     let mut hosts = String::new();
+    let mut held = Vec::new();
     for r in 0..size {
         if topology.children_of(r).next().is_some() {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = listener.local_addr()?.port();
+            held.push(listener);
             let at = format!("tcp://127.0.0.1:{port}");
             hosts.push_str(&format!("  {{ host = \"127.0.0.1\", bind = \"{at}\", connect = \"{at}\" }},\n"));
         } else {
@@ -166,35 +187,24 @@ fn count_full(t: &OverlayStatus) -> u32 {
     u32::from(t.state == "full") + t.children.iter().map(count_full).sum::<u32>()
 }
 
-/// Until SIGINT or SIGTERM.
-fn wait_for_signal(children: &mut [Child]) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("switchboard --test-size: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            eprintln!("switchboard --test-size: cannot watch signals");
-            return ExitCode::FAILURE;
-        };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = int.recv() => return ExitCode::SUCCESS,
-                _ = term.recv() => return ExitCode::SUCCESS,
-                _ = tick.tick() => {
-                    for (rank, c) in children.iter_mut().enumerate() {
-                        if let Ok(Some(status)) = c.try_wait() {
-                            eprintln!("switchboard --test-size: rank {rank} exited ({status})");
-                        }
+/// Until SIGINT or SIGTERM (one that came while the ranks started counts).
+async fn wait_for_signal(children: &mut [Child], mut int: Signal, mut term: Signal) -> ExitCode {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = int.recv() => return ExitCode::SUCCESS,
+            _ = term.recv() => return ExitCode::SUCCESS,
+            _ = tick.tick() => {
+                for (rank, c) in children.iter_mut().enumerate() {
+                    if let (Ok(Some(status)), false) = (c.try_wait(), reported[rank]) {
+                        eprintln!("switchboard --test-size: rank {rank} exited ({status})");
+                        reported[rank] = true;
                     }
                 }
             }
         }
-    })
+    }
 }
 
 /// SIGTERM each level of the tree, deepest first, and wait for it (SIGKILL after 10 s).
