@@ -130,6 +130,7 @@ impl Ready {
 impl Io {
     pub fn run(mut self) {
         outbox::own_sends_here(&self.control);
+        let mut own = Vec::new();
         let mut ready = Ready::ALL;
         loop {
             self.control.wake.disarm();
@@ -147,12 +148,8 @@ impl Io {
             router::flush();
             // What this thread's own routing sent on a link (a message relayed from one link
             // to another, an answer from a built-in service).
-            loop {
-                let own = outbox::take_own_sends();
-                if own.is_empty() {
-                    break;
-                }
-                own.into_iter().for_each(|cmd| self.command(cmd));
+            while outbox::take_own_sends(&mut own) {
+                own.drain(..).for_each(|cmd| self.command(cmd));
             }
             if ready.zap {
                 self.zap();
@@ -189,7 +186,7 @@ impl Io {
     }
 
     fn poll(&mut self, timeout: i64) -> Ready {
-        let mut items = Vec::with_capacity(6);
+        let mut items: smallvec::SmallVec<[zmq::PollItem; 6]> = smallvec::SmallVec::new();
         items.push(zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN));
         if let Some(d) = &self.down {
             items.push(d.sock.as_poll_item(zmq::POLLIN));

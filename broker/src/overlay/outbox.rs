@@ -108,9 +108,16 @@ pub(crate) fn own_sends_here(control: &Control) {
     OWN.with(|o| *o.borrow_mut() = Some((Arc::as_ptr(&control.wake) as usize, Vec::new())));
 }
 
-/// What this (overlay) thread sent itself since the last call.
-pub(crate) fn take_own_sends() -> Vec<Command> {
-    OWN.with(|o| o.borrow_mut().as_mut().map(|(_, q)| std::mem::take(q)).unwrap_or_default())
+/// Move what this (overlay) thread sent itself since the last call into `into` (empty; its
+/// buffer is swapped in, so neither side allocates again). False if there was nothing.
+pub(crate) fn take_own_sends(into: &mut Vec<Command>) -> bool {
+    OWN.with(|o| match o.borrow_mut().as_mut() {
+        Some((_, q)) if !q.is_empty() => {
+            std::mem::swap(q, into);
+            true
+        }
+        _ => false,
+    })
 }
 
 /// `cmd` kept for this thread if it is the overlay thread `wake` belongs to (None); else `cmd`.
