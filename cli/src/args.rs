@@ -46,6 +46,10 @@ pub enum Command {
         /// WASM modules: grant a directory, `HOST[:GUEST][:rw]` (read-only unless `:rw`).
         #[arg(long = "dir", value_name = "GRANT")]
         dirs: Vec<String>,
+        /// With --rank: if the load fails on any rank, remove it again from the ranks where it
+        /// was loaded (all or nothing).
+        #[arg(long)]
+        rollback: bool,
         /// Arguments handed to the module.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

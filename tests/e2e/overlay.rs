@@ -396,6 +396,15 @@ fn a_module_loaded_with_rank_all_answers_on_every_rank_and_is_removed_from_all()
         let gone = rpc_at(&mut c, r, Flags::default(), "e2.anything", json!({}));
         assert_eq!(errno_of(&gone), "ENOSYS", "rank {r}");
     }
+    // All or nothing, when asked: the ranks that loaded it remove it again.
+    let out = inst.broker(0).modctl(&["--rank", "all", "load", &echo, "--name", "e3", "--rollback"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains("removed e3 (rolled back)")).count(), 7, "{stdout}");
+    for r in [0, 1, 2, 3, 4, 5, 7] {
+        let gone = rpc_at(&mut c, r, Flags::default(), "e3.anything", json!({}));
+        assert_eq!(errno_of(&gone), "ENOSYS", "rank {r}");
+    }
 }
 
 #[test]

@@ -26,7 +26,10 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
         return run_on(client, command, &RankSet::All);
     }
     match command {
-        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
+        Command::Load { rollback: true, .. } => Err(CliError::Usage(
+            "load --rollback needs --rank: it undoes a load on the ranks where it loaded when others fail".into(),
+        )),
+        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args, .. } => {
             let request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
             modules::load(client, &path, request)
         }
@@ -68,9 +71,9 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
     }
     let ranks = ranks::resolve(client, set)?;
     match command {
-        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args } => {
+        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args, rollback } => {
             let request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
-            modules::load_on(client, &ranks, &path, request)
+            modules::load_on(client, &ranks, &path, request, rollback)
         }
         Command::Remove { name, grace, force } => modules::remove_on(client, &ranks, &name, grace, force),
         Command::Reload { name } => modules::reload_on(client, &ranks, &name),

@@ -48,14 +48,34 @@ pub fn load(client: &mut Client, path: &Path, mut request: LoadArgs) -> Result<(
 /// `load` on each of `ranks`: `rank N: loaded ...` per rank. The path is made absolute here,
 /// so it must name the file where each of those brokers runs; a bare name is looked up on
 /// each broker's own search path.
-pub fn load_on(client: &mut Client, ranks: &[u32], path: &Path, mut request: LoadArgs) -> Result<(), CliError> {
+pub fn load_on(
+    client: &mut Client,
+    ranks: &[u32],
+    path: &Path,
+    mut request: LoadArgs,
+    rollback: bool,
+) -> Result<(), CliError> {
     request.path = reference(path);
     let what = format!("load {}", path.display());
     let answers =
         ranks::each::<ModuleDescription>(client, ranks, &what, "module.load", ranks::payload(&request)?, None)?;
     let mut failures = Failures::new(&what, ranks.len());
+    let mut done = Vec::new();
     for (rank, d) in answers.into_iter().filter_map(|a| failures.take(a)) {
         println!("rank {rank}: {}", loaded(&d));
+        done.push((rank, d.name));
+    }
+    if rollback && failures.any() && !done.is_empty() {
+        // All or nothing: take it off the ranks where it did load, each by its own name.
+        for (rank, name) in done {
+            let payload = ranks::payload(&RemoveArgs { name: name.clone(), grace_ms: None, force: false })?;
+            let undo = ranks::each_raw(client, &[rank], &format!("remove {name}"), "module.remove", payload, None)?;
+            match undo.into_iter().next().map(|a| a.result) {
+                Some(Ok(_)) => println!("rank {rank}: removed {name} (rolled back)"),
+                Some(Err(e)) => eprintln!("modctl: rank {rank}: roll back {name}: {e}"),
+                None => {}
+            }
+        }
     }
     failures.finish()
 }

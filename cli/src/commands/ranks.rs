@@ -121,6 +121,11 @@ impl Failures {
         }
     }
 
+    /// Whether some rank failed so far.
+    pub fn any(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
     /// Ok if no rank failed; otherwise the error that ends modctl with status 1, naming them.
     pub fn finish(self) -> Result<(), CliError> {
         if self.failed.is_empty() {
