@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, TryRecvError};
 use serde::{Deserialize, Serialize};
 use switchboard_module_api::proto::{decode_frame, encode_body_into, MsgType, PROTOCOL_VERSION};
 use switchboard_module_api::{Errno, Message};
@@ -64,7 +63,7 @@ pub(super) struct Down {
     /// The ZAP handler's socket (RFC 27): who may connect.
     pub zap: zmq::Socket,
     /// Children whose links are up: their endpoint and the descriptor their hello came on.
-    links: HashMap<u32, (Arc<Endpoint>, Option<i32>)>,
+    links: rustc_hash::FxHashMap<u32, (Arc<Endpoint>, Option<i32>)>,
     /// How many times each address was refused by ZAP (logged at 1, 2, 4, 8, ...).
     refused: HashMap<String, u64>,
     /// Handshakes that failed before ZAP was asked (a peer with another server key).
@@ -73,7 +72,7 @@ pub(super) struct Down {
 
 impl Down {
     pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
-        Down { sock, monitor, zap, links: HashMap::new(), refused: HashMap::new(), failed: 0 }
+        Down { sock, monitor, zap, links: Default::default(), refused: HashMap::new(), failed: 0 }
     }
 }
 
@@ -102,7 +101,8 @@ pub(super) struct Io {
     /// The instance's public key (32 bytes), the only one the ZAP handler admits.
     pub public_key: Vec<u8>,
     pub control: Control,
-    pub rx: Receiver<Command>,
+    /// The commands taken from `control`'s queue, being worked through.
+    pub incoming: Vec<Command>,
     pub wake: UnixStream,
     pub down: Option<Down>,
     pub up: Option<Up>,
@@ -161,17 +161,20 @@ impl Io {
         }
     }
 
-    /// Up to a batch of what the rest of the broker sent: Some(whether more are waiting), or
-    /// None when the thread is to stop.
+    /// What the rest of the broker sent since the last pass: Some(false), or None when the
+    /// thread is to stop.
     fn commands(&mut self) -> Option<bool> {
-        for _ in 0..BATCH {
-            match self.rx.try_recv() {
-                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return None,
-                Ok(cmd) => self.command(cmd),
-                Err(TryRecvError::Empty) => return Some(false),
+        self.control.take(&mut self.incoming);
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let mut stop = false;
+        for cmd in incoming.drain(..) {
+            match cmd {
+                Command::Stop => stop = true,
+                cmd => self.command(cmd),
             }
         }
-        Some(!self.rx.is_empty())
+        self.incoming = incoming;
+        (!stop).then_some(false)
     }
 
     fn command(&mut self, cmd: Command) {

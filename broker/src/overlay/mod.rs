@@ -126,9 +126,8 @@ impl Overlay {
             }
             _ => None,
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = outbox::Wake::pair().map_err(OverlayError::Thread)?;
-        let control = Control { tx, wake };
+        let control = Control::new(wake);
         router.set_overlay(control.clone());
         let io = io::Io {
             router,
@@ -136,7 +135,7 @@ impl Overlay {
             hosts: config.hosts,
             public_key,
             control: control.clone(),
-            rx,
+            incoming: Vec::new(),
             wake: wake_rx,
             down,
             up,
@@ -144,20 +143,33 @@ impl Overlay {
             reported: Default::default(),
             buf: Vec::with_capacity(4096),
         };
+        let (queue, router) = (control.clone(), io.router.clone());
         let thread = std::thread::Builder::new()
             .name("sb-overlay".into())
             .spawn(move || {
                 // The context lives as long as its sockets, on this thread.
                 let _ctx = ctx;
-                // A panic here ends the thread and drops its channel: what is sent to a link
-                // afterwards is answered by the router (`LinkOut::enqueue` hands it back).
-                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.run())) {
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.run()));
+                // Nothing more is taken: what is sent to a link from now on is handed back to
+                // the router, which answers it (`LinkOut::enqueue`).
+                for cmd in queue.close() {
+                    if let outbox::Command::Status(req) = cmd {
+                        router.respond_error(
+                            &req,
+                            switchboard_module_api::Errno::EHOSTUNREACH,
+                            "the overlay has stopped",
+                        );
+                    }
+                }
+                if let Err(panic) = ended {
                     let why =
                         panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(|s| s.as_str()));
                     tracing::error!(
                         "the overlay thread failed ({}); this broker is cut off from the instance",
                         why.unwrap_or("a panic")
                     );
+                    // Its links: every request in flight across them is answered.
+                    router.drop_links("is unreachable: this broker's overlay thread failed");
                 }
             })
             .map_err(OverlayError::Thread)?;

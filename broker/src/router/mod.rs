@@ -234,6 +234,23 @@ impl Router {
         self.retire(ep, reason);
     }
 
+    /// Every link is lost (the overlay thread ended without retiring them).
+    pub(crate) fn drop_links(&self, reason: &str) {
+        let up: Vec<(u32, Arc<Endpoint>)> = {
+            let t = self.table.read();
+            t.links
+                .iter()
+                .filter_map(|(&peer, l)| match l {
+                    LinkSlot::Up(id) => Some((peer, t.endpoints.get(id)?.clone())),
+                    LinkSlot::Lost => None,
+                })
+                .collect()
+        };
+        for (peer, ep) in up {
+            self.link_lost(peer, &ep, reason);
+        }
+    }
+
     /// Register all of `services` for `id`, or none of them.
     pub fn add_services(&self, id: EndpointId, services: &[String]) -> Result<(), ServiceTaken> {
         let mut t = self.table.write();
