@@ -1,11 +1,18 @@
 //! `Actor`: the high-level way to write a module. An author names handlers in a method
 //! table; `run_actor` receives, dispatches, responds, ticks and shuts down. It is the same
 //! loop for every module kind: only the `Link` under the `Handle` differs.
+//!
+//! A handler takes its request in one of two forms (`IntoHandler`): typed, as any
+//! `Deserialize` type the library decodes from the payload (a payload that does not fit is
+//! answered EPROTO naming the method and the field, and the handler never runs), or raw, as
+//! the `&Message` itself (for raw payloads, streaming, credentials).
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Error;
@@ -45,6 +52,61 @@ impl<T: Serialize> IntoReply for Result<T, Error> {
 
 type Handler<A> = Box<dyn Fn(&mut A, &Handle, &Message) -> Reply>;
 
+/// A function `Methods::on` takes as a handler: `Fn(&mut A, &Handle, T) -> R` with `T:
+/// Deserialize` (typed: the request's payload decoded), or `Fn(&mut A, &Handle, &Message) ->
+/// R` (raw), where `R` is `Result<impl Serialize, Error>` or a `Reply`. `Form` tells the two
+/// apart; authors never name it. A closure must name its argument types (`|c: &mut Counter,
+/// _: &Handle, req: Incr|`); a method (`Self::get`) needs nothing.
+pub trait IntoHandler<A, Form> {
+    #[doc(hidden)]
+    fn into_handler(self) -> Handler<A>;
+}
+
+/// The raw form's marker.
+#[doc(hidden)]
+pub struct Raw;
+
+/// The typed form's marker.
+#[doc(hidden)]
+pub struct Typed<T>(PhantomData<fn() -> T>);
+
+impl<A, R, F> IntoHandler<A, Raw> for F
+where
+    R: IntoReply,
+    F: Fn(&mut A, &Handle, &Message) -> R + 'static,
+{
+    fn into_handler(self) -> Handler<A> {
+        Box::new(move |a, h, m| self(a, h, m).into_reply())
+    }
+}
+
+impl<A, R, T, F> IntoHandler<A, Typed<T>> for F
+where
+    R: IntoReply,
+    T: DeserializeOwned,
+    F: Fn(&mut A, &Handle, T) -> R + 'static,
+{
+    fn into_handler(self) -> Handler<A> {
+        Box::new(move |a, h, m| match decode_request(m) {
+            Ok(req) => self(a, h, req).into_reply(),
+            Err(e) => Reply::Error(e),
+        })
+    }
+}
+
+/// A request's payload as `T`, or EPROTO naming the topic and, when it is one, the field:
+/// `kvs.get: malformed request: key: invalid type: integer `3`, expected a string`.
+pub fn decode_request<T: DeserializeOwned>(msg: &Message) -> Result<T, Error> {
+    let mut de = rmp_serde::Deserializer::new(&msg.payload[..]);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => format!("{p}: "),
+        };
+        Error::new(Errno::EPROTO, format!("{}: malformed request: {at}{}", msg.topic, e.inner()))
+    })
+}
+
 struct Method<A> {
     handler: Handler<A>,
     guest: bool,
@@ -68,40 +130,23 @@ impl<A: 'static> Methods<A> {
         Self::default()
     }
 
-    /// Handle `service.name`; only the instance owner may call it.
-    pub fn on<R, F>(self, name: &str, f: F) -> Self
-    where
-        R: IntoReply,
-        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
-    {
-        self.add(name, f, false)
+    /// Handle `service.name`, typed or raw (`IntoHandler`); only the instance owner may call it.
+    pub fn on<Form>(self, name: &str, f: impl IntoHandler<A, Form>) -> Self {
+        self.add(name, f.into_handler(), false)
     }
 
     /// Handle `service.name`; guests (other local users) may call it too.
-    pub fn on_guest<R, F>(self, name: &str, f: F) -> Self
-    where
-        R: IntoReply,
-        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
-    {
-        self.add(name, f, true)
+    pub fn on_guest<Form>(self, name: &str, f: impl IntoHandler<A, Form>) -> Self {
+        self.add(name, f.into_handler(), true)
     }
 
     /// Handle every method the table does not name (guests included: check `msg.cred`).
-    pub fn otherwise<R, F>(mut self, f: F) -> Self
-    where
-        R: IntoReply,
-        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
-    {
-        self.otherwise = Some(Method { handler: Box::new(move |a, h, m| f(a, h, m).into_reply()), guest: true });
+    pub fn otherwise<Form>(mut self, f: impl IntoHandler<A, Form>) -> Self {
+        self.otherwise = Some(Method { handler: f.into_handler(), guest: true });
         self
     }
 
-    fn add<R, F>(mut self, name: &str, f: F, guest: bool) -> Self
-    where
-        R: IntoReply,
-        F: Fn(&mut A, &Handle, &Message) -> R + 'static,
-    {
-        let handler: Handler<A> = Box::new(move |a, h, m| f(a, h, m).into_reply());
+    fn add(mut self, name: &str, handler: Handler<A>, guest: bool) -> Self {
         self.table.insert(name.to_string(), Method { handler, guest });
         self
     }
@@ -224,5 +269,43 @@ pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle
     };
     if let Err(e) = sent {
         h.log(Level::Warn, &format!("could not respond to {}: {e}", msg.topic));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Spec {
+        size_gb: u64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Create {
+        name: String,
+        spec: Spec,
+    }
+
+    fn req(v: serde_json::Value) -> Message {
+        Message::request("res.create", Bytes::from(rmp_serde::to_vec_named(&v).unwrap()))
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_is_eproto_naming_the_method_and_the_field() {
+        let ok: Create = decode_request(&req(serde_json::json!({"name": "v", "spec": {"size_gb": 10}}))).unwrap();
+        assert_eq!(ok.spec.size_gb, 10);
+        let e =
+            decode_request::<Create>(&req(serde_json::json!({"name": "v", "spec": {"size_gb": "ten"}}))).unwrap_err();
+        assert_eq!(e.errnum, Errno::EPROTO);
+        // rmp_serde names the msgpack type it found where a number was wanted.
+        assert!(e.text.starts_with("res.create: malformed request: spec.size_gb: wrong msgpack marker"), "{}", e.text);
+        let e = decode_request::<Create>(&req(serde_json::json!({"spec": {"size_gb": 1}}))).unwrap_err();
+        assert!(e.text.contains("missing field `name`"), "{}", e.text);
+        let e = decode_request::<Create>(&Message::request("res.create", Bytes::from_static(b"\xc1"))).unwrap_err();
+        assert!(e.text.starts_with("res.create: malformed request: "), "{}", e.text);
     }
 }

@@ -39,7 +39,7 @@ pub mod uri;
 #[cfg(target_family = "wasm")]
 pub mod wasm;
 
-pub use actor::{run_actor, Actor, IntoReply, Methods, Reply};
+pub use actor::{decode_request, run_actor, Actor, IntoHandler, IntoReply, Methods, Reply};
 #[cfg(unix)]
 pub use client::{Client, ClientError, RankReply};
 pub use error::Error;

@@ -243,3 +243,27 @@ fn configuration_errors_name_the_file_and_stop_the_start() {
         assert!(!socket.exists(), "a failed start leaves no socket behind");
     }
 }
+
+#[test]
+fn the_readme_first_module_compiles_as_written_and_takes_its_request_typed() {
+    // The README's first Rust block is examples/counter/src/lib.rs, byte for byte, and the
+    // workspace builds that crate.
+    let readme = std::fs::read_to_string(switchboard_tests::repo_root().join("README.md")).expect("README");
+    let from = readme.find("## Writing a first module").expect("the section");
+    let block = readme[from..].split("```rust\n").nth(1).and_then(|b| b.split("```\n").next()).expect("a rust block");
+    let crate_src =
+        std::fs::read_to_string(switchboard_tests::repo_root().join("examples/counter/src/lib.rs")).expect("lib.rs");
+    assert_eq!(block, crate_src, "the README's first module and examples/counter differ");
+    let b = Broker::start();
+    b.load(&module("counter"), None, &[]);
+    let mut c = b.client();
+    assert_eq!(json(&rpc(&mut c, "counter.incr", json!({"by": 2})).expect("incr")), json!(2));
+    assert_eq!(json(&rpc(&mut c, "counter.incr", json!({"by": 3})).expect("incr")), json!(5));
+    // A request that does not fit is answered by the library, naming the field; the count stays.
+    let bad = rpc(&mut c, "counter.incr", json!({"by": "x"}));
+    assert_eq!(errno_of(&bad), "EPROTO");
+    assert!(errtext(&bad).starts_with("counter.incr: malformed request: by: "), "{}", errtext(&bad));
+    let missing = rpc(&mut c, "counter.incr", json!({}));
+    assert!(errtext(&missing).contains("missing field `by`"), "{}", errtext(&missing));
+    assert_eq!(json(&rpc(&mut c, "counter.incr", json!({"by": 1})).expect("incr")), json!(6));
+}

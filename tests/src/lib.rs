@@ -53,6 +53,8 @@ fn build_artifacts() {
             "switchboard-heartbeat",
             "-p",
             "switchboard-test-faulty",
+            "-p",
+            "switchboard-example-counter",
             "--lib",
             "--bins",
             "--examples",

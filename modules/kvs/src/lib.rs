@@ -37,14 +37,14 @@ fn no_key(key: &str) -> Error {
     Error::new(Errno::ENOENT, format!("no key '{key}'"))
 }
 
+/// Requests arrive decoded (typed handlers): a payload that is not a `Key` or a `Put` is
+/// answered EPROTO by the library, naming the field. `list` takes any payload (raw).
 impl Kvs {
-    fn get(&mut self, _: &Handle, msg: &Message) -> Result<Value, Error> {
-        let Key { key } = msg.decode()?;
+    fn get(&mut self, _: &Handle, Key { key }: Key) -> Result<Value, Error> {
         self.map.get(&key).cloned().ok_or_else(|| no_key(&key))
     }
 
-    fn put(&mut self, h: &Handle, msg: &Message) -> Result<(), Error> {
-        let Put { key, value } = msg.decode()?;
+    fn put(&mut self, h: &Handle, Put { key, value }: Put) -> Result<(), Error> {
         if key.is_empty() {
             return Err(Error::invalid("the key is empty"));
         }
@@ -52,8 +52,7 @@ impl Kvs {
         h.publish("kvs.changed", &Changed { key: &key, op: "put" })
     }
 
-    fn delete(&mut self, h: &Handle, msg: &Message) -> Result<(), Error> {
-        let Key { key } = msg.decode()?;
+    fn delete(&mut self, h: &Handle, Key { key }: Key) -> Result<(), Error> {
         self.map.remove(&key).ok_or_else(|| no_key(&key))?;
         h.publish("kvs.changed", &Changed { key: &key, op: "delete" })
     }
