@@ -249,7 +249,11 @@ pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle
             // Every module answers `ping` (as Flux's do) unless it defines its own.
             None if method == "ping" => Reply::Payload(msg.payload.clone()),
             None => {
-                Reply::Error(Error::new(Errno::ENOSYS, format!("service '{}' has no method '{}'", h.name(), method)))
+                let mut known: Vec<&str> = methods.table.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                let text = format!("service '{}' has no method '{method}' (its methods: {known})", h.name());
+                Reply::Error(Error::new(Errno::ENOSYS, text))
             }
             Some(m) if !m.guest && !msg.cred.is_owner() => {
                 Reply::Error(Error::new(Errno::EPERM, format!("{} is for the instance owner only", msg.topic)))

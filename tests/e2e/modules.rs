@@ -266,4 +266,7 @@ fn the_readme_first_module_compiles_as_written_and_takes_its_request_typed() {
     let missing = rpc(&mut c, "counter.incr", json!({}));
     assert!(errtext(&missing).contains("missing field `by`"), "{}", errtext(&missing));
     assert_eq!(json(&rpc(&mut c, "counter.incr", json!({"by": 1})).expect("incr")), json!(6));
+    // An unknown method is told which methods there are.
+    let r = rpc(&mut c, "counter.decr", json!({}));
+    assert_eq!(errtext(&r), "service 'counter' has no method 'decr' (its methods: incr)");
 }

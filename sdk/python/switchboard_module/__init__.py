@@ -493,7 +493,9 @@ class Module:
         if fn is None and req.method == "ping":
             return self._respond(msg, req.payload)
         if fn is None:
-            return self._respond(msg, None, ENOSYS, f"service '{self.name}' has no method '{req.method}'")
+            known = ", ".join(sorted(self._methods)) or "none"
+            text = f"service '{self.name}' has no method '{req.method}' (its methods: {known})"
+            return self._respond(msg, None, ENOSYS, text)
         try:
             result = fn(req)
         except Error as e:
