@@ -5,9 +5,14 @@
  *
  *     const sb_module *switchboard_module_entry(void);
  *
- * The broker calls it once at load, checks abi_version and size, reads the name, and later
- * calls main() on a thread of its own. main() loops on host->recv() and answers with
- * host->send() until it receives the control message "shutdown", then returns 0.
+ * The broker calls it once per mapping, from any thread: when a load, reload or info first
+ * meets these exact bytes (by SHA-256) in this broker process. Later loads of the same bytes,
+ * from any path and under any name, reuse the table it returned without calling it again
+ * (so instances share the library's globals); a table that fails the checks is not kept,
+ * and the next attempt calls it again (RFC 2 §2.2). The broker checks abi_version and size,
+ * reads the name, and calls main() once per instance on a thread of its own. main() loops on
+ * host->recv() and answers with host->send() until it receives the control message
+ * "shutdown", then returns 0.
  * Only bytes and C scalars cross this boundary. Must match module-api/src/abi.rs.
  */
 #ifndef SWITCHBOARD_H
@@ -36,12 +41,33 @@ extern "C" {
 
 #define SB_NODEID_ANY 0xffffffffu
 
-/* return codes */
+/* return codes of the host functions */
 #define SB_OK         0
 #define SB_EINVAL     22
 #define SB_ECONNRESET 104
 #define SB_ETIMEDOUT  110
 #define SB_EXIT_PANIC 101
+
+/* Error numbers for sb_msg.errnum (RFC 1 §4): these equal <errno.h>'s values on Linux, and
+ * are the numbers on the wire whatever the platform. A module may send any other errno. */
+#define SWITCHBOARD_EPERM         1   /* operation not permitted */
+#define SWITCHBOARD_ENOENT        2   /* no such file, module or entry */
+#define SWITCHBOARD_EIO           5   /* input/output error */
+#define SWITCHBOARD_ENOEXEC       8   /* not a module this broker can load */
+#define SWITCHBOARD_EAGAIN        11  /* try again */
+#define SWITCHBOARD_ENOMEM        12  /* out of memory */
+#define SWITCHBOARD_EBUSY         16  /* busy */
+#define SWITCHBOARD_EEXIST        17  /* already exists */
+#define SWITCHBOARD_EINVAL        22  /* invalid argument */
+#define SWITCHBOARD_EDEADLK       35  /* the call would deadlock */
+#define SWITCHBOARD_ENOSYS        38  /* no such service or method */
+#define SWITCHBOARD_ENODATA       61  /* end of stream */
+#define SWITCHBOARD_EPROTO        71  /* protocol error, a malformed request */
+#define SWITCHBOARD_EMSGSIZE      90  /* message too long */
+#define SWITCHBOARD_ECONNRESET    104 /* connection reset */
+#define SWITCHBOARD_ETIMEDOUT     110 /* timed out */
+#define SWITCHBOARD_EHOSTUNREACH  113 /* the module died with the request in flight */
+#define SWITCHBOARD_ECANCELED     125 /* canceled */
 
 /* log severities (syslog) */
 #define SB_LOG_ERR     3
