@@ -1,9 +1,10 @@
 //! Where `modctl` parses its arguments: the command line, and nothing else (`--rank` sets are
-//! parsed by `switchboard_module_api::ranks`).
+//! parsed by `switchboard_module_api::ranks`). Shell completions and man pages are generated
+//! from these definitions (`generate`).
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard_module_api::ranks::RankSet;
 
 #[derive(Parser, Debug)]
@@ -84,8 +85,8 @@ pub enum Command {
     /// A module's counters: messages, errors, queue, restarts, memory or CPU.
     Stats {
         name: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Print the messages to and from modules as they pass, until interrupted. Names need
     /// not be loaded yet; none: every module.
@@ -106,9 +107,8 @@ pub enum Command {
     },
     /// List loaded modules.
     List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Describe a module file without starting it.
     Info {
@@ -128,9 +128,14 @@ pub enum Command {
     Rpc {
         topic: String,
         json: Option<String>,
-        /// Give up after this many milliseconds.
-        #[arg(long)]
+        /// Give up when no response came within this many milliseconds (with --stream: of
+        /// the request or of the previous response).
+        #[arg(long, value_name = "MS")]
         timeout: Option<u64>,
+        /// A streaming request (RFC 1 §8.7): print each response as one line of JSON until
+        /// ENODATA ends the stream.
+        #[arg(long)]
+        stream: bool,
     },
     /// Publish or watch events.
     Event {
@@ -142,6 +147,59 @@ pub enum Command {
         #[command(subcommand)]
         command: OverlayCommand,
     },
+    /// Print a completion script for SHELL on standard output (no broker needed), e.g.
+    /// `modctl completions bash > /usr/share/bash-completion/completions/modctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the modctl(1) man page (roff) on standard output, or with --dir write it and a
+    /// page per command (modctl-load.1, modctl-config-reload.1, ...) into DIR (no broker
+    /// needed).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// False for the commands that only print what modctl knows itself.
+    pub fn needs_broker(&self) -> bool {
+        !matches!(self, Command::Completions { .. } | Command::Man { .. })
+    }
+}
+
+/// How `list` and `stats` print what they get.
+#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    /// text (a table for list, KEY: VALUE lines for stats; `table` is the same), json, or
+    /// prometheus (text exposition format, for a node exporter's textfile collector).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<Format>,
+    /// The same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+}
+
+impl Output {
+    pub fn format(self) -> Format {
+        match (self.format, self.json) {
+            (Some(f), _) => f,
+            (None, true) => Format::Json,
+            (None, false) => Format::Text,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// What a person reads.
+    #[value(alias = "table")]
+    Text,
+    /// The response as JSON.
+    Json,
+    /// Prometheus text exposition format (version 0.0.4).
+    Prometheus,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,7 +252,7 @@ mod tests {
         assert_eq!(cli.rank.map(|r| r.to_string()), Some("1-7,9".to_string()));
         let cli = parse(&["list", "--rank", "all", "--json"]).expect("parses");
         assert_eq!(cli.rank, Some(RankSet::All));
-        assert!(matches!(cli.command, Command::List { json: true }));
+        assert!(matches!(cli.command, Command::List { output } if output.format() == Format::Json));
         let cli = parse(&["overlay", "status", "--rank", "3"]).expect("parses");
         assert!(matches!(cli.command, Command::Overlay { command: OverlayCommand::Status { json: false } }));
         assert_eq!(cli.rank.map(|r| r.to_string()), Some("3".to_string()));
@@ -202,6 +260,34 @@ mod tests {
         let cli = parse(&["load", "./m.so", "x", "--rank", "3"]).expect("parses");
         assert!(cli.rank.is_none());
         assert!(matches!(cli.command, Command::Load { ref args, .. } if args == &["x", "--rank", "3"]));
+    }
+
+    #[test]
+    fn format_takes_text_table_json_prometheus_and_json_is_its_alias() {
+        let format = |args: &[&str]| match parse(args).expect("parses").command {
+            Command::List { output } | Command::Stats { output, .. } => output.format(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(format(&["list"]), Format::Text);
+        assert_eq!(format(&["list", "--format", "table"]), Format::Text);
+        assert_eq!(format(&["list", "--format", "text"]), Format::Text);
+        assert_eq!(format(&["list", "--json"]), Format::Json);
+        assert_eq!(format(&["stats", "kvs", "--format", "json"]), Format::Json);
+        assert_eq!(format(&["stats", "kvs", "--format", "prometheus"]), Format::Prometheus);
+        let e = parse(&["list", "--json", "--format", "prometheus"]).map(|_| ()).expect_err("both");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = parse(&["list", "--format", "xml"]).map(|_| ()).expect_err("xml");
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn the_existing_rpc_lines_parse_and_stream_is_a_flag() {
+        let cli = parse(&["rpc", "kvs.get", r#"{"key":"a"}"#, "--timeout", "500"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Rpc { ref topic, json: Some(_), timeout: Some(500), stream: false } if topic == "kvs.get")
+        );
+        let cli = parse(&["rpc", "--stream", "faulty.stream", r#"{"n":3}"#]).expect("parses");
+        assert!(matches!(cli.command, Command::Rpc { stream: true, timeout: None, .. }));
     }
 
     #[test]

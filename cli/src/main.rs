@@ -1,11 +1,14 @@
 //! `modctl`: a thin client over the broker's management protocol (RFC 3), on one broker or,
 //! with `--rank`, on several ranks of an instance at once (RFC 7 §7). Arguments are parsed in
 //! `args`, each command lives in `commands`, and every failure ends here as one line on
-//! stderr and a non-zero exit status (with `--rank`, after a line per failed rank).
+//! stderr and a non-zero exit status (with `--rank`, after a line per failed rank). The
+//! commands that need no broker (`completions`, `man`: `generate`) run without connecting.
 
 mod args;
 mod commands;
+mod generate;
 mod json;
+mod prometheus;
 mod table;
 
 use std::process::ExitCode;
@@ -22,6 +25,12 @@ pub enum CliError {
     /// Some of the ranks of `--rank` failed (each was reported as it was seen).
     #[error("{what}: failed on {} {failed} ({count} of {asked})", if *.count == 1 { "rank" } else { "ranks" })]
     Ranks { what: String, failed: switchboard_module_api::ranks::RankSet, count: usize, asked: usize },
+    /// `rpc --timeout MS` passed with no response.
+    #[error("{what}: no response within {ms} ms (--timeout {ms})")]
+    Timeout { what: String, ms: u64 },
+    /// Standard output (or a file modctl writes) refused what modctl wrote.
+    #[error("cannot write {what}: {source}")]
+    Output { what: String, source: std::io::Error },
 }
 
 /// Attach what modctl was doing to a client error.
@@ -35,6 +44,19 @@ impl<T> Context<T> for Result<T, ClientError> {
     }
 }
 
+/// `bytes` on standard output. A reader that went away (`| head`) is not an error: modctl
+/// stops writing.
+pub fn print_out(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Output { what: "standard output".into(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn connect(cli_uri: Option<&str>) -> Result<Client, CliError> {
     let path = cli_uri.map_or_else(uri::resolve, uri::parse);
     Client::connect(&path).doing("connect")
@@ -42,8 +64,11 @@ fn connect(cli_uri: Option<&str>) -> Result<Client, CliError> {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let result =
-        connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command, cli.rank.as_ref()));
+    let result = if cli.command.needs_broker() {
+        connect(cli.uri.as_deref()).and_then(|mut client| commands::run(&mut client, cli.command, cli.rank.as_ref()))
+    } else {
+        commands::local(cli.command, cli.rank.as_ref())
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

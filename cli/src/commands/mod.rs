@@ -3,6 +3,7 @@
 
 mod apply;
 mod event;
+mod metrics;
 mod modules;
 mod overlay;
 mod ranks;
@@ -16,7 +17,30 @@ use switchboard_module_api::Client;
 use crate::args::{Command, ConfigCommand, EventCommand, OverlayCommand};
 use crate::CliError;
 
+/// The commands that need no broker (`Command::needs_broker`): `completions` and `man`.
+pub fn local(command: Command, rank: Option<&RankSet>) -> Result<(), CliError> {
+    let name = match command {
+        Command::Completions { .. } => "completions",
+        _ => "man",
+    };
+    if rank.is_some() {
+        return Err(ranks::refuse(name, "it prints what modctl knows itself and asks no broker"));
+    }
+    match command {
+        Command::Completions { shell } => crate::print_out(&crate::generate::completions(shell)),
+        Command::Man { dir: None } => crate::print_out(&crate::generate::man_page()?),
+        Command::Man { dir: Some(dir) } => {
+            let pages = crate::generate::man_pages(&dir)?;
+            crate::print_out(format!("{}\n", pages.join("\n")).as_bytes())
+        }
+        other => Err(CliError::Usage(format!("{other:?} needs a broker"))),
+    }
+}
+
 pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Result<(), CliError> {
+    if !command.needs_broker() {
+        return local(command, rank);
+    }
     if let Some(set) = rank {
         return run_on(client, command, set);
     }
@@ -39,17 +63,19 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
         Command::Config { command: ConfigCommand::Reload { dry_run, json } } => {
             apply::apply(client, None, dry_run, json)
         }
-        Command::Stats { name, json } => modules::stats(client, &name, json),
+        Command::Stats { name, output } => modules::stats(client, &name, output.format()),
         Command::Trace { names, topic, types, count, json } => trace::trace(client, names, topic, types, count, json),
-        Command::List { json } => modules::list(client, json),
+        Command::List { output } => modules::list(client, output.format()),
         Command::Info { path, json } => modules::info(client, &path, json),
         Command::Ping { service, count } => rpc::ping(client, &service, count),
-        Command::Rpc { topic, json, timeout } => rpc::rpc(client, &topic, json.as_deref(), timeout),
+        Command::Rpc { topic, json, timeout, stream: false } => rpc::rpc(client, &topic, json.as_deref(), timeout),
+        Command::Rpc { topic, json, timeout, stream: true } => rpc::stream(client, &topic, json.as_deref(), timeout),
         Command::Event { command: EventCommand::Pub { topic, json } } => {
             event::publish(client, &topic, json.as_deref())
         }
         Command::Event { command: EventCommand::Sub { topics, count } } => event::subscribe(client, &topics, count),
         Command::Overlay { command: OverlayCommand::Status { json } } => overlay::status(client, None, json),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("run by local above"),
     }
 }
 
@@ -77,11 +103,16 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
         }
         Command::Remove { name, grace, force } => modules::remove_on(client, &ranks, &name, grace, force),
         Command::Reload { name } => modules::reload_on(client, &ranks, &name),
-        Command::Stats { name, json } => modules::stats_on(client, &ranks, &name, json),
-        Command::List { json } => modules::list_on(client, &ranks, json),
+        Command::Stats { name, output } => modules::stats_on(client, &ranks, &name, output.format()),
+        Command::List { output } => modules::list_on(client, &ranks, output.format()),
         Command::Info { path, json } => modules::info_on(client, &ranks, &path, json),
         Command::Ping { service, count } => rpc::ping_on(client, &ranks, &service, count),
-        Command::Rpc { topic, json, timeout } => rpc::rpc_on(client, &ranks, &topic, json.as_deref(), timeout),
+        Command::Rpc { topic, json, timeout, stream: false } => {
+            rpc::rpc_on(client, &ranks, &topic, json.as_deref(), timeout)
+        }
+        Command::Rpc { topic, json, timeout, stream: true } => {
+            rpc::stream_on(client, &ranks, &topic, json.as_deref(), timeout)
+        }
         Command::Apply { file, dry_run, json } => apply::apply_on(client, &ranks, Some(&file), dry_run, json),
         Command::Config { command: ConfigCommand::Reload { dry_run, json } } => {
             apply::apply_on(client, &ranks, None, dry_run, json)
@@ -93,6 +124,7 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
             ))),
         },
         Command::Trace { .. } | Command::Event { .. } => unreachable!("refused above"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("run by local in run"),
     }
 }
 

@@ -9,7 +9,10 @@ use switchboard_module_api::mgmt::{
 };
 use switchboard_module_api::{Client, Message};
 
+use super::metrics;
 use super::ranks::{self, Failures, RankJson};
+use crate::args::Format;
+use crate::prometheus::Exposition;
 use crate::{table, CliError, Context};
 
 const LIST_HEADER: [&str; 11] =
@@ -133,27 +136,58 @@ fn reloaded(d: &ModuleDescription) -> String {
     format!("reloaded {} ({}, digest {})", d.name, d.kind, d.digest.chars().take(12).collect::<String>())
 }
 
-pub fn stats(client: &mut Client, name: &str, as_json: bool) -> Result<(), CliError> {
+pub fn stats(client: &mut Client, name: &str, format: Format) -> Result<(), CliError> {
     let what = format!("stats {name}");
     let reply = client.rpc("module.stats", &NameArgs { name: name.to_string() }).doing(&what)?;
     let s: ModuleStats = decode(&reply, &what)?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-        return Ok(());
-    }
-    for line in stats_lines(&s) {
-        println!("{line}");
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
+        Format::Text => {
+            for line in stats_lines(&s) {
+                println!("{line}");
+            }
+        }
+        Format::Prometheus => {
+            let mut e = Exposition::new();
+            metrics::stats(&mut e, None, &s);
+            crate::print_out(e.render().as_bytes())?;
+        }
     }
     Ok(())
 }
 
 /// `stats` on each of `ranks`: a `rank N:` section per rank, its lines indented; with
-/// `--json` an array of `{rank, stats}` (or `{rank, error}`).
-pub fn stats_on(client: &mut Client, ranks: &[u32], name: &str, as_json: bool) -> Result<(), CliError> {
+/// `--format json` an array of `{rank, stats}` (or `{rank, error}`); with `--format
+/// prometheus` every rank's samples with a `rank` label, and `switchboard_rank_up`.
+pub fn stats_on(client: &mut Client, ranks: &[u32], name: &str, format: Format) -> Result<(), CliError> {
     let what = format!("stats {name}");
     let payload = ranks::payload(&NameArgs { name: name.to_string() })?;
     let answers = ranks::each::<ModuleStats>(client, ranks, &what, "module.stats", payload, None)?;
-    sections(answers, &what, ranks.len(), as_json, "stats", stats_lines)
+    if format == Format::Prometheus {
+        return exposition(answers, &what, ranks.len(), |e, rank, s| metrics::stats(e, Some(rank), s));
+    }
+    sections(answers, &what, ranks.len(), format == Format::Json, "stats", stats_lines)
+}
+
+/// Per rank, in rank order: its samples (`add`) and `switchboard_rank_up` 1, or its failure
+/// on stderr and `switchboard_rank_up` 0; then the exposition on stdout.
+fn exposition<T>(
+    answers: Vec<ranks::Answer<T>>,
+    what: &str,
+    asked: usize,
+    add: impl Fn(&mut Exposition, u32, &T),
+) -> Result<(), CliError> {
+    let mut failures = Failures::new(what, asked);
+    let mut e = Exposition::new();
+    for a in answers {
+        match &a.result {
+            Ok(v) => add(&mut e, a.rank, v),
+            Err(err) => failures.fail(a.rank, err),
+        }
+        metrics::rank_up(&mut e, a.rank, a.result.is_ok());
+    }
+    crate::print_out(e.render().as_bytes())?;
+    failures.finish()
 }
 
 /// One `KEY: VALUE` line per field, the key padded to 13 columns (RFC 3 §6).
@@ -218,24 +252,34 @@ fn sections<T: serde::Serialize>(
     failures.finish()
 }
 
-pub fn list(client: &mut Client, as_json: bool) -> Result<(), CliError> {
+pub fn list(client: &mut Client, format: Format) -> Result<(), CliError> {
     let reply = client.rpc("module.list", &()).doing("list")?;
     let list: ModuleList = decode(&reply, "list")?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&list.modules).unwrap_or_default());
-        return Ok(());
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&list.modules).unwrap_or_default()),
+        Format::Text => {
+            let rows: Vec<Vec<String>> = list.modules.iter().map(list_row).collect();
+            table::print(&LIST_HEADER, &rows);
+        }
+        Format::Prometheus => {
+            let mut e = Exposition::new();
+            metrics::list(&mut e, None, &list.modules);
+            crate::print_out(e.render().as_bytes())?;
+        }
     }
-    let rows: Vec<Vec<String>> = list.modules.iter().map(list_row).collect();
-    table::print(&LIST_HEADER, &rows);
     Ok(())
 }
 
 /// `list` on each of `ranks`: one table with a RANK column first, rows in rank order; with
-/// `--json` an array of `{rank, modules}` (or `{rank, error}`).
-pub fn list_on(client: &mut Client, ranks: &[u32], as_json: bool) -> Result<(), CliError> {
+/// `--format json` an array of `{rank, modules}` (or `{rank, error}`); with `--format
+/// prometheus` every rank's samples with a `rank` label, and `switchboard_rank_up`.
+pub fn list_on(client: &mut Client, ranks: &[u32], format: Format) -> Result<(), CliError> {
     let answers = ranks::each::<ModuleList>(client, ranks, "list", "module.list", ranks::payload(&())?, None)?;
+    if format == Format::Prometheus {
+        return exposition(answers, "list", ranks.len(), |e, rank, l| metrics::list(e, Some(rank), &l.modules));
+    }
     let mut failures = Failures::new("list", ranks.len());
-    if as_json {
+    if format == Format::Json {
         let mut out = Vec::new();
         for a in answers {
             match a.result {

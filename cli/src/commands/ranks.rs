@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use switchboard_module_api::mgmt::BrokerInfo;
 use switchboard_module_api::ranks::RankSet;
-use switchboard_module_api::{Client, Message};
+use switchboard_module_api::{Client, ClientError, Message};
 
 use crate::{CliError, Context};
 
@@ -81,9 +81,16 @@ pub fn each_raw(
     timeout: Option<Duration>,
 ) -> Result<Vec<Answer<Message>>, CliError> {
     let replies = client.rpc_ranks(ranks, topic, payload, timeout).doing(what)?;
+    let error = |e: ClientError| match (e, timeout) {
+        (ClientError::Timeout, Some(t)) => {
+            let ms = t.as_millis();
+            format!("no response within {ms} ms (--timeout {ms})")
+        }
+        (e, _) => e.to_string(),
+    };
     Ok(replies
         .into_iter()
-        .map(|r| Answer { rank: r.rank, elapsed: r.elapsed, result: r.result.map_err(|e| e.to_string()) })
+        .map(|r| Answer { rank: r.rank, elapsed: r.elapsed, result: r.result.map_err(error) })
         .collect())
 }
 

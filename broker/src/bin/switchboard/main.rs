@@ -2,14 +2,15 @@
 //! `Broker` on a runtime of its own, runs the rc scripts, re-applies the site file on SIGHUP,
 //! and on SIGINT or SIGTERM removes every module in reverse order. Signals are received on
 //! the runtime and handed to the main thread, which does the work they ask for. Everything
-//! else is in the library.
+//! else is in the library. `switchboard completions SHELL` and `switchboard man` print a
+//! shell completion script and the man page generated from the argument definitions below.
 
 mod test_size;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use switchboard::overlay::Certificate;
 use switchboard::site::{run_script, OnStartFailure, RcError};
 use switchboard::{Broker, Site};
@@ -66,6 +67,59 @@ enum Command {
         /// Where to write it; an existing file is not replaced.
         path: PathBuf,
     },
+    /// Print a completion script for SHELL on standard output, e.g. `switchboard completions
+    /// bash > /usr/share/bash-completion/completions/switchboard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the switchboard(1) man page (roff) on standard output, or with --dir write it
+    /// and a page per subcommand (switchboard-keygen.1, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `switchboard completions SHELL` and `switchboard man [--dir DIR]`: generated from `Args`,
+/// so they cannot drift from the command line. Commands of the binary rather than a build
+/// step because packagers run the built binary to get them (as `modctl completions` and
+/// `modctl man`).
+fn generate(command: &Command) -> ExitCode {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let written = match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "switchboard", &mut out);
+            Ok(())
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(Args::command()).render(&mut out),
+        Command::Man { dir: Some(dir) } if !dir.is_dir() => {
+            eprintln!("switchboard man: --dir {}: not a directory (create it first)", dir.display());
+            return ExitCode::FAILURE;
+        }
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Args::command(), dir).map(|()| {
+            let cmd = Args::command();
+            let subcommands = cmd.get_subcommands().filter(|c| !c.is_hide_set());
+            let pages = std::iter::once("switchboard.1".to_string())
+                .chain(subcommands.map(|c| format!("switchboard-{}.1", c.get_name())));
+            for page in pages {
+                out.extend_from_slice(format!("{}\n", dir.join(page).display()).as_bytes());
+            }
+        }),
+        Command::Keygen { .. } => Ok(()),
+    };
+    let printed = written.and_then(|()| {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&out).and_then(|()| stdout.flush())
+    });
+    match printed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// `switchboard keygen PATH`.
@@ -135,8 +189,10 @@ fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<Unbounded
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let args = Args::parse();
-    if let Some(Command::Keygen { path }) = &args.command {
-        return keygen(path);
+    match &args.command {
+        Some(Command::Keygen { path }) => return keygen(path),
+        Some(command) => return generate(command),
+        None => {}
     }
     if let Some(size) = args.test_size {
         let fanout = args.fanout;
