@@ -79,11 +79,14 @@ fn the_c_example_decodes_a_msgpack_map_and_answers_one() {
     let out = b.modctl_ok(&["ping", "calc", "--count", "2"]);
     assert_eq!(out.lines().filter(|l| l.starts_with("calc.ping: seq=")).count(), 2, "{out}");
     let r = rpc(&mut c, "calc.mul", json!({"a": 2, "b": 3}));
-    assert_eq!((errno_of(&r).as_str(), errtext(&r).as_str()), ("ENOSYS", "service 'calc' has no method 'mul'"));
+    assert_eq!(
+        (errno_of(&r).as_str(), errtext(&r).as_str()),
+        ("ENOSYS", "service 'calc' has no method 'mul' (its methods: add)")
+    );
     // A second instance of the same library under another name answers its own service.
     b.load(&b.dir.path().join("libcalc.so"), Some("calc2"), &[]);
     assert_eq!(json(&rpc(&mut c, "calc2.add", json!({"a": 1, "b": 1})).unwrap()), json!({"sum": 2}));
-    assert_eq!(errtext(&rpc(&mut c, "calc2.x", json!({}))), "service 'calc2' has no method 'x'");
+    assert_eq!(errtext(&rpc(&mut c, "calc2.x", json!({}))), "service 'calc2' has no method 'x' (its methods: add)");
     // It stops on shutdown: remove is clean, and its service is gone.
     b.modctl_ok(&["remove", "calc"]);
     assert_eq!(errno_of(&rpc(&mut c, "calc.add", json!({"a": 2, "b": 3}))), "ENOSYS");

@@ -6,9 +6,9 @@
  *
  * `a` and `b` are 64-bit signed integers; other fields are ignored. A request that does not
  * decode is answered EPROTO `calc.add: malformed request: WHAT`, naming the field when one is
- * at fault (`b: expected an integer, got a string`, `missing field `b``), as the Rust
- * helper's typed handlers do; a sum that does not fit is EINVAL. It follows RFC 3 §5.1's
- * conventions: `calc.ping` echoes its payload, an unknown method is ENOSYS (so a
+ * at fault (`b: expected an integer, got a string`, `missing field `b``), in the shape the Rust
+ * helper's typed handlers use; a sum that does not fit is EINVAL. It follows RFC 3 §5.1's
+ * conventions: `calc.ping` echoes its payload, an unknown method is ENOSYS naming `add` (so a
  * config-update makes the broker reload it with the new table), NO_RESPONSE requests and
  * `calc.disconnect` are not answered, a STREAMING request's answer is followed by ENODATA.
  *
@@ -192,18 +192,17 @@ static int32_t calc_main(const sb_host *host)
             break;
         if (req.msg_type != SB_MSG_REQUEST || (req.flags & SB_FLAG_NO_RESPONSE))
             continue; /* events, responses, NAME.disconnect */
-        /* The topic is SERVICE.METHOD; SERVICE is this instance's name (or one it added). */
+        /* The topic is SERVICE.METHOD, SERVICE being this instance's name. */
         const char *dot = req.topic.len ? memchr(topic, '.', req.topic.len) : NULL;
-        size_t service_len = dot ? (size_t)(dot - topic) : req.topic.len;
         const char *method = dot ? dot + 1 : "";
-        size_t method_len = dot ? req.topic.len - service_len - 1 : 0;
+        size_t method_len = dot ? req.topic.len - (size_t)(method - topic) : 0;
         if (is(method, method_len, "add"))
             add(host, &req, &out);
         else if (is(method, method_len, "ping"))
             reply(host, &req, req.payload);
-        else
-            reply_error(host, &req, SWITCHBOARD_ENOSYS, "service '%.*s' has no method '%.*s'", (int)service_len,
-                        topic, (int)method_len, method);
+        else /* RFC 3 §5.1's text, listing the methods (ping, a convention, is not listed) */
+            reply_error(host, &req, SWITCHBOARD_ENOSYS, "service '%.*s' has no method '%.*s' (its methods: add)",
+                        (int)host->name.len, (const char *)host->name.ptr, (int)method_len, method);
     }
     msgpack_sbuffer_destroy(&out);
     return 0;
