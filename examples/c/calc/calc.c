@@ -160,7 +160,7 @@ static void add(const sb_host *host, const sb_msg *req, msgpack_sbuffer *out)
                 reply(host, req, (sb_bytes){(const uint8_t *)out->data, out->size});
         }
     }
-    /* The decoded objects (and the strings they point to) live in this zone: free it. */
+    /* The decoded objects live in a zone (their strings point into the payload): free it. */
     msgpack_unpacked_destroy(&request);
 }
 
