@@ -1,7 +1,10 @@
 //! `modctl` as an operator uses it: JSON in and out, one-line errors with a non-zero exit
 //! status, a helpful message when no broker runs, event streaming; `--rank` and `overlay
 //! status` on a standalone broker (rank 0 of 1: ranks 0 and `all` work, any other rank fails
-//! on its own line with EHOSTUNREACH). Several brokers are in overlay.rs.
+//! on its own line with EHOSTUNREACH). Several brokers are in overlay.rs. Also `rpc --stream`
+//! and `--timeout` against the `faulty` module, `list` and `stats --format prometheus` read
+//! back by a checker of the exposition format (and the checker's own test), and the
+//! completion scripts and man pages of modctl and switchboard, made without a broker.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -238,4 +241,362 @@ fn apply_with_rank_reports_each_ranks_plan() {
     let v: serde_json::Value =
         serde_json::from_str(&b.modctl_ok(&["--rank", "0", "apply", &s, "--json"])).expect("JSON");
     assert_eq!((&v[0]["rank"], &v[0]["report"]["unchanged"]), (&json!(0), &json!(["here"])), "{v}");
+}
+
+#[test]
+fn rpc_stream_prints_each_response_as_a_line_until_enodata() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    let out = b.modctl_ok(&["rpc", "--stream", "faulty.stream", r#"{"n": 5}"#]);
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(lines, (0..5).map(|i| json!({"seq": i})).collect::<Vec<_>>(), "{out}");
+    // An empty stream: nothing printed, status 0.
+    assert_eq!(b.modctl_ok(&["rpc", "faulty.stream", r#"{"n": 0}"#, "--stream"]), "");
+    // A handler that answers once ends the stream after its one response (the Rust helper
+    // sends ENODATA for it).
+    assert_eq!(b.modctl_ok(&["rpc", "--stream", "faulty.whoami"]), "{\"args\":[],\"name\":\"faulty\"}\n");
+    // Any other error ends it with status 1 and one line, as rpc's errors are.
+    let out = b.modctl(&["rpc", "--stream", "faulty.stream", r#"{"x": 1}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "modctl: faulty.stream: EPROTO: want {n}\n");
+    // Without --stream, the request is not streaming: the handler refuses it.
+    let out = b.modctl(&["rpc", "faulty.stream", r#"{"n": 2}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("EPROTO: stream needs a streaming request"), "{}", stderr(&out));
+    // With --rank: `rank N: JSON` per response; a rank that fails does so on its own line.
+    let out = b.modctl_ok(&["--rank", "0", "rpc", "--stream", "faulty.stream", r#"{"n": 3}"#]);
+    assert_eq!(out, "rank 0: {\"seq\":0}\nrank 0: {\"seq\":1}\nrank 0: {\"seq\":2}\n");
+    let out = b.modctl(&["--rank", "0,3", "rpc", "--stream", "faulty.stream", r#"{"n": 2}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "rank 0: {\"seq\":0}\nrank 0: {\"seq\":1}\n");
+    let err = stderr(&out);
+    assert!(err.starts_with("modctl: rank 3: faulty.stream: EHOSTUNREACH: no broker of rank 3"), "{err}");
+    assert!(err.ends_with("modctl: faulty.stream: failed on rank 3 (1 of 2)\n"), "{err}");
+}
+
+#[test]
+fn rpc_stream_stops_quietly_when_its_reader_goes_away() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    // `| head -2` on a long stream: modctl ends with status 0 once head has gone.
+    let script = "\"$0\" rpc --stream faulty.stream '{\"n\": 1000000}' | head -2; exit \"${PIPESTATUS[0]}\"";
+    let child = Command::new("bash")
+        .args(["-c", script])
+        .arg(bin("modctl"))
+        .env("SWITCHBOARD_URI", b.socket.display().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    let out = switchboard_tests::output_within(child, WAIT);
+    assert_eq!(stdout(&out), "{\"seq\":0}\n{\"seq\":1}\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn rpc_timeout_gives_up_on_a_handler_that_never_answers() {
+    let b = Broker::start();
+    b.load(&module("faulty"), None, &[]);
+    for args in
+        [vec!["rpc", "faulty.ignore", "--timeout", "300"], vec!["rpc", "--stream", "faulty.ignore", "--timeout", "300"]]
+    {
+        let start = std::time::Instant::now();
+        let out = b.modctl(&args);
+        let took = start.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&out), "modctl: faulty.ignore: no response within 300 ms (--timeout 300)\n", "{args:?}");
+        assert!(stdout(&out).is_empty());
+        assert!(took >= std::time::Duration::from_millis(300), "{args:?}: gave up after {took:?}");
+        assert!(took < std::time::Duration::from_secs(5), "{args:?}: took {took:?}");
+    }
+    // A stream that goes quiet: what came is printed, then the timeout ends it.
+    let out = b.modctl(&["--rank", "0", "rpc", "--stream", "faulty.ignore", "--timeout", "200"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "modctl: rank 0: faulty.ignore: no response within 200 ms (--timeout 200)\n\
+         modctl: faulty.ignore: failed on rank 0 (1 of 1)\n"
+    );
+    let out = b.modctl(&["--rank", "0", "rpc", "faulty.ignore", "--timeout", "200"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("modctl: rank 0: faulty.ignore: no response within 200 ms"), "{}", stderr(&out));
+    // A timeout long enough changes nothing.
+    assert_eq!(b.modctl_ok(&["rpc", "faulty.whoami", "--timeout", "20000"]).lines().next(), Some("{"));
+}
+
+/// One sample of a Prometheus exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+fn metric_name_ok(name: &str) -> bool {
+    let mut c = name.chars();
+    c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Parse `text` as the Prometheus text exposition format (version 0.0.4) and check what a
+/// textfile collector needs: valid names, at most one HELP and one TYPE per family and the
+/// TYPE before its samples, each family's lines together, counters named `_total`, escapes
+/// only `\\`, `\"` and `\n` in label values (`\\` and `\n` in help), no timestamps, no series
+/// twice, a line feed at the end. The samples, label values unescaped.
+fn check_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("the last line does not end with a line feed".into());
+    }
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps: HashSet<String> = HashSet::new();
+    let mut done: HashSet<String> = HashSet::new(); // families whose group has ended
+    let mut current: Option<String> = None;
+    let mut series: HashSet<String> = HashSet::new();
+    let mut samples = Vec::new();
+    let mut enter = |name: &str, current: &mut Option<String>| -> Result<(), String> {
+        if current.as_deref() != Some(name) {
+            if done.contains(name) {
+                return Err(format!("{name}: its lines are not together"));
+            }
+            if let Some(c) = current.take() {
+                done.insert(c);
+            }
+            *current = Some(name.to_string());
+        }
+        Ok(())
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').ok_or(format!("{line}: no help text"))?;
+            if !metric_name_ok(name) || !helps.insert(name.to_string()) {
+                return Err(format!("{line}: bad name or a second HELP"));
+            }
+            let mut chars = help.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' && !matches!(chars.next(), Some('\\' | 'n')) {
+                    return Err(format!("{line}: bad escape in help"));
+                }
+            }
+            enter(name, &mut current)?;
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or(format!("{line}: no type"))?;
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(format!("{line}: unknown type"));
+            }
+            if types.insert(name.to_string(), kind.to_string()).is_some() {
+                return Err(format!("{line}: a second TYPE"));
+            }
+            if samples.iter().any(|s: &Sample| s.name == name) {
+                return Err(format!("{line}: TYPE after a sample"));
+            }
+            if kind == "counter" && !name.ends_with("_total") {
+                return Err(format!("{line}: a counter whose name does not end in _total"));
+            }
+            enter(name, &mut current)?;
+        } else if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        } else {
+            let name_end = line.find(['{', ' ']).ok_or(format!("{line}: no value"))?;
+            let name = &line[..name_end];
+            if !metric_name_ok(name) {
+                return Err(format!("{line}: bad metric name"));
+            }
+            enter(name, &mut current)?;
+            let mut labels = BTreeMap::new();
+            let mut rest = &line[name_end..];
+            if let Some(body) = rest.strip_prefix('{') {
+                let mut chars = body.char_indices().peekable();
+                loop {
+                    match chars.peek() {
+                        Some((i, '}')) => {
+                            rest = &body[i + 1..];
+                            break;
+                        }
+                        None => return Err(format!("{line}: labels not closed")),
+                        _ => {}
+                    }
+                    let mut label = String::new();
+                    for (_, c) in chars.by_ref() {
+                        if c == '=' {
+                            break;
+                        }
+                        label.push(c);
+                    }
+                    let ok = label.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ok || chars.next().map(|(_, c)| c) != Some('"') {
+                        return Err(format!("{line}: bad label {label:?}"));
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().map(|(_, c)| c) {
+                            Some('"') => break,
+                            Some('\\') => match chars.next().map(|(_, c)| c) {
+                                Some('\\') => value.push('\\'),
+                                Some('"') => value.push('"'),
+                                Some('n') => value.push('\n'),
+                                other => return Err(format!("{line}: bad escape \\{other:?}")),
+                            },
+                            Some('\n') | None => return Err(format!("{line}: label value not closed")),
+                            Some(c) => value.push(c),
+                        }
+                    }
+                    if labels.insert(label.clone(), value).is_some() {
+                        return Err(format!("{line}: label {label} twice"));
+                    }
+                    if let Some((_, ',')) = chars.peek() {
+                        chars.next();
+                    }
+                }
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let [value] = fields[..] else {
+                return Err(format!("{line}: want one value and no timestamp, got {fields:?}"));
+            };
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                v => v.parse().map_err(|e| format!("{line}: value: {e}"))?,
+            };
+            if !series.insert(format!("{name}{labels:?}")) {
+                return Err(format!("{line}: the same series twice"));
+            }
+            samples.push(Sample { name: name.to_string(), labels, value });
+        }
+    }
+    Ok(samples)
+}
+
+#[test]
+fn the_exposition_checker_refuses_what_the_format_forbids() {
+    let good =
+        "# HELP a_total A \\\\ b\\n.\n# TYPE a_total counter\na_total{m=\"x\\\"y\\\\z\\nw\",k=\"\"} 3\na_total 1.5\n";
+    let s = check_exposition(good).expect("valid");
+    assert_eq!(s[0].labels["m"], "x\"y\\z\nw");
+    assert_eq!(s[1].value, 1.5);
+    for bad in [
+        "a 1",                                   // no final line feed
+        "# TYPE a counter\na 1\n",               // a counter without _total
+        "# TYPE a gauge\n# TYPE a gauge\na 1\n", // two TYPEs
+        "a 1\n# TYPE a gauge\n",                 // TYPE after a sample
+        "a 1\nb 1\na{x=\"1\"} 2\n",              // a family split
+        "a{x=\"\\t\"} 1\n",                      // a bad escape
+        "a{x=\"1} 1\n",                          // an open value
+        "a{1x=\"1\"} 1\n",                       // a bad label name
+        "a 1 1700000000\n",                      // a timestamp
+        "a{x=\"1\"} 1\na{x=\"1\"} 2\n",          // a series twice
+        "# HELP a x\\y\na 1\n",                  // a bad escape in help
+    ] {
+        assert!(check_exposition(bad).is_err(), "{bad:?} passed");
+    }
+}
+
+#[test]
+fn list_and_stats_print_prometheus_text_a_checker_parses_back() {
+    let b = Broker::start();
+    b.load(&module("kvs"), None, &[]);
+    // A path with a quote and a backslash in it, for the escaping.
+    let odd = b.dir.path().join("we\"ird\\dir");
+    std::fs::create_dir_all(&odd).expect("mkdir");
+    std::fs::copy(module("echo"), odd.join("libecho.so")).expect("copy");
+    b.load(&odd.join("libecho.so"), Some("odd"), &[]);
+    b.modctl_ok(&["rpc", "kvs.put", r#"{"key": "k", "value": 1}"#]);
+    assert!(!b.modctl(&["rpc", "kvs.get", r#"{"key": "none"}"#]).status.success());
+
+    let text = b.modctl_ok(&["list", "--format", "prometheus"]);
+    let samples = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let find = |s: &[Sample], name: &str, module: &str| -> Option<f64> {
+        s.iter().find(|x| x.name == name && x.labels.get("module").map(String::as_str) == Some(module)).map(|x| x.value)
+    };
+    let info =
+        samples.iter().find(|s| s.name == "switchboard_module_info" && s.labels["module"] == "odd").expect("info");
+    assert_eq!(info.labels["path"], odd.join("libecho.so").display().to_string(), "{text}");
+    assert_eq!(info.labels["kind"], "native");
+    // Its two requests at least (it also gets messages of its own, such as event acks).
+    assert!(find(&samples, "switchboard_module_messages_in_total", "kvs").is_some_and(|n| n >= 2.0), "{text}");
+    let running = samples
+        .iter()
+        .filter(|s| s.name == "switchboard_module_state" && s.labels["module"] == "kvs")
+        .map(|s| (s.labels["state"].as_str(), s.value))
+        .collect::<Vec<_>>();
+    assert_eq!(running, [("init", 0.0), ("running", 1.0), ("finalizing", 0.0), ("exited", 0.0), ("failed", 0.0)]);
+    assert!(samples.iter().all(|s| s.name.starts_with("switchboard_") && !s.labels.contains_key("rank")));
+    assert!(text.contains("# TYPE switchboard_module_restarts_total counter\n"), "{text}");
+
+    let text = b.modctl_ok(&["stats", "kvs", "--format", "prometheus"]);
+    let samples = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(find(&samples, "switchboard_module_errors_total", "kvs"), Some(1.0), "{text}");
+    assert!(find(&samples, "switchboard_module_uptime_seconds", "kvs").is_some_and(|s| s > 0.0), "{text}");
+
+    // With --rank: a rank label on every module sample, and whether each rank answered.
+    let out = b.modctl(&["--rank", "0,3", "list", "--format", "prometheus"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let samples = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(samples.iter().filter(|s| s.name != "switchboard_rank_up").all(|s| s.labels["rank"] == "0"), "{text}");
+    let up: Vec<(&str, f64)> = samples
+        .iter()
+        .filter(|s| s.name == "switchboard_rank_up")
+        .map(|s| (s.labels["rank"].as_str(), s.value))
+        .collect();
+    assert_eq!(up, [("0", 1.0), ("3", 0.0)]);
+    assert!(stderr(&out).starts_with("modctl: rank 3: list: EHOSTUNREACH"), "{}", stderr(&out));
+    let text = b.modctl_ok(&["--rank", "all", "stats", "odd", "--format", "prometheus"]);
+    check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(text.contains("switchboard_module_messages_in_total{rank=\"0\",module=\"odd\",kind=\"native\"} 0\n"));
+
+    // --json is --format json; both at once is a command-line error; table is text.
+    let without_idle = |args: &[&str]| {
+        let mut v: serde_json::Value = serde_json::from_str(&b.modctl_ok(args)).expect("JSON");
+        v.as_array_mut().into_iter().flatten().filter_map(|m| m.as_object_mut()).for_each(|m| {
+            m.remove("idle_ms");
+        });
+        v
+    };
+    assert_eq!(without_idle(&["list", "--json"]), without_idle(&["list", "--format", "json"]));
+    assert!(b.modctl_ok(&["list", "--format", "table"]).starts_with("NAME "));
+    assert!(b.modctl_ok(&["stats", "kvs", "--format", "text"]).starts_with("name:         kvs\n"));
+    assert_eq!(b.modctl(&["list", "--json", "--format", "prometheus"]).status.code(), Some(2));
+}
+
+#[test]
+fn completions_and_man_pages_need_no_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = dir.path().join("none.sock");
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(bin(program)).args(args).env("SWITCHBOARD_URI", &nowhere).output().expect(program);
+        assert!(out.status.success(), "{program} {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    for program in ["modctl", "switchboard"] {
+        for shell in ["bash", "zsh", "fish"] {
+            let script = run(program, &["completions", shell]);
+            assert!(script.contains(program) && script.lines().count() > 10, "{program} {shell}:\n{script}");
+        }
+        let page = run(program, &["man"]);
+        assert!(page.contains(&format!(".TH {program} 1")), "{page}");
+        let pages = dir.path().join(program);
+        std::fs::create_dir_all(&pages).expect("mkdir");
+        let written = run(program, &["man", "--dir", &pages.display().to_string()]);
+        assert!(written.lines().count() > 1, "{written}");
+        for page in written.lines() {
+            let text = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(text.contains(".TH "), "{page}");
+        }
+    }
+    assert!(run("modctl", &["completions", "bash"]).contains("--stream"));
+    assert!(run("switchboard", &["completions", "zsh"]).contains("keygen"));
+    // An unknown shell is the parser's error; --rank is refused.
+    let out = Command::new(bin("modctl")).args(["completions", "tcsh"]).output().expect("modctl");
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin("modctl")).args(["--rank", "0", "completions", "bash"]).output().expect("modctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("modctl: --rank does not apply to completions"), "{}", stderr(&out));
+    // The broker's own command lines are unchanged: a subcommand and broker options conflict.
+    let out = Command::new(bin("switchboard")).args(["--listen", "/x", "completions", "bash"]).output().expect("sb");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
