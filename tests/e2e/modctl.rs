@@ -600,3 +600,27 @@ fn completions_and_man_pages_need_no_broker() {
     let out = Command::new(bin("switchboard")).args(["--listen", "/x", "completions", "bash"]).output().expect("sb");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn stream_and_prometheus_with_rank_all_in_an_instance_of_three_brokers() {
+    let faulty = format!("[[module]]\npath = \"{}\"\nranks = \"all\"\n", module("faulty").display());
+    let inst = switchboard_tests::instance::Instance::start(3, 2, &faulty);
+    // From a leaf: each rank's stream crosses the tree, lines interleave, each rank in order.
+    let out = inst.broker(2).modctl_ok(&["--rank", "all", "rpc", "--stream", "faulty.stream", r#"{"n": 3}"#]);
+    for rank in 0..3 {
+        let mine: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("rank {rank}: "))).collect();
+        let want: Vec<String> = (0..3).map(|i| format!("rank {rank}: {{\"seq\":{i}}}")).collect();
+        assert_eq!(mine, want, "{out}");
+    }
+    assert_eq!(out.lines().count(), 9, "{out}");
+    let text = inst.broker(0).modctl_ok(&["--rank", "all", "list", "--format", "prometheus"]);
+    let samples = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut ranks: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "switchboard_module_info" && s.labels["module"] == "faulty")
+        .map(|s| s.labels["rank"].as_str())
+        .collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, ["0", "1", "2"], "{text}");
+    assert_eq!(samples.iter().filter(|s| s.name == "switchboard_rank_up" && s.value == 1.0).count(), 3, "{text}");
+}
