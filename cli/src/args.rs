@@ -8,14 +8,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard_module_api::ranks::RankSet;
 
 #[derive(Parser, Debug)]
-#[command(name = "modctl", version, about = "Drive a Switchboard broker", propagate_version = true)]
+#[command(
+    name = "modctl",
+    version,
+    about = "Drive a Switchboard broker",
+    long_about = "Drive a Switchboard broker: load, list and remove modules, call services, publish and \
+                  watch events, on one broker or on ranks of an instance (RFC 3 §6). Errors are one line on \
+                  standard error and exit status 1; command-line errors exit with status 2.",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Broker socket (default: SWITCHBOARD_URI, else the per-user default path).
     #[arg(long, global = true)]
     pub uri: Option<String>,
     /// Run on the brokers of these ranks (`3`, `1-7,9` or `all`), through the broker modctl
     /// connects to, all at once, reporting per rank (RFC 7 §7): load, remove, reload, list,
-    /// stats, info, apply, config reload, rpc, ping; overlay status takes one rank.
+    /// stats, info, apply, config reload, rpc (also --stream), ping; overlay status takes one
+    /// rank.
     #[arg(long, global = true, value_name = "RANKS")]
     pub rank: Option<RankSet>,
     #[command(subcommand)]

@@ -52,16 +52,17 @@ struct Family {
     samples: Vec<(String, Value)>,
 }
 
-/// Samples gathered in any order, written family by family in the order each family was first
-/// used.
+/// Samples gathered in any order, written family by family: the families of `with_families`
+/// in that order, then any other in the order it was first used.
 #[derive(Default)]
 pub struct Exposition {
     families: Vec<Family>,
 }
 
 impl Exposition {
-    pub fn new() -> Self {
-        Self::default()
+    /// An exposition that writes these families first, in this order (those with samples).
+    pub fn with_families(order: &[&'static Metric]) -> Self {
+        Exposition { families: order.iter().map(|&metric| Family { metric, samples: Vec::new() }).collect() }
     }
 
     /// A sample of `metric` with these labels (names as given, values escaped here).
@@ -89,10 +90,11 @@ impl Exposition {
         self.families[i].samples.push((text, value));
     }
 
-    /// The whole exposition; every line ends with a line feed. Empty when there is no sample.
+    /// The whole exposition; every line ends with a line feed. A family without samples is
+    /// left out; empty when there is no sample.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for f in &self.families {
+        for f in self.families.iter().filter(|f| !f.samples.is_empty()) {
             let m = f.metric;
             let _ = writeln!(out, "# HELP {} {}", m.name, escape_help(m.help));
             let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind.as_str());
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn each_family_is_one_group_with_one_help_and_one_type_whatever_the_order_of_samples() {
-        let mut e = Exposition::new();
+        let mut e = Exposition::default();
         e.sample(&IN, &[("rank", "0"), ("module", "kvs")], Value::Int(3));
         e.sample(&UP, &[("rank", "0")], Value::Int(1));
         e.sample(&IN, &[("rank", "1"), ("module", "a\"b\\c\nd")], Value::Int(0));
@@ -187,7 +189,18 @@ mod tests {
              switchboard_test_up{rank=\"0\"} 1\n\
              switchboard_test_up 1.234\n"
         );
-        assert_eq!(Exposition::new().render(), "");
+        assert_eq!(Exposition::default().render(), "");
+    }
+
+    #[test]
+    fn declared_families_come_first_in_their_order_and_empty_ones_are_left_out() {
+        let mut e = Exposition::with_families(&[&UP, &IN]);
+        e.sample(&IN, &[], Value::Int(1));
+        assert!(e.render().starts_with("# HELP switchboard_test_in_total"), "{}", e.render());
+        e.sample(&UP, &[], Value::Int(1));
+        let text = e.render();
+        assert!(text.starts_with("# HELP switchboard_test_up "), "{text}");
+        assert_eq!(text.matches("# TYPE").count(), 2);
     }
 
     #[test]

@@ -88,12 +88,17 @@ static RANK_UP: Metric = Metric {
     help: "With --rank: 1 if the rank answered, 0 if it failed (its error is on standard error).",
 };
 
-/// Every family modctl may print.
-#[cfg(test)]
-pub static ALL: [&Metric; 16] = [
+/// Every family modctl may print, in the order it prints them (RFC 3 §6).
+static ALL: [&Metric; 16] = [
     &INFO, &STATE, &STUCK, &SIZE, &IDLE, &UPTIME, &IN, &OUT, &ERRORS, &QUEUE, &PENDING, &RESTARTS, &MEMORY, &CPU, &RSS,
     &RANK_UP,
 ];
+
+/// An exposition that writes the families in the order of `ALL`, whatever order the ranks'
+/// answers bring them in.
+pub fn exposition() -> Exposition {
+    Exposition::with_families(&ALL)
+}
 
 /// The labels every sample of a module has: `rank` (with `--rank`), `module`, `kind`, then
 /// `extra`.
@@ -207,7 +212,7 @@ mod tests {
 
     #[test]
     fn list_has_a_sample_per_module_per_family_a_state_per_known_state_and_escaped_paths() {
-        let mut e = Exposition::new();
+        let mut e = Exposition::default();
         list(&mut e, None, &[status("kvs", "running"), status("odd", "loading")]);
         let text = e.render();
         assert_eq!(text.matches("# TYPE ").count(), 9, "{text}");
@@ -229,12 +234,13 @@ mod tests {
 
     #[test]
     fn with_rank_each_sample_has_the_rank_first_and_families_stay_whole_across_ranks() {
-        let mut e = Exposition::new();
+        // A failed rank first: its family still comes last.
+        let mut e = exposition();
+        rank_up(&mut e, 3, false);
         list(&mut e, Some(0), &[status("kvs", "running")]);
         rank_up(&mut e, 0, true);
         list(&mut e, Some(1), &[status("kvs", "running")]);
         rank_up(&mut e, 1, true);
-        rank_up(&mut e, 3, false);
         let text = e.render();
         let sizes: Vec<&str> = text.lines().filter(|l| l.starts_with("switchboard_module_size_bytes")).collect();
         assert_eq!(
@@ -245,7 +251,7 @@ mod tests {
             ]
         );
         assert!(text.ends_with(
-            "# TYPE switchboard_rank_up gauge\nswitchboard_rank_up{rank=\"0\"} 1\nswitchboard_rank_up{rank=\"1\"} 1\nswitchboard_rank_up{rank=\"3\"} 0\n"
+            "# TYPE switchboard_rank_up gauge\nswitchboard_rank_up{rank=\"3\"} 0\nswitchboard_rank_up{rank=\"0\"} 1\nswitchboard_rank_up{rank=\"1\"} 1\n"
         ));
         // One group per family: a family's name never reappears after another's.
         let mut seen: Vec<&str> = Vec::new();
@@ -278,7 +284,7 @@ mod tests {
             rss_bytes: Some(8 << 20),
             pid: Some(42),
         };
-        let mut e = Exposition::new();
+        let mut e = Exposition::default();
         stats(&mut e, None, &s);
         let text = e.render();
         assert!(
@@ -289,5 +295,17 @@ mod tests {
         assert!(text.contains("switchboard_module_uptime_seconds{module=\"py\",kind=\"process\"} 4.000\n"));
         assert!(text.contains("switchboard_module_resident_memory_bytes{module=\"py\",kind=\"process\"} 8388608\n"));
         assert!(!text.contains("switchboard_module_memory_bytes"), "{text}");
+        // A WASM instance of the same name on a later rank: its family still comes before
+        // the process figures, in the order of ALL.
+        let mut e = exposition();
+        stats(&mut e, Some(0), &s);
+        stats(
+            &mut e,
+            Some(1),
+            &ModuleStats { kind: "wasm".into(), memory_bytes: Some(1 << 16), cpu_ms: None, rss_bytes: None, ..s },
+        );
+        let text = e.render();
+        let at = |name: &str| text.find(&format!("# TYPE {name} ")).unwrap_or(usize::MAX);
+        assert!(at("switchboard_module_memory_bytes") < at("switchboard_module_cpu_seconds_total"), "{text}");
     }
 }

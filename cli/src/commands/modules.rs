@@ -148,7 +148,7 @@ pub fn stats(client: &mut Client, name: &str, format: Format) -> Result<(), CliE
             }
         }
         Format::Prometheus => {
-            let mut e = Exposition::new();
+            let mut e = metrics::exposition();
             metrics::stats(&mut e, None, &s);
             crate::print_out(e.render().as_bytes())?;
         }
@@ -178,7 +178,7 @@ fn exposition<T>(
     add: impl Fn(&mut Exposition, u32, &T),
 ) -> Result<(), CliError> {
     let mut failures = Failures::new(what, asked);
-    let mut e = Exposition::new();
+    let mut e = metrics::exposition();
     for a in answers {
         match &a.result {
             Ok(v) => add(&mut e, a.rank, v),
@@ -262,7 +262,7 @@ pub fn list(client: &mut Client, format: Format) -> Result<(), CliError> {
             table::print(&LIST_HEADER, &rows);
         }
         Format::Prometheus => {
-            let mut e = Exposition::new();
+            let mut e = metrics::exposition();
             metrics::list(&mut e, None, &list.modules);
             crate::print_out(e.render().as_bytes())?;
         }
