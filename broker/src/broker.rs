@@ -168,7 +168,8 @@ impl BrokerBuilder {
             let site = self.site.as_ref()?;
             Some((site.path.clone(), site.overlay.clone()?))
         });
-        let overlay = table.map(|(file, table)| overlay_config(&file, &table, self.rank)).transpose()?;
+        let overlay =
+            table.map(|(file, table)| overlay_config(&file, &table, self.rank, self.max_frame)).transpose()?;
         let place = overlay.as_ref().map_or(Place::STANDALONE, |o| Place { topology: o.topology, instance: true });
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
@@ -259,7 +260,12 @@ pub struct Broker {
 
 /// The overlay `file`'s `[overlay]` table `o` asks for, with this broker's rank: `given`
 /// (`--rank`) or the one its hostname has.
-fn overlay_config(file: &Path, o: &OverlaySite, given: Option<u32>) -> Result<OverlayConfig, BrokerError> {
+fn overlay_config(
+    file: &Path,
+    o: &OverlaySite,
+    given: Option<u32>,
+    max_frame: usize,
+) -> Result<OverlayConfig, BrokerError> {
     let fail = |e: String| BrokerError::Site(format!("{}: [overlay]: {e}", file.display()));
     let rank = o.rank_of(&crate::overlay::hostname(), given).map_err(fail)?;
     let topology = Topology::new(rank, o.size(), o.fanout).map_err(|e| fail(e.to_string()))?;
@@ -270,6 +276,8 @@ fn overlay_config(file: &Path, o: &OverlaySite, given: Option<u32>) -> Result<Ov
         bind: me.bind.clone(),
         connect: topology.parent().map(|p| o.hosts[p as usize].connect.clone()),
         cert: o.cert.clone(),
+        // A frame body and ZeroMQ's own framing fit in a client's largest frame plus a margin.
+        max_message: max_frame.saturating_add(64 << 10),
     })
 }
 

@@ -49,14 +49,18 @@ pub fn now_ms() -> u64 {
         // No thread could be started: read the real clock every time.
         return clock.elapsed_ms();
     };
-    if !READ.load(Ordering::Relaxed) {
-        READ.store(true, Ordering::SeqCst);
+    if PARKED.load(Ordering::SeqCst) {
+        // The clock sleeps: set it before anyone can see it awake, then wake it. Every reader
+        // that finds it parked sets it, so none reads the time it parked at.
+        NOW_MS.fetch_max(clock.elapsed_ms(), Ordering::SeqCst);
         if PARKED.swap(false, Ordering::SeqCst) {
-            NOW_MS.fetch_max(clock.elapsed_ms(), Ordering::Relaxed);
             thread.unpark();
         }
     }
-    NOW_MS.load(Ordering::Relaxed)
+    if !READ.load(Ordering::Relaxed) {
+        READ.store(true, Ordering::SeqCst);
+    }
+    NOW_MS.load(Ordering::SeqCst)
 }
 
 /// The clock thread: advance every 5 ms while read; park after a second unread.

@@ -87,10 +87,15 @@ fn events_published_on_a_leaf_reach_every_rank_in_one_order() {
         let mut c = inst.client(r);
         rpc_at(&mut c, r, Flags::default(), "faulty.subscribe", json!({"topic": "test."})).expect("subscribe");
     }
-    // Two publishers, a leaf and an interior rank, interleaved.
-    let (mut leaf, mut mid) = (inst.client(15), inst.client(3));
-    for i in 0..20 {
-        let c = if i % 2 == 0 { &mut leaf } else { &mut mid };
+    // Three publishers interleaved: a leaf and an interior rank (whose events rank 0 numbers
+    // on its overlay thread) and rank 0 itself (numbered on a connection's thread).
+    let (mut leaf, mut mid, mut root) = (inst.client(15), inst.client(3), inst.client(0));
+    for i in 0..30 {
+        let c = match i % 3 {
+            0 => &mut leaf,
+            1 => &mut mid,
+            _ => &mut root,
+        };
         let ev = Message::event(format!("test.{i}"), Bytes::from_static(&[0x80]));
         c.send(&ev).expect("publish");
     }
@@ -101,13 +106,19 @@ fn events_published_on_a_leaf_reach_every_rank_in_one_order() {
         let ok = wait_until(|| {
             let r = rpc_at(&mut c, r, Flags::default(), "faulty.events", json!({})).expect("events");
             got = serde_json::from_value::<Vec<String>>(json(&r)).unwrap_or_default();
-            got.len() >= 20
+            got.len() >= 30
         });
         assert!(ok, "rank {r} got {got:?}");
         orders.push(got);
     }
     for (r, o) in orders.iter().enumerate() {
         assert_eq!(o, &orders[0], "rank {r}'s order differs from rank 0's");
+    }
+    // And no rank saw a number skipped: nothing was lost or reordered on the way.
+    for r in 0..16 {
+        let mut c = inst.client(r);
+        let info = json(&rpc_at(&mut c, r, Flags::default(), "broker.info", json!({})).expect("broker.info"));
+        assert_eq!(info["events_lost"], json!(0), "rank {r}: {info}");
     }
 }
 

@@ -49,8 +49,9 @@ struct Child {
     lost_at: Option<Instant>,
     /// What it last reported of its own subtree (itself included).
     report: States,
-    /// Why its last hello was refused (cleared when it joins).
+    /// Why its last hello was refused (cleared when it joins), and how many times in a row.
     refused: Option<String>,
+    refusals: u64,
 }
 
 pub struct Health {
@@ -80,8 +81,11 @@ impl Health {
             child.up = true;
             child.lost_at = None;
             child.refused = None;
+            child.refusals = 0;
             self.changed = true;
-            // Until it reports, it is up and its subtree unknown.
+            // Until it reports, it is up and its subtree unknown (what it said before it was
+            // lost no longer holds).
+            child.report.clear();
             child.report.insert(c, State::Full);
         }
     }
@@ -94,10 +98,16 @@ impl Health {
         }
     }
 
-    /// Child `c`'s hello was refused, for `why`.
-    pub fn child_refused(&mut self, c: u32, why: &str) {
-        if let Some(child) = self.children.get_mut(&c) {
-            child.refused = Some(why.to_string());
+    /// Child `c`'s hello was refused, for `why`: how many times in a row now. A child whose
+    /// link is up keeps its state (the refused hello came from someone else with its rank).
+    pub fn child_refused(&mut self, c: u32, why: &str) -> u64 {
+        match self.children.get_mut(&c) {
+            Some(child) if !child.up => {
+                child.refused = Some(why.to_string());
+                child.refusals += 1;
+                child.refusals
+            }
+            _ => 1,
         }
     }
 

@@ -68,11 +68,21 @@ pub(super) struct Down {
     refused: HashMap<String, u64>,
     /// Handshakes that failed before ZAP was asked (a peer with another server key).
     failed: u64,
+    /// Per rank: since when, and how many times, it connected again with its link up.
+    rejoins: rustc_hash::FxHashMap<u32, (Instant, u32)>,
 }
 
 impl Down {
     pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
-        Down { sock, monitor, zap, links: Default::default(), refused: HashMap::new(), failed: 0 }
+        Down {
+            sock,
+            monitor,
+            zap,
+            links: Default::default(),
+            refused: HashMap::new(),
+            failed: 0,
+            rejoins: Default::default(),
+        }
     }
 }
 
@@ -257,7 +267,7 @@ impl Io {
             }
             Some(Err(e)) => {
                 let why = match e {
-                    zmq::Error::EAGAIN => "is not taking messages (its link is full)".to_string(),
+                    zmq::Error::EAGAIN => "is not taking messages (its link is full or not connected)".to_string(),
                     e => format!("could not be sent a message: {e}"),
                 };
                 if msg.wants_response() && ep.inflight.forget(&msg) {
@@ -269,8 +279,9 @@ impl Io {
         }
     }
 
-    fn control_to(&mut self, peer: Peer, topic: &str, payload: &impl Serialize) {
-        let Ok(payload) = Message::encode_payload(payload) else { return };
+    /// Send a control message to `peer`; false if it could not be sent.
+    fn control_to(&mut self, peer: Peer, topic: &str, payload: &impl Serialize) -> bool {
+        let Ok(payload) = Message::encode_payload(payload) else { return false };
         let msg = Message::control(topic, payload);
         self.buf.clear();
         encode_body_into(&msg, &mut self.buf);
@@ -278,8 +289,13 @@ impl Io {
             Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
             Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
         };
-        if let Some(Err(e)) = sent {
-            tracing::debug!("{topic} to rank {} not sent: {e}", peer.rank());
+        match sent {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::debug!("{topic} to rank {} not sent: {e}", peer.rank());
+                false
+            }
+            None => false,
         }
     }
 
@@ -294,15 +310,24 @@ impl Io {
             if !id.get_more() || d.sock.recv(&mut body, zmq::DONTWAIT).is_err() {
                 continue;
             }
-            while body.get_more() {
-                // One frame per message (§3.2): a peer that sends more is not ours.
-                let mut extra = zmq::Message::new();
-                if d.sock.recv(&mut extra, zmq::DONTWAIT).is_err() {
-                    break;
+            if body.get_more() {
+                // One frame per message (§3.2): a peer that sends more is not ours. The rest
+                // of its parts are read and the whole message dropped.
+                let mut more = true;
+                while more {
+                    let mut part = zmq::Message::new();
+                    if d.sock.recv(&mut part, zmq::DONTWAIT).is_err() {
+                        break;
+                    }
+                    more = part.get_more();
                 }
-                body = extra;
+                tracing::warn!("a message of several parts from {:?} was dropped", String::from_utf8_lossy(&id));
+                continue;
             }
-            let Some(rank) = std::str::from_utf8(&id).ok().and_then(|s| s.parse::<u32>().ok()) else {
+            // The routing id is the rank in canonical decimal ("3", not "03"): replies go to
+            // that id, so any other spelling could never be answered.
+            let rank = std::str::from_utf8(&id).ok().and_then(|s| s.parse::<u32>().ok().filter(|r| r.to_string() == s));
+            let Some(rank) = rank else {
                 tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
                 continue;
             };
@@ -374,8 +399,19 @@ impl Io {
                 if let Some(why) = why {
                     return self.refuse(rank, why);
                 }
-                if self.down.as_ref().is_some_and(|d| d.links.contains_key(&rank)) {
-                    self.child_lost(rank, "is lost (it connected again)");
+                let known = self.down.as_ref().and_then(|d| d.links.get(&rank)).map(|(_, at)| *at);
+                match known {
+                    // The same connection says hello again (its first welcome was slow to
+                    // arrive): welcome it again, nothing more.
+                    Some(at) if at.is_some() && at == fd => {
+                        self.welcome(rank);
+                        return;
+                    }
+                    Some(_) => {
+                        self.child_lost(rank, "is lost (it connected again)");
+                        self.note_rejoin(rank);
+                    }
+                    None => {}
                 }
                 let ep = self.link_endpoint(Peer::Child(rank));
                 self.router.link_up(rank, ep.id);
@@ -384,11 +420,7 @@ impl Io {
                 }
                 self.health.child_up(rank);
                 tracing::info!("rank {rank} joined");
-                self.control_to(
-                    Peer::Child(rank),
-                    "overlay.welcome",
-                    &Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION },
-                );
+                self.welcome(rank);
             }
             "overlay.health" => {
                 if let Ok(report) = msg.decode::<HealthReport>() {
@@ -399,9 +431,34 @@ impl Io {
         }
     }
 
+    /// A rank that keeps connecting again while its link is up is most likely two brokers
+    /// started with the same rank, each taking the other's place: say so.
+    fn note_rejoin(&mut self, rank: u32) {
+        let Some(d) = &mut self.down else { return };
+        let now = Instant::now();
+        let (since, n) = d.rejoins.entry(rank).or_insert((now, 0));
+        if now.duration_since(*since) > Duration::from_secs(10) {
+            (*since, *n) = (now, 0);
+        }
+        *n += 1;
+        if *n >= 3 && n.is_power_of_two() {
+            tracing::error!(
+                "rank {rank} connected again {n} times in 10 s while its link was up: are two brokers started as rank {rank}?"
+            );
+        }
+    }
+
+    fn welcome(&mut self, rank: u32) {
+        let t = self.topology;
+        let me = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION };
+        self.control_to(Peer::Child(rank), "overlay.welcome", &me);
+    }
+
     fn refuse(&mut self, rank: u32, why: String) {
-        tracing::error!("refused rank {rank}: {why}");
-        self.health.child_refused(rank, &why);
+        // The refused child says hello every second: log the 1st, 2nd, 4th, ... time.
+        if self.health.child_refused(rank, &why).is_power_of_two() {
+            tracing::error!("refused rank {rank}: {why}");
+        }
         self.control_to(Peer::Child(rank), "overlay.refused", &Refused { reason: why });
     }
 
@@ -482,12 +539,17 @@ impl Io {
         }
         if self.topology.rank == 0 {
             for (&r, &s) in &states {
-                if self.reported.get(&r) != Some(&s) && !(self.reported.is_empty() && s == State::Offline) {
+                // The first view is where rank 0 starts from, not a change (§6.2).
+                if !self.reported.is_empty() && self.reported.get(&r) != Some(&s) {
                     self.publish_rank(r, s);
                 }
             }
         } else if let Some(parent) = self.up.as_ref().filter(|u| u.link.is_some()).map(|u| u.parent) {
-            self.control_to(Peer::Parent(parent), "overlay.health", &HealthReport { states: states.clone() });
+            if !self.control_to(Peer::Parent(parent), "overlay.health", &HealthReport { states: states.clone() }) {
+                // Not sent (the link is full or going): try again on the next pass.
+                self.health.touch();
+                return;
+            }
         } else {
             // Reported when the parent link comes up (`touch`).
             return;
@@ -575,6 +637,10 @@ impl Io {
                 tracing::error!("the ZAP handler could not answer: {e}");
             }
             if !ok {
+                // Bounded: a scan from many addresses cannot grow it for ever.
+                if d.refused.len() >= 1024 && !d.refused.contains_key(&address) {
+                    d.refused.clear();
+                }
                 let n = d.refused.entry(address.clone()).or_insert(0);
                 *n += 1;
                 if n.is_power_of_two() {

@@ -42,6 +42,10 @@ pub struct OverlayConfig {
     /// Where its parent listens (None at rank 0).
     pub connect: Option<String>,
     pub cert: Certificate,
+    /// The largest message a link takes, in bytes (`ZMQ_MAXMSGSIZE`): the broker's largest
+    /// frame. A peer that announces a larger one is disconnected before it is read, during
+    /// the CURVE handshake too.
+    pub max_message: usize,
 }
 
 /// Why the overlay could not start.
@@ -87,7 +91,7 @@ impl Overlay {
                 zap.set_linger(0)?;
                 zap.bind("inproc://zeromq.zap.01")?;
                 let sock = ctx.socket(zmq::ROUTER)?;
-                common_options(&sock)?;
+                common_options(&sock, config.max_message)?;
                 sock.set_router_mandatory(true)?;
                 sock.set_router_handover(true)?;
                 sock.set_curve_server(true)?;
@@ -107,7 +111,7 @@ impl Overlay {
         let up = match (&config.connect, t.parent()) {
             (Some(uri), Some(parent)) => {
                 let sock = ctx.socket(zmq::DEALER)?;
-                common_options(&sock)?;
+                common_options(&sock, config.max_message)?;
                 sock.set_identity(t.rank.to_string().as_bytes())?;
                 sock.set_immediate(true)?;
                 sock.set_reconnect_ivl(100)?;
@@ -161,6 +165,8 @@ impl Overlay {
                         );
                     }
                 }
+                // The answers above went to connections as held output.
+                crate::router::flush();
                 if let Err(panic) = ended {
                     let why =
                         panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(|s| s.as_str()));
@@ -170,6 +176,7 @@ impl Overlay {
                     );
                     // Its links: every request in flight across them is answered.
                     router.drop_links("is unreachable: this broker's overlay thread failed");
+                    crate::router::flush();
                 }
             })
             .map_err(OverlayError::Thread)?;
@@ -204,8 +211,9 @@ fn monitor(ctx: &zmq::Context, sock: &zmq::Socket, at: &str, events: u16) -> zmq
     Ok(monitor)
 }
 
-fn common_options(sock: &zmq::Socket) -> zmq::Result<()> {
+fn common_options(sock: &zmq::Socket, max_message: usize) -> zmq::Result<()> {
     sock.set_linger(0)?;
+    sock.set_maxmsgsize(i64::try_from(max_message).unwrap_or(i64::MAX))?;
     sock.set_sndhwm(LINK_HWM)?;
     sock.set_rcvhwm(LINK_HWM)?;
     sock.set_heartbeat_ivl(HEARTBEAT_IVL_MS)?;

@@ -152,7 +152,13 @@ pub(crate) fn take_own_sends(into: &mut Vec<Command>) -> bool {
 }
 
 /// `cmd` kept for this thread if it is the overlay thread `wake` belongs to (None); else `cmd`.
+/// Events always take the shared queue: rank 0 numbers them and hands them to every link
+/// under one lock, and they must reach the sockets in that order whichever thread published
+/// them (RFC 7 §4.5); the thread sends its own list after the queue.
 fn keep_if_own(wake: &Arc<Wake>, cmd: Command) -> Option<Command> {
+    if matches!(&cmd, Command::Send { msg, .. } if msg.kind == switchboard_module_api::proto::MsgType::Event) {
+        return Some(cmd);
+    }
     OWN.with(|o| match o.borrow_mut().as_mut() {
         Some((id, q)) if *id == Arc::as_ptr(wake) as usize => {
             q.push(cmd);

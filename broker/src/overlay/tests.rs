@@ -34,6 +34,7 @@ impl Node {
             bind: has_children.then(|| "tcp://127.0.0.1:0".to_string()),
             connect,
             cert: cert.clone(),
+            max_message: 1 << 20,
         };
         let overlay = Overlay::start(config, router.clone()).expect("start the overlay");
         let mailbox = Arc::new(Mailbox::default());

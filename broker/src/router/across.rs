@@ -102,7 +102,8 @@ pub struct EventOrder {
     /// local subscriber is handed events in number order.
     pub publishing: Mutex<()>,
     next: AtomicU32,
-    /// The last number delivered from the parent; None before the first or after a rejoin.
+    /// The last number delivered from the parent; None before the first. Kept across a lost
+    /// and rejoined parent link, so that the events missed meanwhile count as a gap.
     last: Mutex<Option<u32>>,
     lost: AtomicU64,
 }

@@ -106,6 +106,9 @@ fn start(t: &TestSize, dir: &Path) -> Started {
             (None, _) => cmd.arg("--log").arg("warn"),
         };
         cmd.stdin(Stdio::null()).stdout(if rank == 0 { Stdio::piped() } else { Stdio::null() });
+        // Its own process group: a Ctrl-C at the terminal reaches this process alone, which
+        // stops the ranks deepest first.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         match cmd.spawn() {
             Ok(c) => children.push(c),
             Err(e) => return Err((format!("cannot start rank {rank}: {e}"), children)),
@@ -215,8 +218,14 @@ fn stop(t: &TestSize, mut children: Vec<Child>) {
     for depth in (0..=deepest).rev() {
         let level: Vec<usize> = (0..n).filter(|&r| topology.depth_of(r) == depth).map(|r| r as usize).collect();
         for &r in &level {
+            // One that has exited (and may have been reaped already, its pid free for reuse)
+            // is not signalled.
+            if !matches!(children[r].try_wait(), Ok(None)) {
+                continue;
+            }
             if let Ok(pid) = i32::try_from(children[r].id()) {
-                // SAFETY: signalling a child of ours; it is reaped below, so the pid is not reused.
+                // SAFETY: signalling a child of ours that has not been reaped (try_wait just
+                // found it running), so the pid is still its own.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
