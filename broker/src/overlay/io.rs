@@ -252,13 +252,7 @@ impl Io {
         };
         // A link lost since: its requests were answered when it was retired.
         let Some(ep) = ep.filter(|ep| ep.id == link) else { return };
-        self.buf.clear();
-        encode_body_into(&msg, &mut self.buf);
-        let sent = match peer {
-            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
-            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
-        };
-        match sent {
+        match self.send_raw(peer, &msg) {
             Some(Ok(())) | None => {}
             Some(Err(zmq::Error::EHOSTUNREACH)) => {
                 if let Peer::Child(r) = peer {
@@ -279,17 +273,20 @@ impl Io {
         }
     }
 
+    /// `msg` as one frame on the link to `peer`, without waiting (None: no such socket).
+    fn send_raw(&mut self, peer: Peer, msg: &Message) -> Option<zmq::Result<()>> {
+        self.buf.clear();
+        encode_body_into(msg, &mut self.buf);
+        match peer {
+            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
+            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
+        }
+    }
+
     /// Send a control message to `peer`; false if it could not be sent.
     fn control_to(&mut self, peer: Peer, topic: &str, payload: &impl Serialize) -> bool {
         let Ok(payload) = Message::encode_payload(payload) else { return false };
-        let msg = Message::control(topic, payload);
-        self.buf.clear();
-        encode_body_into(&msg, &mut self.buf);
-        let sent = match peer {
-            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
-            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
-        };
-        match sent {
+        match self.send_raw(peer, &Message::control(topic, payload)) {
             Some(Ok(())) => true,
             Some(Err(e)) => {
                 tracing::debug!("{topic} to rank {} not sent: {e}", peer.rank());
