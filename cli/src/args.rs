@@ -119,6 +119,13 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// The methods a service's module declares (its `SERVICE.methods`): name, who may call
+    /// it, what it does.
+    Methods {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Describe a module file without starting it.
     Info {
         path: PathBuf,

@@ -110,6 +110,7 @@ pub fn decode_request<T: DeserializeOwned>(msg: &Message) -> Result<T, Error> {
 struct Method<A> {
     handler: Handler<A>,
     guest: bool,
+    doc: String,
 }
 
 /// An actor's method table: method name (the part of the topic after the service) to handler.
@@ -117,11 +118,13 @@ pub struct Methods<A> {
     table: HashMap<String, Method<A>>,
     /// Answers methods the table does not name.
     otherwise: Option<Method<A>>,
+    /// The method `doc` describes: the one added last.
+    last: Option<String>,
 }
 
 impl<A> Default for Methods<A> {
     fn default() -> Self {
-        Methods { table: HashMap::new(), otherwise: None }
+        Methods { table: HashMap::new(), otherwise: None, last: None }
     }
 }
 
@@ -142,12 +145,34 @@ impl<A: 'static> Methods<A> {
 
     /// Handle every method the table does not name (guests included: check `msg.cred`).
     pub fn otherwise<Form>(mut self, f: impl IntoHandler<A, Form>) -> Self {
-        self.otherwise = Some(Method { handler: f.into_handler(), guest: true });
+        self.otherwise = Some(Method { handler: f.into_handler(), guest: true, doc: String::new() });
+        self.last = None;
         self
     }
 
+    /// One line saying what the method added last does, for `SERVICE.methods` and `modctl
+    /// methods` (RFC 3 §5.1): `.on("get", Self::get).doc("the value of a key")`.
+    pub fn doc(mut self, text: &str) -> Self {
+        if let Some(m) = self.last.as_ref().and_then(|n| self.table.get_mut(n)) {
+            m.doc = text.to_string();
+        }
+        self
+    }
+
+    /// What the table declares, as `SERVICE.methods` answers it.
+    pub fn describe(&self) -> crate::mgmt::MethodList {
+        let mut methods: Vec<crate::mgmt::MethodInfo> = self
+            .table
+            .iter()
+            .map(|(name, m)| crate::mgmt::MethodInfo { name: name.clone(), guest: m.guest, doc: m.doc.clone() })
+            .collect();
+        methods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        crate::mgmt::MethodList { methods, otherwise: self.otherwise.is_some() }
+    }
+
     fn add(mut self, name: &str, handler: Handler<A>, guest: bool) -> Self {
-        self.table.insert(name.to_string(), Method { handler, guest });
+        self.table.insert(name.to_string(), Method { handler, guest, doc: String::new() });
+        self.last = Some(name.to_string());
         self
     }
 }
@@ -244,6 +269,9 @@ pub(crate) fn dispatch<A: Actor>(actor: &mut A, methods: &Methods<A>, h: &Handle
             Ok(()) => Reply::Payload(Bytes::from_static(&[0x80])),
             Err(e) => Reply::Error(e),
         }
+    } else if method == "methods" && !methods.table.contains_key(method) {
+        // What the table declares (RFC 3 §5.1), a catch-all or not; guests may ask.
+        Ok(methods.describe()).into_reply()
     } else {
         match methods.table.get(method).or(methods.otherwise.as_ref()) {
             // Every module answers `ping` (as Flux's do) unless it defines its own.

@@ -296,6 +296,27 @@ fn one() -> u32 {
     1
 }
 
+/// `SERVICE.methods` response (RFC 3 §5.1): what a module's method table declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MethodList {
+    /// By name, in byte order.
+    pub methods: Vec<MethodInfo>,
+    /// Whether it also answers methods it does not list (a catch-all handler).
+    #[serde(default)]
+    pub otherwise: bool,
+}
+
+/// One declared method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodInfo {
+    pub name: String,
+    /// Whether guests (other local users) may call it.
+    pub guest: bool,
+    /// One line saying what it does; empty if the author wrote none.
+    #[serde(default)]
+    pub doc: String,
+}
+
 /// `overlay.status` response (RFC 7 §6.3): a rank of the tree and, recursively, its subtree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayStatus {

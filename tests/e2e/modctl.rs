@@ -624,3 +624,36 @@ fn stream_and_prometheus_with_rank_all_in_an_instance_of_three_brokers() {
     assert_eq!(ranks, ["0", "1", "2"], "{text}");
     assert_eq!(samples.iter().filter(|s| s.name == "switchboard_rank_up" && s.value == 1.0).count(), 3, "{text}");
 }
+
+#[test]
+fn methods_lists_what_a_module_declares_in_rust_and_in_python() {
+    let b = Broker::start_python();
+    b.load(&module("kvs"), None, &[]);
+    b.load(&module("echo"), None, &[]);
+    b.load(&switchboard_tests::script("caller.py"), None, &[]);
+    let out = b.modctl_ok(&["methods", "kvs"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("METHOD") && lines[0].contains("CALLERS") && lines[0].contains("DESCRIPTION"));
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[1].starts_with("kvs.delete") && lines[2].starts_with("kvs.get"), "in name order: {out}");
+    assert!(lines[2].contains("owner") && lines[2].contains("the value of `key`; ENOENT if there is none"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&b.modctl_ok(&["methods", "kvs", "--json"])).expect("--json is JSON");
+    assert_eq!(
+        json["methods"][1],
+        json!({"name": "get", "guest": false, "doc": "the value of `key`; ENOENT if there is none"})
+    );
+    assert_eq!(json["otherwise"], json!(false));
+    // A catch-all module says so.
+    let echo = b.modctl_ok(&["methods", "echo"]);
+    assert!(echo.contains("(and any other method: echo has a catch-all handler)"), "{echo}");
+    // A Python module's decorators declare the same, the doc from the docstring's first line.
+    let py = b.modctl_ok(&["methods", "caller"]);
+    let rank = py.lines().find(|l| l.starts_with("caller.rank")).unwrap_or_default();
+    assert!(rank.contains("anyone") && rank.contains("This broker's rank"), "{py}");
+    assert!(py.lines().any(|l| l.starts_with("caller.call") && l.contains("owner")), "{py}");
+    // No such service: the broker's error, status 1.
+    let out = b.modctl(&["methods", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ENOSYS"));
+}

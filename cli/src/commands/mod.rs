@@ -67,6 +67,7 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
         Command::Trace { names, topic, types, count, json } => trace::trace(client, names, topic, types, count, json),
         Command::List { output } => modules::list(client, output.format()),
         Command::Info { path, json } => modules::info(client, &path, json),
+        Command::Methods { service, json } => modules::methods(client, &service, json),
         Command::Ping { service, count } => rpc::ping(client, &service, count),
         Command::Rpc { topic, json, timeout, stream: false } => rpc::rpc(client, &topic, json.as_deref(), timeout),
         Command::Rpc { topic, json, timeout, stream: true } => rpc::stream(client, &topic, json.as_deref(), timeout),
@@ -92,6 +93,9 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
                 "event",
                 "events reach subscribers on every rank wherever they are published (RFC 7 §4.5)",
             ))
+        }
+        Command::Methods { .. } => {
+            return Err(ranks::refuse("methods", "ask one rank's module with `modctl --rank N rpc SERVICE.methods`"))
         }
         _ => {}
     }
@@ -123,7 +127,7 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
                 "overlay status takes one rank, not {set}: it draws that rank's subtree (rank 0's is the whole tree)"
             ))),
         },
-        Command::Trace { .. } | Command::Event { .. } => unreachable!("refused above"),
+        Command::Trace { .. } | Command::Event { .. } | Command::Methods { .. } => unreachable!("refused above"),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("run by local in run"),
     }
 }

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use switchboard_module_api::mgmt::{
-    DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs, RemoveArgs,
+    DirArgs, InfoArgs, LoadArgs, MethodList, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs,
+    RemoveArgs,
 };
 use switchboard_module_api::{Client, Message};
 
@@ -342,6 +343,30 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
     } else {
         println!("{}", info_lines(&d).join("\n"));
+    }
+    Ok(())
+}
+
+/// `methods SERVICE`: what the service's module declares, one row per method.
+pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), CliError> {
+    let topic = format!("{service}.methods");
+    let reply = client.rpc(&topic, &()).doing(&topic)?;
+    let list: MethodList = decode(&reply, &topic)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .methods
+        .iter()
+        .map(|m| {
+            let who = if m.guest { "anyone" } else { "owner" };
+            vec![format!("{service}.{}", m.name), who.to_string(), m.doc.clone()]
+        })
+        .collect();
+    table::print(&["METHOD", "CALLERS", "DESCRIPTION"], &rows);
+    if list.otherwise {
+        println!("(and any other method: {service} has a catch-all handler)");
     }
     Ok(())
 }

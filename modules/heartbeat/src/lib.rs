@@ -50,9 +50,11 @@ impl Actor for Heartbeat {
     }
 
     fn methods() -> Methods<Self> {
-        Methods::new().on("stats", |hb: &mut Heartbeat, _: &Handle, _: &Message| -> Result<Stats, Error> {
-            Ok(Stats { count: hb.count, period_ms: hb.period.as_millis() as u64 })
-        })
+        Methods::new()
+            .on("stats", |hb: &mut Heartbeat, _: &Handle, _: &Message| -> Result<Stats, Error> {
+                Ok(Stats { count: hb.count, period_ms: hb.period.as_millis() as u64 })
+            })
+            .doc("how many heartbeats it has published, and its period")
     }
 
     fn reconfigure(&mut self, handle: &Handle) -> Result<(), Error> {

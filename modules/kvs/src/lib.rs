@@ -68,7 +68,15 @@ impl Actor for Kvs {
     }
 
     fn methods() -> Methods<Self> {
-        Methods::new().on("get", Self::get).on("put", Self::put).on("delete", Self::delete).on("list", Self::list)
+        Methods::new()
+            .on("get", Self::get)
+            .doc("the value of `key`; ENOENT if there is none")
+            .on("put", Self::put)
+            .doc("set `key` to `value` (any msgpack value) and publish kvs.changed")
+            .on("delete", Self::delete)
+            .doc("remove `key` and publish kvs.changed; ENOENT if there is none")
+            .on("list", Self::list)
+            .doc("every key, as `keys`")
     }
 }
 

@@ -231,6 +231,7 @@ class Module:
         self._methods = {}
         self._otherwise = None
         self._guest = set()
+        self._docs = {}
         self._events = []
         self._on_init = None
         self._on_shutdown = None
@@ -244,12 +245,16 @@ class Module:
 
     # ---------------------------------------------------------------- registration
 
-    def method(self, name, guest=False):
-        """Decorator: handle `<service>.<name>`. Guests may call it only if `guest`."""
+    def method(self, name, guest=False, doc=None):
+        """Decorator: handle `<service>.<name>`. Guests may call it only if `guest`. `doc`
+        (default: the first line of the function's docstring) is what `<service>.methods`
+        and `modctl methods` say it does."""
         def register(fn):
             self._methods[name] = fn
             if guest:
                 self._guest.add(name)
+            text = doc if doc is not None else (fn.__doc__ or "").strip().split("\n")[0]
+            self._docs[name] = text
             return fn
         return register
 
@@ -485,6 +490,10 @@ class Module:
                 # Not for `otherwise`: the broker reloads a module that does not take it.
                 return self._respond(msg, None, ENOSYS, f"module '{self.name}' does not take a config-update")
             return self._reconfigure(msg, req)
+        if req.method == "methods" and "methods" not in self._methods:
+            # What the table declares (RFC 3 §5.1); guests may ask.
+            listed = [{"name": n, "guest": n in self._guest, "doc": self._docs.get(n, "")} for n in sorted(self._methods)]
+            return self._respond(msg, {"methods": listed, "otherwise": self._otherwise is not None})
         fn = self._methods.get(req.method)
         if fn is None and self._otherwise is not None:
             fn = self._otherwise
