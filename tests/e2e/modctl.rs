@@ -657,3 +657,55 @@ fn methods_lists_what_a_module_declares_in_rust_and_in_python() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ENOSYS"));
 }
+
+/// The page of the bundled modules' methods, made from what they declare.
+fn methods_page(b: &Broker) -> String {
+    let mut page = String::from(
+        "# The bundled modules' methods\n\n\
+         Made from the modules' own declarations (`SERVICE.methods`, RFC 3 §5.1; `.doc(...)` in\n\
+         their method tables) by the test `the_bundled_modules_methods_page_is_what_they_declare`\n\
+         in `tests/e2e/modctl.rs`, which fails when this page and the modules disagree. Do not\n\
+         edit it by hand: change the declarations, then run\n\
+         `SWITCHBOARD_BLESS=1 cargo test -p switchboard-tests --test modctl bundled`.\n\n\
+         Every module also answers the conventions of RFC 3 §5.1: `ping`, `disconnect`,\n\
+         `config-update` and `methods`.\n",
+    );
+    for service in ["echo", "heartbeat", "kvs"] {
+        let list: serde_json::Value =
+            serde_json::from_str(&b.modctl_ok(&["methods", service, "--json"])).expect("methods --json");
+        page.push_str(&format!("\n## {service}\n\n"));
+        let methods = list["methods"].as_array().cloned().unwrap_or_default();
+        if !methods.is_empty() {
+            page.push_str("| method | callers | what it does |\n|---|---|---|\n");
+            for m in methods {
+                let who = if m["guest"] == json!(true) { "anyone" } else { "owner" };
+                let doc = m["doc"].as_str().unwrap_or("").replace('|', "\\|");
+                page.push_str(&format!("| `{service}.{}` | {who} | {doc} |\n", m["name"].as_str().unwrap_or("")));
+            }
+        }
+        match (list["otherwise"] == json!(true), page.ends_with("|\n")) {
+            (true, true) => {
+                page.push_str(&format!("\nAny other method of `{service}` goes to its catch-all handler.\n"))
+            }
+            (true, false) => page
+                .push_str(&format!("`{service}` declares no methods: every method goes to its catch-all handler.\n")),
+            (false, _) => {}
+        }
+    }
+    page
+}
+
+#[test]
+fn the_bundled_modules_methods_page_is_what_they_declare() {
+    let b = Broker::start();
+    for m in ["echo", "heartbeat", "kvs"] {
+        b.load(&module(m), None, &[]);
+    }
+    let page = methods_page(&b);
+    let path = switchboard_tests::repo_root().join("docs/modules.md");
+    if std::env::var_os("SWITCHBOARD_BLESS").is_some() {
+        std::fs::write(&path, &page).expect("write docs/modules.md");
+    }
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(written, page, "docs/modules.md is not what the modules declare; regenerate it (see its header)");
+}
