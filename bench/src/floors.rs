@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
@@ -22,7 +22,7 @@ use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader
 use switchboard_module_api::proto::{MsgType, DEFAULT_MAX_FRAME};
 use switchboard_module_api::Message;
 
-use crate::measure::{BenchError, Result, Sample, Usage, RESPONSE_TIMEOUT};
+use crate::measure::{round_trips, windowed, BenchError, Result, Sample, RESPONSE_TIMEOUT};
 
 // ------------------------------------------------------------------ raw socket echo
 
@@ -144,48 +144,16 @@ impl ChanEcho {
 
     /// One message there, one back, repeated for `dur`.
     pub fn sequential(&mut self, dur: Duration) -> Result<Sample> {
-        let usage = Usage::now();
-        let start = Instant::now();
-        let mut ops = 0u64;
-        loop {
-            self.request.matchtag = self.request.matchtag.wrapping_add(1);
-            self.send(self.request.clone())?;
-            self.recv()?;
-            ops += 1;
-            let elapsed = start.elapsed();
-            if elapsed >= dur {
-                return Ok(usage.sample(ops, elapsed));
-            }
-        }
+        round_trips(self, dur, |e| {
+            e.request.matchtag = e.request.matchtag.wrapping_add(1);
+            e.send(e.request.clone())?;
+            e.recv().map(drop)
+        })
     }
 
     /// `window` messages in flight, one sent for each that comes back, for `dur`.
     pub fn pipelined(&mut self, window: usize, dur: Duration) -> Result<Sample> {
-        let usage = Usage::now();
-        let start = Instant::now();
-        for _ in 0..window.max(1) {
-            self.send(self.request.clone())?;
-        }
-        let mut in_flight = window.max(1);
-        let mut ops = 0u64;
-        let mut result = None;
-        while in_flight > 0 {
-            self.recv()?;
-            in_flight -= 1;
-            if result.is_some() {
-                continue;
-            }
-            ops += 1;
-            self.send(self.request.clone())?;
-            in_flight += 1;
-            if ops.is_multiple_of(64) {
-                let elapsed = start.elapsed();
-                if elapsed >= dur {
-                    result = Some(usage.sample(ops, elapsed));
-                }
-            }
-        }
-        Ok(result.unwrap_or_else(|| usage.sample(ops, start.elapsed())))
+        windowed(self, window, dur, |e| e.send(e.request.clone()), |e| e.recv().map(drop))
     }
 }
 

@@ -147,6 +147,57 @@ pub fn client_pipelined(
     pipelined_requests(client, Message::request(topic, payload.clone()), window, flush_every, dur)
 }
 
+/// Round trips one after another for `dur` (at least one): `round_trip` makes one on `t`.
+/// For the floors, whose send and receive are their own.
+pub fn round_trips<T>(t: &mut T, dur: Duration, mut round_trip: impl FnMut(&mut T) -> Result<()>) -> Result<Sample> {
+    let usage = Usage::now();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    loop {
+        round_trip(t)?;
+        ops += 1;
+        let elapsed = start.elapsed();
+        if elapsed >= dur {
+            return Ok(usage.sample(ops, elapsed));
+        }
+    }
+}
+
+/// `window` messages in flight on `t`, one sent for each that comes back, counted for `dur`;
+/// what is in flight then is drained outside the measurement. For the floors.
+pub fn windowed<T>(
+    t: &mut T,
+    window: usize,
+    dur: Duration,
+    mut send: impl FnMut(&mut T) -> Result<()>,
+    mut recv: impl FnMut(&mut T) -> Result<()>,
+) -> Result<Sample> {
+    let window = window.max(1);
+    let usage = Usage::now();
+    let start = Instant::now();
+    for _ in 0..window {
+        send(t)?;
+    }
+    let (mut in_flight, mut ops, mut result) = (window, 0u64, None);
+    while in_flight > 0 {
+        recv(t)?;
+        in_flight -= 1;
+        if result.is_some() {
+            continue;
+        }
+        ops += 1;
+        send(t)?;
+        in_flight += 1;
+        if ops.is_multiple_of(64) {
+            let elapsed = start.elapsed();
+            if elapsed >= dur {
+                result = Some(usage.sample(ops, elapsed));
+            }
+        }
+    }
+    Ok(result.unwrap_or_else(|| usage.sample(ops, start.elapsed())))
+}
+
 /// `client_pipelined` of the request `req` (its topic, payload and nodeid; a fresh matchtag
 /// each).
 pub fn pipelined_requests(

@@ -39,7 +39,9 @@ use switchboard_module_api::proto::{encode_body_into, MsgType};
 use switchboard_module_api::{uri, Client, ClientError, Message};
 
 use crate::clients::proc_cpu;
-use crate::measure::{pipelined_requests, sequential_requests, BenchError, Result, Sample, Usage, RESPONSE_TIMEOUT};
+use crate::measure::{
+    pipelined_requests, round_trips, sequential_requests, windowed, BenchError, Result, Sample, Usage, RESPONSE_TIMEOUT,
+};
 use crate::report::thousands;
 use crate::Opts;
 
@@ -479,50 +481,20 @@ impl ZmqFloor {
 
     /// One message there and back, repeated for `dur` (at least once).
     pub fn sequential(&mut self, dur: Duration) -> Result<Sample> {
-        let usage = Usage::now();
-        let start = Instant::now();
-        let mut ops = 0u64;
-        loop {
-            self.send()?;
-            self.recv()?;
-            if *self.reply != self.body[..] {
+        round_trips(self, dur, |f| {
+            f.send()?;
+            f.recv()?;
+            if *f.reply != f.body[..] {
                 return Err(BenchError("libzmq echo: the message came back changed".into()));
             }
-            ops += 1;
-            let elapsed = start.elapsed();
-            if elapsed >= dur {
-                return Ok(usage.sample(ops, elapsed));
-            }
-        }
+            Ok(())
+        })
     }
 
     /// `window` messages in flight, one sent for each that comes back, for `dur`; what is in
     /// flight then is drained outside the measurement.
     pub fn pipelined(&mut self, window: usize, dur: Duration) -> Result<Sample> {
-        let window = window.max(1);
-        let usage = Usage::now();
-        let start = Instant::now();
-        for _ in 0..window {
-            self.send()?;
-        }
-        let (mut in_flight, mut ops, mut result) = (window, 0u64, None);
-        while in_flight > 0 {
-            self.recv()?;
-            in_flight -= 1;
-            if result.is_some() {
-                continue;
-            }
-            ops += 1;
-            self.send()?;
-            in_flight += 1;
-            if ops.is_multiple_of(64) {
-                let elapsed = start.elapsed();
-                if elapsed >= dur {
-                    result = Some(usage.sample(ops, elapsed));
-                }
-            }
-        }
-        Ok(result.unwrap_or_else(|| usage.sample(ops, start.elapsed())))
+        windowed(self, window, dur, |f| f.send(), |f| f.recv())
     }
 }
 
