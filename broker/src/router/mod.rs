@@ -79,6 +79,18 @@ struct Table {
     links: HashMap<u32, LinkSlot>,
 }
 
+impl Table {
+    /// The endpoint of the link to `peer` if it is up; else whether it is `lost` (up once)
+    /// or `offline` (never), as RFC 7 §4.2's errors say.
+    fn link(&self, peer: u32) -> Result<Arc<Endpoint>, &'static str> {
+        match self.links.get(&peer) {
+            Some(LinkSlot::Up(id)) => self.endpoints.get(id).cloned().ok_or("lost"),
+            Some(LinkSlot::Lost) => Err("lost"),
+            None => Err("offline"),
+        }
+    }
+}
+
 /// A link as routing sees it.
 #[derive(Clone, Copy)]
 enum LinkSlot {
@@ -382,23 +394,21 @@ impl Router {
                     return None;
                 }
                 Way::Link { peer, nodeid, clear_upstream } => {
-                    let link = match t.links.get(&peer) {
-                        Some(LinkSlot::Up(id)) => t.endpoints.get(id).cloned(),
-                        _ => None,
-                    };
-                    let was = t.links.get(&peer).map(|l| matches!(l, LinkSlot::Lost));
+                    let link = t.link(peer);
                     drop(t);
-                    let Some(link) = link else {
-                        let state = if was == Some(true) { "lost" } else { "offline" };
-                        let text = match msg.nodeid {
-                            n if n == peer => format!("rank {peer} is {state}"),
-                            n if n < self.place.topology.size => {
-                                format!("rank {n} is unreachable: the link to rank {peer} is {state}")
-                            }
-                            _ => format!("no upstream broker to ask: the link to rank {peer} is {state}"),
-                        };
-                        self.respond_error(&msg, Errno::EHOSTUNREACH, text);
-                        return None;
+                    let link = match link {
+                        Ok(link) => link,
+                        Err(state) => {
+                            let text = match msg.nodeid {
+                                n if n == peer => format!("rank {peer} is {state}"),
+                                n if n < self.place.topology.size => {
+                                    format!("rank {n} is unreachable: the link to rank {peer} is {state}")
+                                }
+                                _ => format!("no upstream broker to ask: the link to rank {peer} is {state}"),
+                            };
+                            self.respond_error(&msg, Errno::EHOSTUNREACH, text);
+                            return None;
+                        }
                     };
                     msg.nodeid = nodeid;
                     if clear_upstream {
@@ -476,11 +486,7 @@ impl Router {
 
     /// The endpoint of the link to `peer`, if that link is up.
     fn link_to(&self, peer: Option<u32>) -> Option<Arc<Endpoint>> {
-        let t = self.table.read();
-        match t.links.get(&peer?) {
-            Some(LinkSlot::Up(id)) => t.endpoints.get(id).cloned(),
-            _ => None,
-        }
+        self.table.read().link(peer?).ok()
     }
 
     /// Deliver a numbered event to every matching subscriber here and down every child link.
