@@ -9,8 +9,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_module_api::mgmt::{LoadArgs, RemoveArgs};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{LoadArgs, RemoveArgs};
 
 use crate::measure::{BenchError, Result, RESPONSE_TIMEOUT};
 use crate::site;

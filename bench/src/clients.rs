@@ -25,9 +25,10 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use switchboard_module_api::mgmt::LoadArgs;
-use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader, MsgType, DEFAULT_MAX_FRAME};
-use switchboard_module_api::{Client, Message};
+use switchboard_client::Client;
+use switchboard_protocol::{
+    decode_frame, encode_frame_into, mgmt::LoadArgs, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME,
+};
 
 use crate::churn::Broker;
 use crate::measure::{client_pipelined, BenchError, Result, Sample, Usage, RESPONSE_TIMEOUT};

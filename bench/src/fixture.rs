@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard::{Broker, LoadRequest};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
 
 use crate::measure::{BenchError, Result, Sample, Usage};
 

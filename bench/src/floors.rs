@@ -4,7 +4,7 @@
 //!   connection reads frames (`FrameReader` + `decode_frame`), answers each with the same
 //!   payload as a response (`encode_frame_into`), and writes all the answers to one read in
 //!   one `write`, as the broker's connection reader does with `hold`/`flush`. Clients talk to
-//!   it with `switchboard_module_api::Client`, exactly as they talk to the broker.
+//!   it with `switchboard_client::Client`, exactly as they talk to the broker.
 //! - `ChanEcho`: a thread answering `Message`s over crossbeam channels, one message each way
 //!   per round trip: the cost of two thread hand-offs and nothing else.
 
@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
-use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader};
-use switchboard_module_api::proto::{MsgType, DEFAULT_MAX_FRAME};
-use switchboard_module_api::Message;
+use switchboard_protocol::{decode_frame, encode_frame_into, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
 
 use crate::measure::{round_trips, windowed, BenchError, Result, Sample, RESPONSE_TIMEOUT};
 

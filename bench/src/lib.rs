@@ -32,7 +32,7 @@ use clap::Parser;
 use fixture::{BrokerFixture, DriverBench};
 use floors::{ChanEcho, RawEcho};
 use measure::{client_pipelined, client_sequential, BenchError, Result, Sample};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
 
 /// The targets.
 pub const TARGET_SEQ_RATIO: f64 = 0.6;

@@ -1,13 +1,13 @@
 //! What one measurement is, and the two client loops every socket benchmark shares:
-//! sequential round trips and a pipelined window, both over `switchboard_module_api::Client`,
+//! sequential round trips and a pipelined window, both over `switchboard_client::Client`,
 //! so the raw-socket floor and the broker paths run exactly the same client code (the
 //! `*_requests` forms take a whole request, e.g. one with a `nodeid` for the overlay rows).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::{Message, MsgType};
 
 /// How long a benchmark waits for any one response before it calls the run failed.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);

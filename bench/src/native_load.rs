@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use switchboard::LoadRequest;
-use switchboard_module_api::mgmt::{LoadArgs, RemoveArgs};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{LoadArgs, RemoveArgs};
 
 use crate::fixture::BrokerFixture;
 use crate::measure::{BenchError, Result, RESPONSE_TIMEOUT};

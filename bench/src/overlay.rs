@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard::overlay::{Topology, LINK_HWM};
-use switchboard_module_api::mgmt::{LoadArgs, RemoveArgs, TopicArgs};
-use switchboard_module_api::proto::{encode_body_into, MsgType};
-use switchboard_module_api::{uri, Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::mgmt::{LoadArgs, RemoveArgs, TopicArgs};
+use switchboard_protocol::{encode_body_into, uri, Message, MsgType};
 
 use crate::clients::proc_cpu;
 use crate::measure::{

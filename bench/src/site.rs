@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchboard_module_api::mgmt::{ApplyArgs, ApplyReport, LoadArgs};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{ApplyArgs, ApplyReport, LoadArgs};
 
 use crate::measure::{BenchError, Result};
 

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use switchboard::{Broker, LoadRequest};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // target/<profile>/examples/embed -> target/<profile>/libecho.so

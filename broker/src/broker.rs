@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_loaders::{LoadRequest, ModuleInfo, Registry, SearchPath};
-use switchboard_module_api::mgmt::{ApplyReport, ModuleStatus};
-use switchboard_module_api::proto::DEFAULT_MAX_FRAME;
-use switchboard_module_api::{uri, Error};
+use switchboard_protocol::mgmt::{ApplyReport, ModuleStatus};
+use switchboard_protocol::{uri, Error, DEFAULT_MAX_FRAME};
 
 use crate::connector::{ListenOptions, Listener};
 use crate::overlay::{Overlay, OverlayConfig, OverlayError, Topology};

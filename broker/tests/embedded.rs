@@ -3,7 +3,7 @@
 //! there without a panic.
 
 use switchboard::Broker;
-use switchboard_module_api::Client;
+use switchboard_client::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_runs_on_a_lent_runtime_and_stops_inside_it() {

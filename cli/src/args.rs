@@ -1,11 +1,11 @@
 //! Where `modctl` parses its arguments: the command line, and nothing else (`--rank` sets are
-//! parsed by `switchboard_module_api::ranks`). Shell completions and man pages are generated
+//! parsed by `switchboard_protocol::ranks`). Shell completions and man pages are generated
 //! from these definitions (`generate`).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use switchboard_module_api::ranks::RankSet;
+use switchboard_protocol::ranks::RankSet;
 
 #[derive(Parser, Debug)]
 #[command(

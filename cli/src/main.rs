@@ -14,7 +14,8 @@ mod table;
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard_module_api::{uri, Client, ClientError};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::uri;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -24,7 +25,7 @@ pub enum CliError {
     Broker { what: String, source: ClientError },
     /// Some of the ranks of `--rank` failed (each was reported as it was seen).
     #[error("{what}: failed on {} {failed} ({count} of {asked})", if *.count == 1 { "rank" } else { "ranks" })]
-    Ranks { what: String, failed: switchboard_module_api::ranks::RankSet, count: usize, asked: usize },
+    Ranks { what: String, failed: switchboard_protocol::ranks::RankSet, count: usize, asked: usize },
     /// `rpc --timeout MS` passed with no response.
     #[error("{what}: no response within {ms} ms (--timeout {ms})")]
     Timeout { what: String, ms: u64 },

@@ -17,7 +17,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use switchboard_module_api::proto::{
+use switchboard_protocol::{
     decode_frame, decode_header, encode_frame, encode_header, frames, FrameError, FrameReader, Message,
     DEFAULT_MAX_FRAME,
 };

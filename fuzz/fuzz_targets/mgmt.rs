@@ -1,7 +1,7 @@
 //! Fuzz target `mgmt`: arbitrary bytes as the payload of a message, decoded the way the
 //! broker and `modctl` decode it (`Message::decode`, i.e. rmp-serde) into every payload type
-//! of the built-in services (`module-api/src/mgmt.rs`, RFC 3) and of the process-module
-//! handshake (`module-api/src/handshake.rs`, RFC 5), and into a free-form `rmpv::Value`
+//! of the built-in services (`protocol/src/mgmt.rs`, RFC 3) and of the process-module
+//! handshake (`protocol/src/handshake.rs`, RFC 5), and into a free-form `rmpv::Value`
 //! (what `modctl` prints, and a module's `config`).
 //!
 //! Beyond "never panics, never hangs, never allocates without bound" it checks that whatever
@@ -16,13 +16,13 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
-use switchboard_module_api::handshake::{Hello, Status, Welcome};
-use switchboard_module_api::mgmt::{
+use switchboard_protocol::handshake::{Hello, Status, Welcome};
+use switchboard_protocol::mgmt::{
     is_module_name, ApplyArgs, ApplyReport, ApplyStep, BrokerInfo, DirArgs, InfoArgs, LifecycleEvent, LoadArgs,
     ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs, PublishArgs, PublishReply, RemoveArgs,
     ServiceArgs, TopicArgs, TraceArgs, TraceRecord,
 };
-use switchboard_module_api::Message;
+use switchboard_protocol::Message;
 
 /// Decode `msg`'s payload as a `T`; if it decodes, it must survive a round trip.
 fn check<T: Serialize + DeserializeOwned>(msg: &Message, what: &str) {

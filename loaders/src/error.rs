@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use switchboard_module_api::Errno;
+use switchboard_protocol::Errno;
 use thiserror::Error;
 
 #[derive(Debug, Error)]

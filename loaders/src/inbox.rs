@@ -19,8 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::Message;
+use switchboard_protocol::{Message, MsgType};
 use tokio::sync::Notify;
 
 /// How long a busy module watches its queue before it sleeps.

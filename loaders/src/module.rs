@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_module_api::{Level, Message};
+use switchboard_protocol::{Level, Message};
 
 use crate::error::LoadError;
 use crate::inbox::Inbox;
@@ -226,7 +226,7 @@ pub struct Usage {
 /// A module or service name: 1 to 64 of `[A-Za-z0-9_-]`. No dots: the service is the part
 /// of a topic before the first dot.
 pub fn check_name(name: &str) -> Result<(), String> {
-    if switchboard_module_api::mgmt::is_module_name(name) {
+    if switchboard_protocol::mgmt::is_module_name(name) {
         Ok(())
     } else {
         Err(format!("invalid name '{name}': use 1 to 64 letters, digits, '_' or '-'"))

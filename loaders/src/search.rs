@@ -20,7 +20,7 @@ impl SearchPath {
     /// A module reference that is a valid module name (`kvs`, `my-mod`) is a name to look
     /// up; anything else (`./kvs`, `libkvs.so`, `/opt/m/kvs.wasm`) is a path.
     pub fn is_bare(reference: &Path) -> bool {
-        reference.to_str().is_some_and(switchboard_module_api::mgmt::is_module_name)
+        reference.to_str().is_some_and(switchboard_protocol::mgmt::is_module_name)
     }
 
     /// The file a bare name stands for; a path is returned as it is.

@@ -15,10 +15,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::Error;
-use crate::handle::{Handle, SHUTDOWN};
-use crate::link::Level;
-use crate::proto::{Errno, Flags, Message, MsgType};
+use crate::handle::Handle;
+use switchboard_protocol::{Errno, Error, Flags, Level, Message, MsgType, SHUTDOWN};
 
 /// What a handler hands back.
 pub enum Reply {
@@ -160,14 +158,18 @@ impl<A: 'static> Methods<A> {
     }
 
     /// What the table declares, as `SERVICE.methods` answers it.
-    pub fn describe(&self) -> crate::mgmt::MethodList {
-        let mut methods: Vec<crate::mgmt::MethodInfo> = self
+    pub fn describe(&self) -> switchboard_protocol::mgmt::MethodList {
+        let mut methods: Vec<switchboard_protocol::mgmt::MethodInfo> = self
             .table
             .iter()
-            .map(|(name, m)| crate::mgmt::MethodInfo { name: name.clone(), guest: m.guest, doc: m.doc.clone() })
+            .map(|(name, m)| switchboard_protocol::mgmt::MethodInfo {
+                name: name.clone(),
+                guest: m.guest,
+                doc: m.doc.clone(),
+            })
             .collect();
         methods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        crate::mgmt::MethodList { methods, otherwise: self.otherwise.is_some() }
+        switchboard_protocol::mgmt::MethodList { methods, otherwise: self.otherwise.is_some() }
     }
 
     fn add(mut self, name: &str, handler: Handler<A>, guest: bool) -> Self {

@@ -15,12 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::error::Error;
-use crate::link::{Level, Link, LinkError};
-use crate::proto::{Errno, Flags, Message, MsgType, NODEID_ANY, NODEID_UPSTREAM};
-
-/// The control topic the broker sends to ask a module to stop (RFC 1 §5).
-pub const SHUTDOWN: &str = "shutdown";
+use crate::link::{Link, LinkError};
+use switchboard_protocol::{Errno, Error, Flags, Level, Message, MsgType, NODEID_ANY, NODEID_UPSTREAM};
 
 /// How long `Handle::rpc` waits for its response unless the module or the call says
 /// otherwise (`Handle::set_rpc_timeout`, `Handle::rpc_timeout`).

@@ -1,50 +1,50 @@
 //! # switchboard-module-api
 //!
-//! Everything a Switchboard module author or client program depends on, and nothing of the
-//! broker itself:
+//! Writing a Switchboard module in Rust: the one crate a module author's `Cargo.toml` names.
+//! Write an [`Actor`] with a [`Methods`] table, export it with [`export_module!`], and the same
+//! code builds as a native library (RFC 2), a child process (RFC 5) or a WebAssembly component
+//! (RFC 6). The module talks to its broker through its [`Handle`].
 //!
-//! - [`proto`]: the message type, header codec and framing (RFC 1). No I/O.
-//! - [`Handle`], [`Actor`], [`Methods`], [`export_module!`]: writing a module, once, for
-//!   every kind.
-//! - [`abi`], [`native`]: the native-module C ABI (RFC 2) as `#[repr(C)]` types, and the
-//!   Rust side of it; `include/switchboard.h` is its C twin.
-//! - [`process`], [`handshake`]: the same `Actor` run as a child process (RFC 5).
-//! - `wasm` (wasm targets only): the same `Actor` as a WebAssembly component (RFC 6);
-//!   `wit/world.wit` is its WIT world.
-//! - [`client`]: a blocking connector to a broker's local socket.
-//! - [`mgmt`]: payloads of the built-in services (RFC 3), shared by broker and clients.
-//! - [`uri`]: where the broker's socket is.
-//! - [`ranks`]: sets of broker ranks (`all`, `1-7,9`) for addressing several brokers (RFC 7).
+//! - [`Actor`], [`Methods`], [`Reply`], [`IntoReply`], [`decode_request`]: a module's state and
+//!   its method table, with typed or raw handlers.
+//! - [`Handle`]: receive, send, respond, rpc (to any rank), publish, subscribe, log.
+//! - [`Message`], [`Errno`], [`Error`], [`Level`], [`Value`]: what handlers take and return,
+//!   from [`protocol`], the wire definitions this crate shares with the broker and clients.
+//!
+//! The plumbing `export_module!` expands to (the C ABI entry, the process `main`, the WIT
+//! exports) and what the broker's module hosts share with modules (`Link`, `Hold`, `clock`)
+//! are public only for those expansions and hosts, and hidden from the documentation.
 
 // Lets paths generated for module crates (`::switchboard_module_api::...`) work here too.
 extern crate self as switchboard_module_api;
 
-pub mod abi;
 mod actor;
-#[cfg(unix)]
-pub mod client;
+#[doc(hidden)]
 pub mod clock;
-mod error;
 mod handle;
-pub mod handshake;
 mod link;
-pub mod mgmt;
+#[doc(hidden)]
 pub mod native;
 #[cfg(unix)]
+#[doc(hidden)]
 pub mod process;
-pub mod proto;
-pub mod ranks;
-#[cfg(unix)]
-pub mod uri;
 #[cfg(target_family = "wasm")]
+#[doc(hidden)]
 pub mod wasm;
 
-pub use actor::{decode_request, run_actor, Actor, IntoHandler, IntoReply, Methods, Reply};
-#[cfg(unix)]
-pub use client::{Client, ClientError, RankReply};
-pub use error::Error;
-pub use handle::{Handle, SHUTDOWN};
-pub use link::{Hold, Level, Link, LinkError, MAX_HOLD_MS};
-pub use proto::{Errno, Message};
+pub use actor::{decode_request, Actor, IntoHandler, IntoReply, Methods, Reply};
+pub use handle::Handle;
+pub use link::LinkError;
 /// Any msgpack value, for payloads of no fixed shape.
 pub use rmpv::Value;
+pub use switchboard_protocol as protocol;
+pub use switchboard_protocol::{Errno, Error, Level, Message};
+
+/// For the code `export_module!` expands to and for the broker's module hosts; not part of
+/// the author API.
+#[doc(hidden)]
+pub use {
+    actor::run_actor,
+    link::{Hold, Link, MAX_HOLD_MS},
+    switchboard_protocol::abi,
+};

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use crate::proto::Message;
+use switchboard_protocol::{Level, Message};
 
 /// The longest a module's output may be held back to be written with what follows, in
 /// milliseconds of the hold's clock (a coarse clock ticks every 5 ms: then up to 5 ms).
@@ -55,15 +55,6 @@ impl Hold {
     pub fn flushed(&self) {
         self.since.set(None);
     }
-}
-
-/// Log severities, numbered as syslog (and as the C ABI's `SB_LOG_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Error = 3,
-    Warn = 4,
-    Info = 6,
-    Debug = 7,
 }
 
 /// Why a link stopped working: the broker is gone or refused what was sent.

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::abi::{SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK};
 use crate::actor::{run_actor, Actor};
 use crate::handle::Handle;
-use crate::link::{Level, Link, LinkError};
-use crate::proto::{Cred, Flags, Message, MsgType, Route};
+use crate::link::{Link, LinkError};
+use switchboard_protocol::abi::{
+    message_from_abi, message_to_abi, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK,
+};
+use switchboard_protocol::{Level, Message};
 
 struct NativeLink {
     host: *const SbHost,
@@ -21,52 +23,6 @@ impl NativeLink {
     fn host(&self) -> &SbHost {
         // SAFETY: the broker keeps the host table alive for as long as `main` runs.
         unsafe { &*self.host }
-    }
-}
-
-/// Copy a message out of the host's views.
-///
-/// # Safety
-/// The views in `m` must be valid.
-pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
-    let text = |b: SbBytes| unsafe { std::str::from_utf8(b.as_slice()).ok().map(str::to_owned) };
-    let route: &[u64] = if m.route.is_null() || m.route_len == 0 {
-        &[]
-    } else {
-        unsafe { std::slice::from_raw_parts(m.route, m.route_len) }
-    };
-    Some(Message {
-        kind: MsgType::from_u8(m.msg_type)?,
-        flags: Flags(m.flags),
-        topic: text(m.topic)?,
-        matchtag: m.matchtag,
-        nodeid: m.nodeid,
-        cred: Cred { userid: m.userid, rolemask: m.rolemask },
-        errnum: m.errnum,
-        errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
-        seq: m.seq,
-        route: Route::from_slice(route),
-        payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
-    })
-}
-
-/// Borrowed views of `msg`, valid while `msg` lives.
-pub fn message_to_abi(msg: &Message) -> SbMsg {
-    SbMsg {
-        msg_type: msg.kind as u8,
-        flags: msg.flags.0,
-        reserved: 0,
-        matchtag: msg.matchtag,
-        nodeid: msg.nodeid,
-        userid: msg.cred.userid,
-        rolemask: msg.cred.rolemask,
-        errnum: msg.errnum,
-        seq: msg.seq,
-        topic: SbBytes::of(msg.topic.as_bytes()),
-        errstr: msg.errstr.as_deref().map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
-        route: msg.route.as_ptr(),
-        route_len: msg.route.len(),
-        payload: SbBytes::of(&msg.payload),
     }
 }
 

@@ -13,10 +13,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::actor::{run_actor, Actor};
-use crate::handle::{Handle, SHUTDOWN};
-use crate::handshake::{Hello, Status, Welcome, FD_ENV, HELLO, PROTOCOL, STATUS, WELCOME};
-use crate::link::{Hold, Level, Link, LinkError};
-use crate::proto::{decode_frame, encode_frame_into, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
+use crate::handle::Handle;
+use crate::link::{Hold, Link, LinkError};
+use switchboard_protocol::handshake::{Hello, Status, Welcome, FD_ENV, HELLO, PROTOCOL, STATUS, WELCOME};
+use switchboard_protocol::{
+    decode_frame, encode_frame_into, FrameReader, Level, Message, MsgType, DEFAULT_MAX_FRAME, SHUTDOWN,
+};
 
 struct ProcessLink {
     stream: UnixStream,

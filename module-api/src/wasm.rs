@@ -9,15 +9,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::actor::{dispatch, Actor, Methods};
-use crate::error::Error;
 use crate::handle::Handle;
-use crate::link::{Level, Link, LinkError};
-use crate::proto::{encode_frame_into, frames, Cred, Errno, Flags, Message, MsgType, Route, NODEID_ANY};
+use crate::link::{Link, LinkError};
+use switchboard_protocol::{
+    encode_frame_into, frames, Cred, Errno, Error, Flags, Level, Message, MsgType, Route, NODEID_ANY,
+};
 
 /// The generated bindings of `wit/world.wit`.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "../protocol/wit",
         world: "module",
         pub_export_macro: true,
         export_macro_name: "__export_switchboard_world",

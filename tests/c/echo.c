@@ -1,5 +1,5 @@
 /* A native module written in C: answers every request with its own payload.
- * Built by the end-to-end tests with the system C compiler against module-api/include. */
+ * Built by the end-to-end tests with the system C compiler against protocol/include. */
 #include <string.h>
 #include "switchboard.h"
 

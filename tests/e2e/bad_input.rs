@@ -7,15 +7,14 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_module_api::proto::{encode_frame, MsgType};
-use switchboard_module_api::Message;
+use switchboard_protocol::{encode_frame, Message, MsgType};
 use switchboard_tests::{c_module, errno_of, errtext, json, list, module, payload, row, rpc, wait_until, Broker, WAIT};
 
 /// Load `path` (as `name`), expect `errno` and an error text holding every one of
 /// `needles`, and check that nothing changed: the module list is as it was.
 fn refused(b: &Broker, path: &std::path::Path, name: Option<&str>, errno: &str, needles: &[&str]) {
     let mut c = b.client();
-    let modules = |c: &mut switchboard_module_api::Client| -> Vec<String> {
+    let modules = |c: &mut switchboard_client::Client| -> Vec<String> {
         list(c).iter().map(|m| format!("{} {} {}", m["name"], m["state"], m["services"])).collect()
     };
     let before = modules(&mut c);
@@ -145,7 +144,7 @@ fn read_frame(s: &mut UnixStream) -> Option<Message> {
     s.read_exact(&mut len).ok()?;
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).ok()?;
-    switchboard_module_api::proto::decode_frame(body.into()).ok()
+    switchboard_protocol::decode_frame(body.into()).ok()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use serde_json::json;
-use switchboard_module_api::proto::{Flags, Message};
+use switchboard_protocol::{Flags, Message};
 use switchboard_tests::{errno_of, errtext, json, payload, repo_root, rpc, Broker, WAIT};
 
 /// pkg-config's compile and link flags for msgpack-c. Its pkg-config name is `msgpack` in
@@ -34,7 +34,7 @@ fn calc_module(dir: &Path) -> PathBuf {
     let out = dir.join("libcalc.so");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root.join("module-api/include"))
+        .arg(root.join("protocol/include"))
         .arg("-o")
         .arg(&out)
         .arg(root.join("examples/c/calc/calc.c"))
@@ -56,10 +56,10 @@ fn broker_with_calc() -> Broker {
 }
 
 fn raw(
-    c: &mut switchboard_module_api::Client,
+    c: &mut switchboard_client::Client,
     topic: &str,
     bytes: &'static [u8],
-) -> Result<Message, switchboard_module_api::ClientError> {
+) -> Result<Message, switchboard_client::ClientError> {
     c.rpc_raw(topic, Bytes::from_static(bytes), Some(WAIT))
 }
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::Message;
 use switchboard_tests::{
     bin, errno_of, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker, WAIT,
 };
@@ -343,7 +344,7 @@ fn module_churn_of_every_kind_returns_fds_threads_and_children_to_baseline() {
         threads(pid)
     );
     // No private copy of a native library is left where the broker makes them.
-    let copies: Vec<_> = std::fs::read_dir(switchboard_module_api::uri::runtime_dir())
+    let copies: Vec<_> = std::fs::read_dir(switchboard_protocol::uri::runtime_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -486,7 +487,7 @@ fn bad_frame(rng: &mut Rng) -> Vec<u8> {
         _ => {
             // A real request's frame with a few bytes flipped.
             let req = Message::request("echo.x", vec![0x80]);
-            let mut f = switchboard_module_api::proto::encode_frame(&req).to_vec().split_off(4);
+            let mut f = switchboard_protocol::encode_frame(&req).to_vec().split_off(4);
             for _ in 0..1 + rng.below(3) {
                 let i = rng.below(f.len() as u64) as usize;
                 f[i] ^= 1 << rng.below(8);

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::Message;
+use switchboard_protocol::{Message, MsgType};
 use switchboard_tests::{
     bin, errno_of, errtext, json, list, module, payload, row, rpc, script, wait_until, wasm_module, Broker, WAIT,
 };
@@ -33,14 +32,14 @@ fn entry(name: &str, path: &Path, extra: &str) -> String {
 }
 
 /// Subscribe a client to `module.lifecycle.` events.
-fn watcher(b: &Broker) -> switchboard_module_api::Client {
+fn watcher(b: &Broker) -> switchboard_client::Client {
     let mut w = b.client();
     rpc(&mut w, "event.subscribe", json!({"topic": "module.lifecycle."})).unwrap();
     w
 }
 
 /// The next lifecycle event as (name, event, reason).
-fn next_event(w: &mut switchboard_module_api::Client) -> (String, String, String) {
+fn next_event(w: &mut switchboard_client::Client) -> (String, String, String) {
     loop {
         let m = w.recv_timeout(Some(WAIT)).expect("a lifecycle event");
         if m.kind == MsgType::Event {
@@ -316,7 +315,7 @@ fn trace_shows_the_messages_of_a_module_loaded_after_it_began() {
     // An unknown type is refused.
     let mut c2 = b.client();
     let mut req = Message::request("module.trace", payload(json!({"names": [], "types": ["telepathy"]})));
-    req.flags = req.flags.with(switchboard_module_api::proto::Flags::STREAMING);
+    req.flags = req.flags.with(switchboard_protocol::Flags::STREAMING);
     req.matchtag = 9;
     c2.send(&req).unwrap();
     let r = c2.wait_response(9, Some(WAIT));

@@ -198,7 +198,7 @@ fn a_slow_handler_delays_only_its_own_module() {
     b.load(&module("faulty"), None, &[]);
     b.load(&module("echo"), None, &[]);
     let mut slow = b.client();
-    let req = switchboard_module_api::Message::request("faulty.sleep", switchboard_tests::payload(json!({"ms": 3000})));
+    let req = switchboard_protocol::Message::request("faulty.sleep", switchboard_tests::payload(json!({"ms": 3000})));
     let mut req = req;
     req.matchtag = 3;
     slow.send(&req).unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use switchboard_module_api::proto::{Flags, NODEID_ANY, NODEID_UPSTREAM};
-use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::{Flags, Message, NODEID_ANY, NODEID_UPSTREAM};
 use switchboard_tests::instance::{all_states, Instance};
 use switchboard_tests::{errno_of, errtext, json, module, payload, wait_until, WAIT};
 

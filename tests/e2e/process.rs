@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_module_api::Message;
+use switchboard_protocol::Message;
 use switchboard_tests::{bin, errno_of, errtext, json, module, payload, row, rpc, script, wait_until, Broker, WAIT};
 
 /// The process is gone (reaped, not a zombie).

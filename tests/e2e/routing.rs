@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_module_api::proto::{Flags, MsgType};
-use switchboard_module_api::Message;
+use switchboard_protocol::{Flags, Message, MsgType};
 use switchboard_tests::{errno_of, errtext, json, module, payload, rpc, Broker, WAIT};
 
 #[test]

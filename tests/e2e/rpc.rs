@@ -225,7 +225,7 @@ fn a_client_waiting_on_a_module_may_be_called_back() {
     load(&b, "native", "alpha");
     let mut svc = b.client();
     rpc(&mut svc, "service.add", json!({"service": "desk"})).expect("service.add");
-    let mut req = switchboard_module_api::Message::request(
+    let mut req = switchboard_protocol::Message::request(
         "alpha.call",
         switchboard_tests::payload(json!({"topic": "desk.ask", "payload": {"q": 1}})),
     );

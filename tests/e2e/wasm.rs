@@ -176,7 +176,7 @@ fn many_requests_in_flight_are_answered_in_batches_each_with_its_own_payload() {
     b.load(&wasm_module("echo"), Some("wecho"), &[]);
     let mut c = b.client();
     for i in 0..500u32 {
-        let mut req = switchboard_module_api::Message::request("wecho.x", switchboard_tests::payload(json!({"i": i})));
+        let mut req = switchboard_protocol::Message::request("wecho.x", switchboard_tests::payload(json!({"i": i})));
         req.matchtag = 1 + i;
         c.queue(&req);
     }

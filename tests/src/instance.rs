@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use switchboard_module_api::Client;
+use switchboard_client::Client;
 
 use crate::{bin, json, rpc, wait_until, Broker};
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::Message;
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -143,7 +144,7 @@ pub fn c_module(name: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("lib{name}.so"));
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(root.join("module-api/include"))
+        .arg(root.join("protocol/include"))
         .arg("-o")
         .arg(&out)
         .arg(root.join(format!("tests/c/{name}.c")))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_module_api::proto::MsgType;
+use switchboard_module_api::protocol::MsgType;
 use switchboard_module_api::{export_module, Actor, Errno, Error, Handle, Message, Methods};
 
 /// Matchtags of pipelined requests start here, far from the handle's own counter (which
@@ -116,7 +116,7 @@ fn pipelined(h: &Handle, target: &str, payload: &Bytes, count: u64, window: u32)
                     sent += 1;
                 }
             }
-            MsgType::Control if m.topic == switchboard_module_api::SHUTDOWN => {
+            MsgType::Control if m.topic == switchboard_module_api::protocol::SHUTDOWN => {
                 return Err(Error::new(
                     Errno::ECANCELED,
                     "the broker asked benchdriver to stop in the middle of a run",

@@ -13,8 +13,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use switchboard_module_api::proto::{decode_frame, Flags, FrameError, FrameReader, MsgType};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{decode_frame, Errno, Flags, FrameError, FrameReader, Message, MsgType};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 

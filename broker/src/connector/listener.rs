@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_module_api::proto::{encode_frame, Cred, FrameReader, ROLE_OWNER, ROLE_USER};
-use switchboard_module_api::{uri, Errno, Message};
+use switchboard_protocol::{encode_frame, uri, Cred, Errno, FrameReader, Message, ROLE_OWNER, ROLE_USER};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;

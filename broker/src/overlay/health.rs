@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use switchboard_module_api::mgmt::OverlayStatus;
+use switchboard_protocol::mgmt::OverlayStatus;
 
 use super::Topology;
 

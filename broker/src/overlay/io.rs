@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_module_api::proto::{decode_frame, encode_body_into, MsgType, PROTOCOL_VERSION};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{decode_frame, encode_body_into, Errno, Message, MsgType, PROTOCOL_VERSION};
 
 use super::health::{Health, State, States};
 use super::outbox::{self, Command, Control, LinkOut, Peer};

@@ -160,7 +160,7 @@ impl Overlay {
                     if let outbox::Command::Status(req) = cmd {
                         router.respond_error(
                             &req,
-                            switchboard_module_api::Errno::EHOSTUNREACH,
+                            switchboard_protocol::Errno::EHOSTUNREACH,
                             "the overlay has stopped",
                         );
                     }

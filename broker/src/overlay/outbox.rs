@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use switchboard_module_api::Message;
+use switchboard_protocol::Message;
 
 use crate::router::EndpointId;
 
@@ -156,7 +156,7 @@ pub(crate) fn take_own_sends(into: &mut Vec<Command>) -> bool {
 /// under one lock, and they must reach the sockets in that order whichever thread published
 /// them (RFC 7 §4.5); the thread sends its own list after the queue.
 fn keep_if_own(wake: &Arc<Wake>, cmd: Command) -> Option<Command> {
-    if matches!(&cmd, Command::Send { msg, .. } if msg.kind == switchboard_module_api::proto::MsgType::Event) {
+    if matches!(&cmd, Command::Send { msg, .. } if msg.kind == switchboard_protocol::MsgType::Event) {
         return Some(cmd);
     }
     OWN.with(|o| match o.borrow_mut().as_mut() {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_module_api::mgmt::OverlayStatus;
-use switchboard_module_api::proto::{Flags, MsgType};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{mgmt::OverlayStatus, Errno, Flags, Message, MsgType};
 
 use super::{Certificate, Overlay, OverlayConfig, Topology};
 use crate::router::{broker_cred, Endpoint, Mailbox, Place, Router, Sink};

@@ -6,8 +6,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use switchboard_module_api::proto::{Flags, NODEID_ANY, NODEID_UPSTREAM};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{Errno, Flags, Message, NODEID_ANY, NODEID_UPSTREAM};
 
 use crate::overlay::{NextHop, Topology};
 

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use switchboard_module_api::proto::encode_frame_into;
-use switchboard_module_api::Message;
+use switchboard_protocol::{encode_frame_into, Message};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;

@@ -11,8 +11,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use switchboard_module_api::proto::{Flags, MsgType, Route};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{Errno, Flags, Message, MsgType, Route};
 
 use super::EndpointId;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use switchboard_loaders::Inbox;
-use switchboard_module_api::Message;
+use switchboard_protocol::Message;
 
 use switchboard_module_api::clock;
 
@@ -87,7 +87,7 @@ impl Mailbox {
     }
 
     fn shutdown_message() -> Message {
-        Message::control(switchboard_module_api::SHUTDOWN, bytes::Bytes::new())
+        Message::control(switchboard_protocol::SHUTDOWN, bytes::Bytes::new())
     }
 
     /// The module left or was detached: refuse and drop whatever comes.

@@ -28,8 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
-use switchboard_module_api::proto::{Cred, Flags, MsgType, MAX_ROUTE};
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{Cred, Errno, Flags, Message, MsgType, MAX_ROUTE};
 
 use crate::overlay::{Control, LinkOut, Peer};
 use crate::services::{self, Builtin};
@@ -163,7 +162,7 @@ impl Router {
     /// Hand an `overlay.status` request to the overlay thread; a standalone broker answers it.
     pub(crate) fn to_overlay(&self, msg: Message) {
         let Some(control) = self.overlay.get() else {
-            let me = switchboard_module_api::mgmt::OverlayStatus {
+            let me = switchboard_protocol::mgmt::OverlayStatus {
                 rank: 0,
                 state: "full".into(),
                 host: crate::overlay::hostname(),
@@ -571,7 +570,7 @@ impl Router {
 
     /// Stream `req`'s sender a copy of each message to or from the modules it names, until it
     /// disconnects. The first response (an empty map) says the trace is running.
-    pub fn start_trace(&self, req: &Message, args: switchboard_module_api::mgmt::TraceArgs) {
+    pub fn start_trace(&self, req: &Message, args: switchboard_protocol::mgmt::TraceArgs) {
         if !req.flags.contains(Flags::STREAMING) {
             return self.respond_error(req, Errno::EPROTO, "module.trace needs a streaming request (flag 0x02)");
         }
@@ -627,7 +626,7 @@ impl Router {
         to: &Endpoint,
         mut req: Message,
         timeout: std::time::Duration,
-    ) -> Result<Message, switchboard_module_api::Error> {
+    ) -> Result<Message, switchboard_protocol::Error> {
         let mailbox = Arc::new(Mailbox::default());
         let me = self.add_endpoint(Sink::Module(mailbox.clone()), broker_cred(), "the broker".to_string(), None);
         req.cred = me.cred;
@@ -640,10 +639,10 @@ impl Router {
         match got {
             Ok(r) if r.is_error() => {
                 let errnum = Errno(r.errnum);
-                Err(switchboard_module_api::Error::new(errnum, r.errstr.clone().unwrap_or_else(|| errnum.to_string())))
+                Err(switchboard_protocol::Error::new(errnum, r.errstr.clone().unwrap_or_else(|| errnum.to_string())))
             }
             Ok(r) => Ok(r),
-            Err(_) => Err(switchboard_module_api::Error::new(
+            Err(_) => Err(switchboard_protocol::Error::new(
                 Errno::ETIMEDOUT,
                 format!("no answer within {} ms", timeout.as_millis()),
             )),
@@ -661,7 +660,7 @@ impl Router {
 /// requests): its own uid, as the instance owner.
 pub fn broker_cred() -> Cred {
     // SAFETY: getuid cannot fail.
-    Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_module_api::proto::ROLE_OWNER }
+    Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_protocol::ROLE_OWNER }
 }
 
 /// RFC 1 §8.10: module `from` asks module `to` for an answer while `to` has a request

@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
-use switchboard_module_api::mgmt::{TraceArgs, TraceRecord};
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::Message;
+use switchboard_protocol::mgmt::{TraceArgs, TraceRecord};
+use switchboard_protocol::{Message, MsgType};
 
 use super::EndpointId;
 

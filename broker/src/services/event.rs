@@ -1,9 +1,8 @@
 //! `event.subscribe`, `event.unsubscribe`, `event.publish`. Events sent as event messages
 //! need none of these; `publish` is for senders that want the sequence number back.
 
-use switchboard_module_api::mgmt::{PublishArgs, PublishReply, TopicArgs};
-use switchboard_module_api::proto::Flags;
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::mgmt::{PublishArgs, PublishReply, TopicArgs};
+use switchboard_protocol::{Errno, Flags, Message};
 
 use super::{decode, empty, reply};
 use crate::router::Router;

@@ -8,7 +8,7 @@ mod service;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{Errno, Message};
 
 use crate::router::Router;
 

@@ -2,8 +2,7 @@
 //! it answers. A service has one owner; only the owner removes it.
 
 use switchboard_loaders::check_name;
-use switchboard_module_api::mgmt::ServiceArgs;
-use switchboard_module_api::{Errno, Message};
+use switchboard_protocol::{mgmt::ServiceArgs, Errno, Message};
 
 use super::{decode, empty};
 use crate::router::Router;

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use switchboard_module_api::mgmt::ApplyReport;
-use switchboard_module_api::{Errno, Error};
+use switchboard_protocol::{mgmt::ApplyReport, Errno, Error};
 
 use super::Site;
 use crate::supervisor::{ApplyError, Supervisor};

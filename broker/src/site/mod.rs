@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use switchboard_loaders::{check_name, search, DirGrant, LoadRequest, Sandbox, SearchPath};
-use switchboard_module_api::mgmt::DirArgs;
+use switchboard_protocol::mgmt::DirArgs;
 
 use crate::supervisor::{levels, ModuleSpec, Node, RestartPolicy};
 pub use overlay::{HostSite, OverlaySite};
-use switchboard_module_api::ranks::RankSet;
+use switchboard_protocol::ranks::RankSet;
 
 /// A checked site file; paths in it are absolute.
 #[derive(Debug, Clone, Default)]

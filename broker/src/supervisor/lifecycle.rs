@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_loaders::{LoadedModule, ModuleInfo, ModuleKind, ModuleLink, ModuleState, RunningModule};
-use switchboard_module_api::mgmt::LifecycleEvent;
-use switchboard_module_api::proto::{Cred, ROLE_OWNER, ROLE_USER};
-use switchboard_module_api::{Errno, Error, Message};
+use switchboard_protocol::{mgmt::LifecycleEvent, Cred, Errno, Error, Message, ROLE_OWNER, ROLE_USER};
 
 use super::owner::{busy, Entry, History, Owner};
 use super::port::ModulePort;

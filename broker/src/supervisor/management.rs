@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_loaders::{DirGrant, LoadRequest, ModuleInfo, Sandbox};
-use switchboard_module_api::mgmt::{
+use switchboard_protocol::mgmt::{
     ApplyArgs, BrokerInfo, InfoArgs, LoadArgs, ModuleDescription, ModuleList, NameArgs, RemoveArgs, TraceArgs,
 };
-use switchboard_module_api::{Errno, Error, Message};
+use switchboard_protocol::{Errno, Error, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{ModuleSpec, Supervisor};

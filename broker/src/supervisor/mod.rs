@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use switchboard_loaders::digest::DigestCache;
 use switchboard_loaders::{LoadRequest, LoadedModule, ModuleInfo, ModuleKind, Registry, SearchPath};
-use switchboard_module_api::mgmt::{ModuleStats, ModuleStatus};
-use switchboard_module_api::{Errno, Error};
+use switchboard_protocol::mgmt::{ModuleStats, ModuleStatus};
+use switchboard_protocol::{Errno, Error};
 use tokio::sync::mpsc;
 
 use self::owner::{Command, Owner};

@@ -20,8 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use switchboard_loaders::{RunningModule, SearchPath};
-use switchboard_module_api::mgmt::{ModuleStats, ModuleStatus};
-use switchboard_module_api::{Errno, Error};
+use switchboard_protocol::mgmt::{ModuleStats, ModuleStatus};
+use switchboard_protocol::{Errno, Error};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::ModuleRecord;

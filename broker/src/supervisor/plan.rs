@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use switchboard_loaders::digest::DigestCache;
 use switchboard_loaders::{ModuleState, SearchPath};
-use switchboard_module_api::mgmt::{ApplyReport, ApplyStep};
-use switchboard_module_api::Error;
+use switchboard_protocol::mgmt::{ApplyReport, ApplyStep};
+use switchboard_protocol::Error;
 
 use super::order::{levels, Cycle, Node};
 use super::owner::Owner;

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use switchboard_loaders::{BrokerPort, ExitStatus, ModuleState};
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::{Errno, Level, Message};
+use switchboard_protocol::{Errno, Level, Message, MsgType};
 
 use super::record::ModuleRecord;
 use super::Supervisor;

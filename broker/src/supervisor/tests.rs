@@ -13,8 +13,7 @@ use switchboard_loaders::{
     ExitStatus, LoadError, LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, ModuleState,
     Registry, RunningModule,
 };
-use switchboard_module_api::proto::{Flags, MsgType, ROLE_OWNER, ROLE_USER};
-use switchboard_module_api::{Message, SHUTDOWN};
+use switchboard_protocol::{Flags, Message, MsgType, ROLE_OWNER, ROLE_USER, SHUTDOWN};
 
 use super::{ModuleSpec, RestartPolicy, Supervisor};
 use crate::router::{Mailbox, Router, Sink};
@@ -135,7 +134,7 @@ impl Bench {
         registry.register(Box::new(FakeLoader { reclaimed: reclaimed.clone(), started: started.clone() }));
         let router = Arc::new(Router::new());
         let sup = Supervisor::new(router.clone(), registry, Duration::from_secs(2));
-        let cred = switchboard_module_api::proto::Cred { userid: 0, rolemask: ROLE_OWNER | ROLE_USER };
+        let cred = switchboard_protocol::Cred { userid: 0, rolemask: ROLE_OWNER | ROLE_USER };
         let client_box = Arc::new(Mailbox::default());
         let client = router.add_endpoint(Sink::Module(client_box.clone()), cred, "test".into(), None);
         Bench { sup, router, client, client_box, reclaimed, started, dir: tempfile::tempdir().expect("temp dir") }
@@ -230,7 +229,7 @@ async fn an_instance_exiting_while_a_new_load_reclaims_it_is_reclaimed_once() {
                 match b.sup.load(b.spec("a", RestartPolicy::Never)).await {
                     Ok(_) => break,
                     // Still running when the load looked: the name is taken; try again.
-                    Err(e) if e.errnum == switchboard_module_api::Errno::EEXIST => tokio::task::yield_now().await,
+                    Err(e) if e.errnum == switchboard_protocol::Errno::EEXIST => tokio::task::yield_now().await,
                     Err(e) => panic!("load: {e}"),
                 }
             }
@@ -326,7 +325,7 @@ async fn operations_on_one_name_wait_in_line_or_are_told_it_is_busy() {
         let (x, y) = tokio::join!(b.sup.reload("a", None), b.sup.reload("a", None));
         let busy = [&x, &y]
             .iter()
-            .filter(|r| r.as_ref().is_err_and(|e| e.errnum == switchboard_module_api::Errno::EBUSY))
+            .filter(|r| r.as_ref().is_err_and(|e| e.errnum == switchboard_protocol::Errno::EBUSY))
             .count();
         assert!(x.is_ok() || y.is_ok(), "{x:?} {y:?}");
         assert!(busy <= 1, "{x:?} {y:?}");
@@ -349,7 +348,7 @@ async fn an_operation_that_gives_up_waiting_for_a_name_leaves_the_holder_holding
         assert!(tokio::time::timeout(Duration::from_millis(20), b.sup.claim("a", true)).await.is_err());
         drop(b.sup.claim("a", true));
         let refused = b.sup.claim("a", false).await.err().map(|e| e.errnum);
-        assert_eq!(refused, Some(switchboard_module_api::Errno::EBUSY), "the name was let go by a waiter");
+        assert_eq!(refused, Some(switchboard_protocol::Errno::EBUSY), "the name was let go by a waiter");
         // The one in line behind the holder gets it when the holder is done, not before.
         let next = {
             let sup = b.sup.clone();
@@ -393,7 +392,7 @@ async fn a_module_failing_while_it_starts_fails_its_load_is_forgotten_and_announ
             .await
             .expect("the reader");
             let event = event.unwrap_or_else(|| panic!("no lifecycle event for {name}"));
-            let body: switchboard_module_api::mgmt::LifecycleEvent = event.decode().expect("a lifecycle event");
+            let body: switchboard_protocol::mgmt::LifecycleEvent = event.decode().expect("a lifecycle event");
             assert_eq!(body.event, "failed", "{body:?}");
         }
         assert!(b.sup.list().await.is_empty(), "a module that failed to start stayed listed");

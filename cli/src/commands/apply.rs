@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use switchboard_module_api::mgmt::{ApplyArgs, ApplyReport};
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{ApplyArgs, ApplyReport};
 
 use super::modules::{absolute, decode};
 use super::ranks::{self, Failures, RankJson};

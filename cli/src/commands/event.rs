@@ -2,9 +2,9 @@
 
 use std::io::Write;
 
-use switchboard_module_api::mgmt::{PublishArgs, PublishReply, TopicArgs};
-use switchboard_module_api::proto::MsgType;
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{PublishArgs, PublishReply, TopicArgs};
+use switchboard_protocol::MsgType;
 
 use crate::{json, CliError, Context};
 

@@ -3,7 +3,7 @@
 //! Every sample has the labels `module` and `kind`, and `rank` first with `--rank`. The
 //! format itself is `crate::prometheus`.
 
-use switchboard_module_api::mgmt::{ModuleStats, ModuleStatus};
+use switchboard_protocol::mgmt::{ModuleStats, ModuleStatus};
 
 use crate::prometheus::{Exposition, Kind, Metric, Value};
 

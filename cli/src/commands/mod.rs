@@ -10,9 +10,8 @@ mod ranks;
 mod rpc;
 mod trace;
 
-use switchboard_module_api::mgmt::LoadArgs;
-use switchboard_module_api::ranks::RankSet;
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::{mgmt::LoadArgs, ranks::RankSet};
 
 use crate::args::{Command, ConfigCommand, EventCommand, OverlayCommand};
 use crate::CliError;

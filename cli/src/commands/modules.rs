@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use switchboard_module_api::mgmt::{
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{
     DirArgs, InfoArgs, LoadArgs, MethodList, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs,
     RemoveArgs,
 };
-use switchboard_module_api::{Client, Message};
+use switchboard_protocol::Message;
 
 use super::metrics;
 use super::ranks::{self, Failures, RankJson};
@@ -27,7 +28,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// A module reference for the broker: a bare name (a valid module name: no `/`, no `.`) as
 /// it is, for its search path (RFC 4 §4); a path made absolute.
 fn reference(path: &Path) -> String {
-    let bare = path.to_str().is_some_and(switchboard_module_api::mgmt::is_module_name);
+    let bare = path.to_str().is_some_and(switchboard_protocol::mgmt::is_module_name);
     if bare {
         path.display().to_string()
     } else {

@@ -1,9 +1,8 @@
 //! `overlay status`: the `overlay.status` tree of a broker's subtree (RFC 7 §6.3), drawn as
 //! `flux overlay status` draws it, or as JSON.
 
-use switchboard_module_api::mgmt::OverlayStatus;
-use switchboard_module_api::proto::NODEID_ANY;
-use switchboard_module_api::Client;
+use switchboard_client::Client;
+use switchboard_protocol::{mgmt::OverlayStatus, NODEID_ANY};
 
 use super::modules::decode;
 use crate::{CliError, Context};

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use switchboard_module_api::mgmt::BrokerInfo;
-use switchboard_module_api::ranks::RankSet;
-use switchboard_module_api::{Client, ClientError, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::{mgmt::BrokerInfo, ranks::RankSet, Message};
 
 use crate::{CliError, Context};
 

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_module_api::proto::{Flags, MsgType, NODEID_ANY};
-use switchboard_module_api::{Client, ClientError, Errno, Message};
+use switchboard_client::{Client, ClientError};
+use switchboard_protocol::{Errno, Flags, Message, MsgType, NODEID_ANY};
 
 use super::ranks::{self, Failures};
 use crate::{json, CliError, Context};
@@ -41,8 +41,8 @@ fn queue_streaming(client: &mut Client, nodeid: u32, topic: &str, payload: Bytes
 
 /// How a stream's response ends it, if it does: ENODATA is the normal end (`Some(Ok)`), any
 /// other error response an error (`Some(Err)`); a success goes on (`None`).
-fn end_of(msg: &Message) -> Option<Result<(), switchboard_module_api::Error>> {
-    let e = switchboard_module_api::Error::from_response(msg)?;
+fn end_of(msg: &Message) -> Option<Result<(), switchboard_protocol::Error>> {
+    let e = switchboard_protocol::Error::from_response(msg)?;
     Some(if e.errnum == Errno::ENODATA { Ok(()) } else { Err(e) })
 }
 

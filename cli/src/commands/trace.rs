@@ -2,9 +2,9 @@
 
 use std::io::Write;
 
-use switchboard_module_api::mgmt::{TraceArgs, TraceRecord};
-use switchboard_module_api::proto::{Flags, MsgType};
-use switchboard_module_api::{Client, Message};
+use switchboard_client::Client;
+use switchboard_protocol::mgmt::{TraceArgs, TraceRecord};
+use switchboard_protocol::{Flags, Message, MsgType};
 
 use crate::{json, CliError, Context};
 
@@ -33,7 +33,7 @@ pub fn trace(
         }
         if msg.is_error() {
             let text = msg.errstr.clone().unwrap_or_default();
-            let name = switchboard_module_api::Errno(msg.errnum).name();
+            let name = switchboard_protocol::Errno(msg.errnum).name();
             return Err(CliError::Usage(format!("trace: {name}: {text}")));
         }
         if !started {

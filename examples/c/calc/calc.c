@@ -15,7 +15,7 @@
  * Build, from the repository root (Debian 13 names the package libmsgpack-c-dev and its
  * pkg-config file msgpack-c):
  *
- *     cc -shared -fPIC -Wall -I module-api/include -o libcalc.so examples/c/calc/calc.c \
+ *     cc -shared -fPIC -Wall -I protocol/include -o libcalc.so examples/c/calc/calc.c \
  *         $(pkg-config --cflags --libs msgpack)
  *
  * then `modctl load ./libcalc.so` and `modctl rpc calc.add '{"a": 2, "b": 3}'`. The end-to-end

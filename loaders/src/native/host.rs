@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::inbox::{Inbox, RecvError};
 use parking_lot::Mutex;
-use switchboard_module_api::abi::{
+use switchboard_module_api::Hold;
+use switchboard_protocol::abi::{message_from_abi, message_to_abi};
+use switchboard_protocol::abi::{
     SbBytes, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_EINVAL, SB_ETIMEDOUT, SB_LOG_ERR, SB_OK,
 };
-use switchboard_module_api::native::{message_from_abi, message_to_abi};
-use switchboard_module_api::proto::{Flags, MsgType};
-use switchboard_module_api::{Hold, Level, Message, SHUTDOWN};
+use switchboard_protocol::{Flags, Level, Message, MsgType, SHUTDOWN};
 
 use super::MainFn;
 use crate::module::{BrokerPort, ExitStatus, ModuleLink, ModuleState};

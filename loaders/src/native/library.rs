@@ -21,8 +21,8 @@ use std::sync::OnceLock;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use parking_lot::Mutex;
-use switchboard_module_api::abi::{SbModule, ABI_VERSION, ENTRY_SYMBOL};
-use switchboard_module_api::uri::{private_dir, runtime_dir};
+use switchboard_protocol::abi::{SbModule, ABI_VERSION, ENTRY_SYMBOL};
+use switchboard_protocol::uri::{private_dir, runtime_dir};
 
 use super::MainFn;
 use crate::digest::{DigestCache, FileRead};
@@ -164,7 +164,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../module-api/include");
+        let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/include");
         let out = dir.join(file);
         let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
             .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])

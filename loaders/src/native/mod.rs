@@ -11,7 +11,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use switchboard_module_api::abi::SbHost;
+use switchboard_protocol::abi::SbHost;
 
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rustix::process::Signal;
-use switchboard_module_api::handshake::{Status, HELLO, STATUS};
-use switchboard_module_api::proto::{decode_frame, encode_frame_into, FrameReader, MsgType, DEFAULT_MAX_FRAME};
-use switchboard_module_api::{Level, Message};
+use switchboard_protocol::handshake::{Status, HELLO, STATUS};
+use switchboard_protocol::{decode_frame, encode_frame_into, FrameReader, Level, Message, MsgType, DEFAULT_MAX_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;

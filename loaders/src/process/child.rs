@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rustix::process::Signal;
-use switchboard_module_api::handshake::{Hello, Welcome, FD_ENV, HELLO, PROTOCOL, WELCOME};
-use switchboard_module_api::proto::{decode_frame, encode_frame, FrameReader, MsgType, DEFAULT_MAX_FRAME};
-use switchboard_module_api::Message;
+use switchboard_protocol::handshake::{Hello, Welcome, FD_ENV, HELLO, PROTOCOL, WELCOME};
+use switchboard_protocol::{decode_frame, encode_frame, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;

@@ -35,7 +35,7 @@ pub fn cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")));
     match base {
         Some(b) => b.join("switchboard").join("wasm"),
-        None => switchboard_module_api::uri::runtime_dir().join("wasm-cache"),
+        None => switchboard_protocol::uri::runtime_dir().join("wasm-cache"),
     }
 }
 
@@ -65,7 +65,7 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], digest: &str) -> Result<(C
     let _one_at_a_time = flight.lock();
     let dir = cache_dir();
     // Only a directory nobody else can write to is trusted to hold compiled code.
-    let usable = switchboard_module_api::uri::private_dir(&dir, 0o700).is_ok();
+    let usable = switchboard_protocol::uri::private_dir(&dir, 0o700).is_ok();
     let key = key(engine, digest);
     let (code, sum) = (dir.join(format!("{key}.cwasm")), dir.join(format!("{key}.sha256")));
     if let (true, Ok(compiled), Ok(expected)) = (usable, std::fs::read(&code), std::fs::read_to_string(&sum)) {

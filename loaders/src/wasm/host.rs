@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::inbox::{Inbox, RecvError};
 use bytes::Bytes;
-use switchboard_module_api::proto::{frames, Cred, Flags, FrameError, MsgType, Route, NODEID_ANY};
-use switchboard_module_api::{Errno, Level, Message};
+use switchboard_protocol::{frames, Cred, Errno, Flags, FrameError, Level, Message, MsgType, Route, NODEID_ANY};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -19,7 +18,7 @@ use crate::module::BrokerPort;
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../module-api/wit",
+        path: "../protocol/wit",
         world: "module",
         // A malformed frame is the module's fault: it fails the module, not the call.
         imports: { "switchboard:module/host.send-all": trappable },

@@ -7,8 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use switchboard_module_api::proto::{encode_frame_into, MsgType};
-use switchboard_module_api::SHUTDOWN;
+use switchboard_protocol::{encode_frame_into, MsgType, SHUTDOWN};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::host::{to_wit, HostState, WasmWorld};
@@ -180,7 +179,7 @@ const BATCH: usize = 64;
 /// Capacity of the frame buffer kept between calls (one large batch does not pin its size).
 const KEEP_FRAMES: usize = 1 << 20;
 
-fn is_shutdown(m: &switchboard_module_api::Message) -> bool {
+fn is_shutdown(m: &switchboard_protocol::Message) -> bool {
     m.kind == MsgType::Control && m.topic == SHUTDOWN
 }
 
@@ -191,7 +190,7 @@ fn next(
     inbox: &crate::inbox::Inbox,
     port: &dyn crate::module::BrokerPort,
     hold: &switchboard_module_api::Hold,
-) -> Option<switchboard_module_api::Message> {
+) -> Option<switchboard_protocol::Message> {
     if let Some(m) = store.data_mut().deferred.pop_front() {
         return Some(m);
     }

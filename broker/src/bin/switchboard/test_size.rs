@@ -11,8 +11,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard::overlay::{Certificate, Topology};
-use switchboard_module_api::mgmt::OverlayStatus;
-use switchboard_module_api::{uri, Client};
+use switchboard_client::Client;
+use switchboard_protocol::{mgmt::OverlayStatus, uri};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// What the command line asked for.

@@ -6,8 +6,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
-use super::codec::{decode_header, encode_header, DecodeError};
-use super::message::Message;
+use crate::codec::{decode_header, encode_header, DecodeError};
+use crate::message::Message;
 
 /// Default cap on one frame (length prefix excluded): 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -159,7 +159,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Cred, Flags, MsgType, Route};
+    use crate::{Cred, Flags, MsgType, Route};
     use proptest::prelude::*;
 
     fn arb_message() -> impl Strategy<Value = Message> {

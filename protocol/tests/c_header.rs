@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use switchboard_module_api::proto::Errno;
+use switchboard_protocol::Errno;
 
 fn header() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("include/switchboard.h")

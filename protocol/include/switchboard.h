@@ -13,7 +13,7 @@
  * reads the name, and calls main() once per instance on a thread of its own. main() loops on
  * host->recv() and answers with host->send() until it receives the control message
  * "shutdown", then returns 0.
- * Only bytes and C scalars cross this boundary. Must match module-api/src/abi.rs.
+ * Only bytes and C scalars cross this boundary. Must match protocol/src/abi.rs.
  */
 #ifndef SWITCHBOARD_H
 #define SWITCHBOARD_H

@@ -14,11 +14,11 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::error::Error as RemoteError;
-use crate::proto::{
+use switchboard_protocol::uri;
+use switchboard_protocol::Error as RemoteError;
+use switchboard_protocol::{
     decode_frame, encode_frame_into, FrameError, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME, NODEID_ANY,
 };
-use crate::uri;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -331,7 +331,7 @@ fn into_result(msg: Message) -> Result<Message, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{encode_frame, Errno};
+    use switchboard_protocol::{encode_frame, Errno};
 
     /// A broker on the other end of a socket pair that reads `n` requests before it answers
     /// any, then answers them last first: rank 3 with EHOSTUNREACH, rank 9 never.

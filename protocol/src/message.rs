@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use smallvec::SmallVec;
 
-use super::Errno;
+use crate::Errno;
 
 /// The protocol version this crate speaks, the first field of every header.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -196,3 +196,6 @@ impl Message {
         rmp_serde::from_slice(&self.payload)
     }
 }
+
+/// The control topic the broker sends to ask a module to stop (RFC 1 §5).
+pub const SHUTDOWN: &str = "shutdown";

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::message::{Cred, Flags, Message, MsgType, Route, PROTOCOL_VERSION};
+use crate::message::{Cred, Flags, Message, MsgType, Route, PROTOCOL_VERSION};
 
 /// Number of fields in a version-1 header.
 const HEADER_FIELDS: u32 = 12;

@@ -2,9 +2,15 @@
 //! the same contract for C authors; the two must change together.
 //!
 //! Only bytes and C scalars cross: a message is an `SbMsg` of scalars and (pointer, length)
-//! byte views, never a Rust type. Nothing here may allocate, panic or unwind.
+//! byte views, never a Rust type. Nothing here may panic or unwind. `message_from_abi` and
+//! `message_to_abi` convert between a [`Message`] and an `SbMsg`, for the broker's host side
+//! and the modules' side alike.
 
 use std::ffi::{c_char, c_void};
+
+use bytes::Bytes;
+
+use crate::{Cred, Flags, Message, MsgType, Route};
 
 /// The ABI version this crate implements. A module whose table names another is refused.
 pub const ABI_VERSION: u32 = 1;
@@ -138,3 +144,49 @@ pub struct SbModule {
 
 // SAFETY: the table is immutable static data: a string literal and a function pointer.
 unsafe impl Sync for SbModule {}
+
+/// Copy a message out of the host's views.
+///
+/// # Safety
+/// The views in `m` must be valid.
+pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
+    let text = |b: SbBytes| unsafe { std::str::from_utf8(b.as_slice()).ok().map(str::to_owned) };
+    let route: &[u64] = if m.route.is_null() || m.route_len == 0 {
+        &[]
+    } else {
+        unsafe { std::slice::from_raw_parts(m.route, m.route_len) }
+    };
+    Some(Message {
+        kind: MsgType::from_u8(m.msg_type)?,
+        flags: Flags(m.flags),
+        topic: text(m.topic)?,
+        matchtag: m.matchtag,
+        nodeid: m.nodeid,
+        cred: Cred { userid: m.userid, rolemask: m.rolemask },
+        errnum: m.errnum,
+        errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
+        seq: m.seq,
+        route: Route::from_slice(route),
+        payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
+    })
+}
+
+/// Borrowed views of `msg`, valid while `msg` lives.
+pub fn message_to_abi(msg: &Message) -> SbMsg {
+    SbMsg {
+        msg_type: msg.kind as u8,
+        flags: msg.flags.0,
+        reserved: 0,
+        matchtag: msg.matchtag,
+        nodeid: msg.nodeid,
+        userid: msg.cred.userid,
+        rolemask: msg.cred.rolemask,
+        errnum: msg.errnum,
+        seq: msg.seq,
+        topic: SbBytes::of(msg.topic.as_bytes()),
+        errstr: msg.errstr.as_deref().map_or(SbBytes::EMPTY, |s| SbBytes::of(s.as_bytes())),
+        route: msg.route.as_ptr(),
+        route_len: msg.route.len(),
+        payload: SbBytes::of(&msg.payload),
+    }
+}

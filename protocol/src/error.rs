@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::proto::{Errno, Message};
+use crate::{Errno, Message};
 
 /// An errno with text that says what went wrong, as carried in an error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
