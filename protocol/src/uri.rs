@@ -17,8 +17,7 @@ pub fn default_socket_path() -> PathBuf {
 pub fn runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("switchboard"),
-        // SAFETY: getuid cannot fail.
-        None => PathBuf::from(format!("/tmp/switchboard-{}", unsafe { libc::getuid() })),
+        None => PathBuf::from(format!("/tmp/switchboard-{}", rustix::process::getuid().as_raw())),
     }
 }
 
@@ -38,8 +37,7 @@ pub fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
         }
     }
     let meta = std::fs::symlink_metadata(dir)?;
-    // SAFETY: getuid cannot fail.
-    let me = unsafe { libc::getuid() };
+    let me = rustix::process::getuid().as_raw();
     let refuse = |why: &str| {
         Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{why}; refusing to use it")))
     };

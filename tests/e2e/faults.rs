@@ -10,7 +10,8 @@ use serde_json::json;
 use switchboard_client::{Client, ClientError};
 use switchboard_protocol::Message;
 use switchboard_tests::{
-    bin, errno_of, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker, WAIT,
+    bin, errno_of, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker,
+    Signal, WAIT,
 };
 
 /// One module of each kind, all answering `NAME.sleep {ms}`.
@@ -179,8 +180,7 @@ fn set_thread_limit(pid: u32, uid: u32, n: usize) {
 
 #[test]
 fn a_broker_that_may_start_no_more_threads_serves_every_client_and_refuses_a_module_clearly() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !switchboard_tests::running_as_root() {
         eprintln!("skipped: needs root to run the broker under a thread limit as another uid");
         return;
     }
@@ -241,9 +241,9 @@ fn answers(c: &mut Client, n: u32) -> Vec<String> {
         .collect()
 }
 
-fn signal(pid: u64, sig: i32) {
-    // SAFETY: signalling a module's child process, which the test found in module.list.
-    unsafe { libc::kill(pid as i32, sig) };
+/// Signal a module's child process, which the test found in module.list.
+fn signal(pid: u64, sig: Signal) {
+    switchboard_tests::signal(u32::try_from(pid).expect("a pid"), sig);
 }
 
 fn stats(b: &Broker, name: &str) -> serde_json::Value {
@@ -258,7 +258,7 @@ fn a_process_module_killed_with_a_hundred_requests_in_flight_answers_them_all() 
     let mut c = b.client();
     pipeline(&mut c, "faulty.sleep", json!({"ms": 50}), 100);
     assert!(wait_until(|| stats(&b, "faulty")["msgs_in"].as_u64() >= Some(2)));
-    signal(pid, libc::SIGKILL);
+    signal(pid, Signal::KILL);
     let got = answers(&mut c, 100);
     assert!(got.iter().all(|e| e == "ok" || e == "EHOSTUNREACH"), "{got:?}");
     assert!(got.iter().any(|e| e == "EHOSTUNREACH"), "the kill came too late to test anything: {got:?}");
@@ -271,7 +271,7 @@ fn a_stopped_process_module_is_removed_and_its_hundred_requesters_answered() {
     b.load(&bin("faulty"), None, &[]);
     b.load(&module("echo"), None, &[]);
     let pid = pid(&b, "faulty").expect("a pid");
-    signal(pid, libc::SIGSTOP);
+    signal(pid, Signal::STOP);
     let mut c = b.client();
     pipeline(&mut c, "faulty.sleep", json!({"ms": 1}), 100);
     // A stopped module holds up nobody else.

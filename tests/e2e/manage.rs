@@ -373,8 +373,7 @@ fn config_reload_and_sighup_apply_the_site_file() {
     let out = b.modctl_ok(&["config", "reload", "--dry-run"]);
     assert!(out.contains("note: grace_ms changed; only a broker restart applies that"), "{out}");
     write(&site, &entry("kvs", &module("kvs"), ""));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(b.pid() as i32, libc::SIGHUP) };
+    switchboard_tests::signal(b.pid(), switchboard_tests::Signal::HUP);
     assert!(wait_until(|| row(&mut b.client(), "echo").is_none()), "SIGHUP did not apply the file");
     assert!(b.wait_log("site file applied"));
 }

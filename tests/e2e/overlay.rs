@@ -192,8 +192,7 @@ fn test_size_starts_an_instance_that_is_full_and_stops_it_leaves_first() {
     assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
     let ranks = switchboard_tests::children_of(child.id());
     assert_eq!(ranks.len(), 5, "one process per rank");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    switchboard_tests::signal(child.id(), switchboard_tests::Signal::INT);
     let out = switchboard_tests::output_within(child, WAIT);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for pid in ranks {
@@ -237,8 +236,7 @@ fn a_peer_without_the_instance_certificate_is_refused_and_nothing_it_sends_is_ro
 
 #[test]
 fn a_guest_stays_a_guest_on_another_rank() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !switchboard_tests::running_as_root() {
         eprintln!("skipped: needs root to run the brokers as another user, so that this test is a guest");
         return;
     }

@@ -62,8 +62,7 @@ fn a_child_killed_mid_request_fails_its_requesters_at_once() {
     // Let the request reach the child, then kill it.
     assert!(wait_until(|| row(&mut b.client(), "faulty").unwrap()["msgs_in"].as_u64() >= Some(1)));
     std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: signalling the module's child process.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    switchboard_tests::signal(pid as u32, switchboard_tests::Signal::KILL);
     let r = c.wait_response(11, Some(WAIT));
     assert_eq!(errno_of(&r), "EHOSTUNREACH");
     assert!(errtext(&r).contains("killed by signal 9 (SIGKILL)"), "{}", errtext(&r));

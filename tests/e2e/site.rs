@@ -217,8 +217,7 @@ fn a_stop_while_the_start_script_runs_ends_the_script_and_what_it_started() {
     let sleeper = || std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok());
     assert!(wait_until(|| sleeper().is_some()), "the start script did not start its child");
     let pid = sleeper().unwrap_or_default();
-    // SAFETY: signalling the broker this test started.
-    unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
+    switchboard_tests::signal(broker.id(), switchboard_tests::Signal::TERM);
     let out = output_within(broker, WAIT);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}: {log}", out.status);

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+pub use rustix::process::Signal;
 use serde::Serialize;
 use switchboard_client::{Client, ClientError};
 use switchboard_protocol::Message;
@@ -103,8 +104,7 @@ pub fn python_bin_dir() -> &'static Path {
             let _ = std::fs::create_dir_all(repo_root().join("target"));
             // Several test binaries may get here at once: one makes the environment.
             let f = std::fs::File::create(&lock).expect("venv lock");
-            // SAFETY: flock on a file we own.
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+            f.lock().expect("lock the venv lock file");
             if !ready(&python) {
                 let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
                     && Command::new(venv.join("bin/pip"))
@@ -318,8 +318,7 @@ impl Broker {
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        signal(self.child.id(), Signal::TERM);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -357,8 +356,7 @@ pub fn output_within(child: Child, limit: Duration) -> Output {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         if rx.recv_timeout(limit).is_err() {
-            // SAFETY: signalling our own child, which is still running.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            signal(pid, Signal::KILL);
         }
     });
     let out = child.wait_with_output().expect("wait for a child");
@@ -422,3 +420,17 @@ pub fn row(client: &mut Client, name: &str) -> Option<serde_json::Value> {
 
 #[derive(Serialize)]
 pub struct Empty {}
+
+/// Send `sig` to process `pid` (a child or a module's process the test knows); a process that
+/// is already gone is not an error here: the test's own assertions say what should have run.
+pub fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Whether the tests run as root (some checks of who may do what only mean something as
+/// another user).
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -61,8 +61,7 @@ impl Listener {
             budget: OutputBudget::new(opts.max_output),
             live: Arc::default(),
             max_clients: max_clients(),
-            // SAFETY: getuid cannot fail.
-            owner: unsafe { libc::getuid() },
+            owner: rustix::process::getuid().as_raw(),
             opts: opts.clone(),
         };
         tracing::debug!(max_clients = ?admission.max_clients, "accepting connections");

@@ -659,8 +659,7 @@ impl Router {
 /// The credentials of what the broker itself sends (lifecycle events, `config-update`
 /// requests): its own uid, as the instance owner.
 pub fn broker_cred() -> Cred {
-    // SAFETY: getuid cannot fail.
-    Cred { userid: unsafe { libc::getuid() }, rolemask: switchboard_protocol::ROLE_OWNER }
+    Cred { userid: rustix::process::getuid().as_raw(), rolemask: switchboard_protocol::ROLE_OWNER }
 }
 
 /// RFC 1 §8.10: module `from` asks module `to` for an answer while `to` has a request

@@ -106,8 +106,7 @@ impl Supervisor {
                     dead = !replaced;
                 }
                 let mailbox = Arc::new(Mailbox::default());
-                // SAFETY: getuid cannot fail.
-                let cred = Cred { userid: unsafe { libc::getuid() }, rolemask: ROLE_OWNER | ROLE_USER };
+                let cred = Cred { userid: rustix::process::getuid().as_raw(), rolemask: ROLE_OWNER | ROLE_USER };
                 let label = format!("module '{}'", info.name);
                 let endpoint = router.add_endpoint(Sink::Module(mailbox.clone()), cred, label, Some(info.name.clone()));
                 let services = match &replacing {

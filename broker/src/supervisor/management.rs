@@ -189,8 +189,7 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 rank: router.place().rank(),
                 pid: std::process::id(),
-                // SAFETY: getuid cannot fail.
-                uid: unsafe { libc::getuid() },
+                uid: rustix::process::getuid().as_raw(),
                 uptime_ms: cx.started.elapsed().as_millis() as u64,
                 modules: sup.count().await as u32,
                 uri: cx.uri.clone(),

@@ -169,11 +169,6 @@ fn proc_usage(pid: u32) -> Option<Usage> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-    Some(Usage {
-        memory_bytes: None,
-        cpu_ms: Some(ticks * 1000 / hz.max(1) as u64),
-        rss_bytes: Some(pages * page.max(1) as u64),
-    })
+    let (hz, page) = (rustix::param::clock_ticks_per_second(), rustix::param::page_size() as u64);
+    Some(Usage { memory_bytes: None, cpu_ms: Some(ticks * 1000 / hz.max(1)), rss_bytes: Some(pages * page.max(1)) })
 }

@@ -223,10 +223,10 @@ fn stop(t: &TestSize, mut children: Vec<Child>) {
             if !matches!(children[r].try_wait(), Ok(None)) {
                 continue;
             }
-            if let Ok(pid) = i32::try_from(children[r].id()) {
-                // SAFETY: signalling a child of ours that has not been reaped (try_wait just
-                // found it running), so the pid is still its own.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+            // A child of ours that has not been reaped (try_wait just found it running), so
+            // the pid is still its own.
+            if let Some(pid) = i32::try_from(children[r].id()).ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
