@@ -2,25 +2,34 @@
 
 /// Print rows under a header, each column as wide as its widest cell.
 pub fn print(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut all = vec![header.iter().map(|h| h.to_string()).collect()];
+    all.extend_from_slice(rows);
+    for line in align(&all) {
+        println!("{line}");
+    }
+}
+
+/// Rows as lines, each column as wide as its widest cell (the last one as it is), columns
+/// two spaces apart.
+pub fn align(rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
     for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let last = cells.len().saturating_sub(1);
-        let text: Vec<String> = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        println!("{}", text.join("  "));
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    rows.iter()
+        .map(|cells| {
+            let last = cells.len().saturating_sub(1);
+            let text: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+                .collect();
+            text.join("  ")
+        })
+        .collect()
 }
 
 pub fn size(bytes: u64) -> String {

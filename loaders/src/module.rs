@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use switchboard_protocol::declare::Declarations;
 use switchboard_protocol::{Level, Message};
 
 use crate::error::LoadError;
@@ -133,6 +134,9 @@ pub struct ModuleInfo {
     /// Hex SHA-256 of the file.
     pub digest: String,
     pub size: u64,
+    /// What the file declares about itself (methods, events): from the native table, the
+    /// process hello or the WASM `declare` export; empty when it declares nothing.
+    pub declares: Declarations,
 }
 
 impl ModuleInfo {
@@ -147,7 +151,15 @@ impl ModuleInfo {
     ) -> Result<Self, LoadError> {
         let name = request.name.clone().unwrap_or(default_name);
         check_name(&name).map_err(LoadError::BadName)?;
-        Ok(ModuleInfo { services: vec![name.clone()], name, kind, path: request.path.clone(), digest, size })
+        Ok(ModuleInfo {
+            services: vec![name.clone()],
+            name,
+            kind,
+            path: request.path.clone(),
+            digest,
+            size,
+            declares: Declarations::default(),
+        })
     }
 }
 

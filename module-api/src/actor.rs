@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::handle::Handle;
+use switchboard_protocol::declare::{Declarations, EventDecl, MethodDecl};
 use switchboard_protocol::{Errno, Error, Flags, Level, Message, MsgType, SHUTDOWN};
 
 /// What a handler hands back.
@@ -111,18 +112,22 @@ struct Method<A> {
     doc: String,
 }
 
-/// An actor's method table: method name (the part of the topic after the service) to handler.
+/// An actor's method table: method name (the part of the topic after the service) to
+/// handler, and the events the actor publishes. What it declares is known without running
+/// the module (`module.info`, RFC 3 §3.11): every kind's export reads it from here.
 pub struct Methods<A> {
     table: HashMap<String, Method<A>>,
     /// Answers methods the table does not name.
     otherwise: Option<Method<A>>,
     /// The method `doc` describes: the one added last.
     last: Option<String>,
+    /// Declared events: topic and doc.
+    events: Vec<EventDecl>,
 }
 
 impl<A> Default for Methods<A> {
     fn default() -> Self {
-        Methods { table: HashMap::new(), otherwise: None, last: None }
+        Methods { table: HashMap::new(), otherwise: None, last: None, events: Vec::new() }
     }
 }
 
@@ -157,19 +162,28 @@ impl<A: 'static> Methods<A> {
         self
     }
 
-    /// What the table declares, as `SERVICE.methods` answers it.
-    pub fn describe(&self) -> switchboard_protocol::mgmt::MethodList {
-        let mut methods: Vec<switchboard_protocol::mgmt::MethodInfo> = self
+    /// Declare an event the actor publishes: its whole topic and one line saying when and
+    /// with what payload (`.event("kvs.changed", "a key was put or deleted: {key, op}")`).
+    /// A declaration only: publishing is still `Handle::publish`. A `doc` after it documents
+    /// nothing (the event has its own).
+    pub fn event(mut self, topic: &str, doc: &str) -> Self {
+        self.events.push(EventDecl { name: topic.to_string(), doc: doc.to_string() });
+        self.last = None;
+        self
+    }
+
+    /// What the table declares, as `SERVICE.methods` answers it and `module.info` shows it:
+    /// methods and events in byte order of their names.
+    pub fn describe(&self) -> Declarations {
+        let mut methods: Vec<MethodDecl> = self
             .table
             .iter()
-            .map(|(name, m)| switchboard_protocol::mgmt::MethodInfo {
-                name: name.clone(),
-                guest: m.guest,
-                doc: m.doc.clone(),
-            })
+            .map(|(name, m)| MethodDecl { name: name.clone(), guest: m.guest, doc: m.doc.clone() })
             .collect();
         methods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        switchboard_protocol::mgmt::MethodList { methods, otherwise: self.otherwise.is_some() }
+        let mut events = self.events.clone();
+        events.sort_by(|a, b| a.name.cmp(&b.name));
+        Declarations { methods, otherwise: self.otherwise.is_some(), events }
     }
 
     fn add(mut self, name: &str, handler: Handler<A>, guest: bool) -> Self {

@@ -1,7 +1,10 @@
 //! The module side of the native C ABI: a `Link` over the broker's `SbHost` table, and the
-//! entry glue `export_module!` expands to. Every call into Rust code from the broker goes
-//! through `run_native`, which catches panics so that none unwinds across `extern "C"`.
+//! entry glue `export_module!` expands to (the module table, built from the actor's
+//! `Methods` with its declarations, and `main`). Every call into Rust code from the broker
+//! goes through `run_native` or `ModuleTable::new`, which catch panics so that none unwinds
+//! across `extern "C"`.
 
+use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -11,7 +14,8 @@ use crate::actor::{run_actor, Actor};
 use crate::handle::Handle;
 use crate::link::{Link, LinkError};
 use switchboard_protocol::abi::{
-    message_from_abi, message_to_abi, SbHost, SbMsg, ABI_VERSION, SB_ECONNRESET, SB_ETIMEDOUT, SB_EXIT_PANIC, SB_OK,
+    message_from_abi, message_to_abi, SbEvent, SbHost, SbMethod, SbModule, SbMsg, ABI_VERSION, SB_ECONNRESET,
+    SB_ETIMEDOUT, SB_EXIT_PANIC, SB_METHOD_GUEST, SB_MODULE_OTHERWISE, SB_OK,
 };
 use switchboard_protocol::{Level, Message};
 
@@ -103,6 +107,67 @@ pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
     }
 }
 
+/// A Rust module's table (RFC 2 §3.1), made by the entry function the first time it is
+/// called, from the actor's `Methods`: the strings and arrays the table points to live
+/// beside it, in the static `export_module!` keeps it in, for the life of the process.
+pub struct ModuleTable {
+    table: SbModule,
+    _strings: Vec<CString>,
+    _methods: Vec<SbMethod>,
+    _events: Vec<SbEvent>,
+}
+
+// SAFETY: the table and what it points to are built once and never written again; the
+// pointers point into the heap buffers this value owns, which do not move with it.
+unsafe impl Send for ModuleTable {}
+// SAFETY: as for `Send`: shared references only ever read.
+unsafe impl Sync for ModuleTable {}
+
+impl ModuleTable {
+    /// The table of actor `A` named `name` (NUL-terminated) whose `main` is `main`. If
+    /// `A::methods()` panics, the table declares nothing (the panic shows again in `main`).
+    pub fn new<A: Actor>(name: &'static str, main: unsafe extern "C" fn(*const SbHost) -> i32) -> Self {
+        let declared = catch_unwind(AssertUnwindSafe(|| A::methods().describe())).unwrap_or_default();
+        let mut strings = Vec::new();
+        let mut keep = |s: &str| -> *const c_char {
+            // A NUL inside would cut the text short; the broker would read what precedes it.
+            let c = CString::new(s.replace('\0', "")).unwrap_or_default();
+            let p = c.as_ptr();
+            strings.push(c);
+            p
+        };
+        let methods: Vec<SbMethod> = declared
+            .methods
+            .iter()
+            .map(|m| SbMethod {
+                name: keep(&m.name),
+                doc: keep(&m.doc),
+                flags: if m.guest { SB_METHOD_GUEST } else { 0 },
+                reserved: 0,
+            })
+            .collect();
+        let events: Vec<SbEvent> =
+            declared.events.iter().map(|e| SbEvent { name: keep(&e.name), doc: keep(&e.doc) }).collect();
+        let table = SbModule {
+            abi_version: ABI_VERSION,
+            size: std::mem::size_of::<SbModule>() as u32,
+            name: name.as_ptr() as *const c_char,
+            main: Some(main),
+            methods: if methods.is_empty() { std::ptr::null() } else { methods.as_ptr() },
+            nmethods: methods.len(),
+            events: if events.is_empty() { std::ptr::null() } else { events.as_ptr() },
+            nevents: events.len(),
+            flags: if declared.otherwise { SB_MODULE_OTHERWISE } else { 0 },
+            reserved: 0,
+        };
+        ModuleTable { table, _strings: strings, _methods: methods, _events: events }
+    }
+
+    pub fn as_ptr(&self) -> *const SbModule {
+        &self.table
+    }
+}
+
 /// Export an `Actor` as a Switchboard module under a default name.
 ///
 /// ```ignore
@@ -128,25 +193,28 @@ macro_rules! export_module {
             unsafe extern "C" fn __switchboard_main(host: *const $crate::abi::SbHost) -> i32 {
                 unsafe { $crate::native::run_native::<$actor>(host) }
             }
-            static __SWITCHBOARD_MODULE: $crate::abi::SbModule = $crate::abi::SbModule {
-                abi_version: $crate::abi::ABI_VERSION,
-                size: ::core::mem::size_of::<$crate::abi::SbModule>() as u32,
-                name: concat!($name, "\0").as_ptr() as *const ::core::ffi::c_char,
-                main: Some(__switchboard_main),
-            };
+            static __SWITCHBOARD_MODULE: ::std::sync::OnceLock<$crate::native::ModuleTable> =
+                ::std::sync::OnceLock::new();
             #[no_mangle]
             pub extern "C" fn switchboard_module_entry() -> *const $crate::abi::SbModule {
-                &__SWITCHBOARD_MODULE
+                __SWITCHBOARD_MODULE
+                    .get_or_init(|| $crate::native::ModuleTable::new::<$actor>(concat!($name, "\0"), __switchboard_main))
+                    .as_ptr()
             }
         };
 
         #[cfg(target_family = "wasm")]
         const _: () = {
-            use $crate::wasm::bindings::switchboard::module::types::{Description, MessageResult as Message};
+            use $crate::wasm::bindings::switchboard::module::types::{
+                Declarations, Description, MessageResult as Message,
+            };
             struct __SwitchboardComponent;
             impl $crate::wasm::bindings::Guest for __SwitchboardComponent {
                 fn describe() -> Description {
                     $crate::wasm::describe($name)
+                }
+                fn declare() -> Declarations {
+                    $crate::wasm::declare::<$actor>()
                 }
                 fn init(name: String, args: Vec<String>, config: Vec<u8>) -> Result<(), String> {
                     $crate::wasm::init::<$actor>(name, args, config)

@@ -166,7 +166,8 @@ pub fn run<A: Actor>(default_name: &str) -> ExitCode {
         link.log(Level::Error, "the broker did not send a welcome");
         return ExitCode::from(1);
     };
-    if link.control(HELLO, &Hello { protocol: PROTOCOL, name: default_name.to_string() }).is_err() {
+    let declares = A::methods().describe();
+    if link.control(HELLO, &Hello { protocol: PROTOCOL, name: default_name.to_string(), declares }).is_err() {
         return ExitCode::from(1);
     }
     if welcome.describe {

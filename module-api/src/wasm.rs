@@ -33,7 +33,9 @@ pub mod bindings {
 pub use wit_bindgen::rt;
 
 use bindings::switchboard::module::host;
-use bindings::switchboard::module::types::{Description, Failure, MessageParam, MessageResult as WitMessage};
+use bindings::switchboard::module::types::{
+    Declarations, Description, EventDecl, Failure, MessageParam, MessageResult as WitMessage, MethodDecl,
+};
 
 /// A view of `m` for the host: borrowed, nothing copied.
 fn to_wit(m: &Message) -> MessageParam<'_> {
@@ -158,6 +160,17 @@ fn with_state<A: Actor>(f: impl FnOnce(&mut State<A>)) {
 #[doc(hidden)]
 pub fn describe(name: &str) -> Description {
     Description { name: name.to_string() }
+}
+
+/// What `A`'s method table declares, as the `declare` export returns it.
+#[doc(hidden)]
+pub fn declare<A: Actor>() -> Declarations {
+    let d = A::methods().describe();
+    Declarations {
+        methods: d.methods.into_iter().map(|m| MethodDecl { name: m.name, guest: m.guest, doc: m.doc }).collect(),
+        otherwise: d.otherwise,
+        events: d.events.into_iter().map(|e| EventDecl { name: e.name, doc: e.doc }).collect(),
+    }
 }
 
 #[doc(hidden)]

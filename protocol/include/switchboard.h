@@ -113,11 +113,40 @@ typedef struct sb_host {
     void (*log)(void *ctx, int32_t level, const uint8_t *text, size_t len);
 } sb_host;
 
+/* A method the module declares (RFC 2 §3.1): `name` is the part of the topic after the
+ * service ("add" for "calc.add"), `doc` one line saying what it does (NULL: none), both
+ * NUL-terminated UTF-8. */
+#define SB_METHOD_GUEST 0x1u /* sb_method.flags: guests (other local users) may call it */
+typedef struct sb_method {
+    const char *name;
+    const char *doc;
+    uint32_t flags;       /* SB_METHOD_GUEST or 0 */
+    uint32_t reserved;    /* zero */
+} sb_method;
+
+/* An event the module publishes: `name` is the whole topic ("calc.overflow"), `doc` one line
+ * saying when and with what payload (NULL: none). */
+typedef struct sb_event {
+    const char *name;
+    const char *doc;
+} sb_event;
+
+/* The module table. Every string and array it points to is read when the entry function
+ * has returned (and copied then); keep them static, like the table. The fields after `main`
+ * were appended to version 1: a table built before them (size 24) still loads and declares
+ * nothing, and a module may leave them zero. */
+#define SB_MODULE_OTHERWISE 0x1u /* sb_module.flags: it answers methods it does not list */
 typedef struct sb_module {
     uint32_t abi_version; /* SB_ABI_VERSION */
     uint32_t size;        /* sizeof(sb_module) */
     const char *name;     /* default name, NUL-terminated */
     int32_t (*main)(const sb_host *host);
+    const sb_method *methods; /* nmethods declared methods; NULL when nmethods is 0 */
+    size_t nmethods;
+    const sb_event *events;   /* nevents declared events; NULL when nevents is 0 */
+    size_t nevents;
+    uint32_t flags;       /* SB_MODULE_OTHERWISE or 0 */
+    uint32_t reserved;    /* zero */
 } sb_module;
 
 /* Build a response to `req` in `resp` (borrowing req's topic and route). */

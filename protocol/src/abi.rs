@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_void};
 
 use bytes::Bytes;
 
+use crate::declare::{DeclarationError, Declarations, EventDecl, MethodDecl, MAX_DECLARED};
 use crate::{Cred, Flags, Message, MsgType, Route};
 
 /// The ABI version this crate implements. A module whose table names another is refused.
@@ -128,7 +129,8 @@ pub struct SbHost {
     pub log: SbLogFn,
 }
 
-/// The table a module's entry symbol returns.
+/// The table a module's entry symbol returns. The fields after `main` were appended to
+/// version 1 (RFC 2 §3.1): a table whose `size` stops before them declares nothing.
 #[repr(C)]
 #[derive(Debug)]
 pub struct SbModule {
@@ -140,10 +142,142 @@ pub struct SbModule {
     /// The module's thread of control; returns 0 on a clean exit, anything else is a failure.
     /// Never NULL in a valid table (an `Option` so that a NULL one is caught, not called).
     pub main: Option<unsafe extern "C" fn(host: *const SbHost) -> i32>,
+    /// `nmethods` declared methods (NULL when `nmethods` is 0).
+    pub methods: *const SbMethod,
+    pub nmethods: usize,
+    /// `nevents` declared events (NULL when `nevents` is 0).
+    pub events: *const SbEvent,
+    pub nevents: usize,
+    /// `SB_MODULE_OTHERWISE`; other bits are ignored.
+    pub flags: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
-// SAFETY: the table is immutable static data: a string literal and a function pointer.
+// SAFETY: the table is immutable data that lives as long as the library: strings, function
+// pointers and arrays of declarations nobody writes.
 unsafe impl Sync for SbModule {}
+
+/// The size of version 1's first table (`abi_version`, `size`, `name`, `main`): the smallest
+/// `size` a module may give. Older modules give it and declare nothing.
+pub const SB_MODULE_SIZE_V1_0: u32 = 24;
+/// `SbMethod::flags`: guests (other local users) may call the method.
+pub const SB_METHOD_GUEST: u32 = 1;
+/// `SbModule::flags`: a catch-all handler answers methods the table does not list.
+pub const SB_MODULE_OTHERWISE: u32 = 1;
+
+/// A declared method (RFC 2 §3.1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SbMethod {
+    /// The part of the topic after the service (`get` for `kvs.get`), NUL-terminated UTF-8.
+    pub name: *const c_char,
+    /// One line saying what it does, NUL-terminated UTF-8; NULL: none.
+    pub doc: *const c_char,
+    /// `SB_METHOD_GUEST`; other bits are ignored.
+    pub flags: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// A declared event: a topic the module publishes (RFC 2 §3.1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SbEvent {
+    /// The whole topic (`kvs.changed`), NUL-terminated UTF-8.
+    pub name: *const c_char,
+    /// One line saying when it is published and what it carries; NULL: none.
+    pub doc: *const c_char,
+}
+
+/// Why a module table's declarations were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("it declares {count} {what}s; at most {MAX_DECLARED} are allowed")]
+    TooMany { what: &'static str, count: usize },
+    #[error("its {what}s array is NULL but it declares {count} of them")]
+    NullArray { what: &'static str, count: usize },
+    #[error("{what} {index} of its table has a NULL name")]
+    NullName { what: &'static str, index: usize },
+    #[error("the {field} of {what} {index} of its table is not UTF-8")]
+    NotUtf8 { what: &'static str, index: usize, field: &'static str },
+    #[error("{0}")]
+    Declaration(#[from] DeclarationError),
+}
+
+/// The declarations of a module table whose first `size` bytes are valid: only fields that
+/// lie within `size` are read, so a table of version 1's first layout (24 bytes) declares
+/// nothing.
+///
+/// # Safety
+/// `table` must point to at least `size` readable bytes laid out as `SbModule`'s first
+/// `size` bytes, and every pointer in those fields must follow RFC 2 §3.1 (arrays of the
+/// given lengths, NUL-terminated strings), all valid for the duration of the call.
+pub unsafe fn declarations_from_abi(table: *const SbModule, size: u32) -> Result<Declarations, TableError> {
+    let within = |end: usize| end <= size as usize;
+    let end_of = |offset: usize, len: usize| offset + len;
+    // SAFETY (for the reads below): each field is read only when it lies within `size`, and
+    // raw reads make no claim about the bytes beyond.
+    let read_pair = |what: &'static str, ptr_off: usize, len_off: usize| -> Result<(usize, usize), TableError> {
+        if !within(end_of(len_off, size_of::<usize>())) {
+            return Ok((0, 0));
+        }
+        let base = table as *const u8;
+        // SAFETY: both fields lie within the table's first `size` bytes (checked above).
+        let (ptr, count) =
+            unsafe { (base.add(ptr_off).cast::<usize>().read(), base.add(len_off).cast::<usize>().read()) };
+        if count > MAX_DECLARED {
+            return Err(TableError::TooMany { what, count });
+        }
+        if count > 0 && ptr == 0 {
+            return Err(TableError::NullArray { what, count });
+        }
+        Ok((ptr, count))
+    };
+    let text =
+        |p: *const c_char, what: &'static str, index: usize, field: &'static str| -> Result<String, TableError> {
+            if p.is_null() {
+                return Ok(String::new());
+            }
+            // SAFETY: a non-NULL string of a declaration is NUL-terminated (the caller's promise).
+            let s = unsafe { std::ffi::CStr::from_ptr(p) };
+            s.to_str().map(str::to_owned).map_err(|_| TableError::NotUtf8 { what, index, field })
+        };
+    let mut declared = Declarations::default();
+    let (methods, nmethods) =
+        read_pair("method", std::mem::offset_of!(SbModule, methods), std::mem::offset_of!(SbModule, nmethods))?;
+    for index in 0..nmethods {
+        // SAFETY: `methods` points to `nmethods` entries (the caller's promise), and is non-NULL.
+        let m = unsafe { (methods as *const SbMethod).add(index).read() };
+        if m.name.is_null() {
+            return Err(TableError::NullName { what: "method", index });
+        }
+        declared.methods.push(MethodDecl {
+            name: text(m.name, "method", index, "name")?,
+            guest: m.flags & SB_METHOD_GUEST != 0,
+            doc: text(m.doc, "method", index, "doc")?,
+        });
+    }
+    let (events, nevents) =
+        read_pair("event", std::mem::offset_of!(SbModule, events), std::mem::offset_of!(SbModule, nevents))?;
+    for index in 0..nevents {
+        // SAFETY: `events` points to `nevents` entries (the caller's promise), and is non-NULL.
+        let e = unsafe { (events as *const SbEvent).add(index).read() };
+        if e.name.is_null() {
+            return Err(TableError::NullName { what: "event", index });
+        }
+        declared
+            .events
+            .push(EventDecl { name: text(e.name, "event", index, "name")?, doc: text(e.doc, "event", index, "doc")? });
+    }
+    let flags_off = std::mem::offset_of!(SbModule, flags);
+    if within(end_of(flags_off, size_of::<u32>())) {
+        // SAFETY: the field lies within the table's first `size` bytes.
+        let flags = unsafe { (table as *const u8).add(flags_off).cast::<u32>().read() };
+        declared.otherwise = flags & SB_MODULE_OTHERWISE != 0;
+    }
+    Ok(declared.checked()?)
+}
 
 /// Copy a message out of the host's views.
 ///

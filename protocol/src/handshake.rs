@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::declare::Declarations;
+
 /// Environment variable naming the inherited socket's file descriptor in a process module.
 pub const FD_ENV: &str = "SWITCHBOARD_MODULE_FD";
 /// The handshake protocol version.
@@ -41,6 +43,9 @@ pub struct Hello {
     pub protocol: u32,
     /// The module's default name (used when the welcome named none).
     pub name: String,
+    /// What it declares about itself (methods, events); absent: nothing.
+    #[serde(default)]
+    pub declares: Declarations,
 }
 
 /// Module -> broker: a lifecycle state it entered: `running` once initialised,

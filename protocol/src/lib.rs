@@ -7,6 +7,7 @@
 //! - [`Message`], its header codec and the local-socket framing (RFC 1): `message`, `codec`,
 //!   `frame`, and the error numbers [`Errno`] with the [`Error`] a response carries.
 //! - [`mgmt`]: payloads of the built-in services (RFC 3).
+//! - [`declare`]: what a module declares about itself (methods, events), however it travels.
 //! - [`handshake`]: the process-module control messages (RFC 5).
 //! - [`abi`]: the native-module C ABI (RFC 2) as `#[repr(C)]` types; `include/switchboard.h`
 //!   is its C twin. `wit/world.wit` is the WASM modules' WIT world (RFC 6).
@@ -16,6 +17,7 @@
 
 pub mod abi;
 mod codec;
+pub mod declare;
 mod errno;
 mod error;
 mod frame;

@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `SERVICE.methods`'s response (RFC 3 §5.1) and the `declares` of `module.info` and
+/// `module.list`: what a module declares about itself.
+pub use crate::declare::{Declarations, EventDecl, MethodDecl};
+
 /// A valid module or service name: 1 to 64 of `[A-Za-z0-9_-]` (no dots: the service is the
 /// part of a topic before the first dot). In `module.load`'s `path`, such a reference is a
 /// bare name looked up on the broker's search path; anything else is a path.
@@ -220,6 +224,9 @@ pub struct ModuleDescription {
     pub path: String,
     pub digest: String,
     pub size: u64,
+    /// What the file declares about itself (methods, events), read without running it.
+    #[serde(default)]
+    pub declares: Declarations,
 }
 
 /// One row of `module.list`.
@@ -254,6 +261,9 @@ pub struct ModuleStatus {
     /// Modules it requires.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// What its file declares (methods, events), as `module.info` gives it.
+    #[serde(default)]
+    pub declares: Declarations,
 }
 
 /// `module.list` response.
@@ -294,27 +304,6 @@ pub struct BrokerInfo {
 
 fn one() -> u32 {
     1
-}
-
-/// `SERVICE.methods` response (RFC 3 §5.1): what a module's method table declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct MethodList {
-    /// By name, in byte order.
-    pub methods: Vec<MethodInfo>,
-    /// Whether it also answers methods it does not list (a catch-all handler).
-    #[serde(default)]
-    pub otherwise: bool,
-}
-
-/// One declared method.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MethodInfo {
-    pub name: String,
-    /// Whether guests (other local users) may call it.
-    pub guest: bool,
-    /// One line saying what it does; empty if the author wrote none.
-    #[serde(default)]
-    pub doc: String,
 }
 
 /// `overlay.status` response (RFC 7 §6.3): a rank of the tree and, recursively, its subtree.

@@ -74,6 +74,7 @@ pub fn describe(info: &ModuleInfo) -> ModuleDescription {
         path: info.path.display().to_string(),
         digest: info.digest.clone(),
         size: info.size,
+        declares: info.declares.clone(),
     }
 }
 

@@ -208,6 +208,7 @@ impl Entry {
             restarts: self.history.restarts,
             last_failure: self.history.last_failure.clone(),
             requires: self.spec.requires.clone(),
+            declares: rec.info.declares.clone(),
         }
     }
 

@@ -196,6 +196,7 @@ mod tests {
             restarts: 2,
             last_failure: None,
             requires: Vec::new(),
+            declares: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use switchboard_client::Client;
 use switchboard_protocol::mgmt::{
-    DirArgs, InfoArgs, LoadArgs, MethodList, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs,
+    Declarations, DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs,
     RemoveArgs,
 };
 use switchboard_protocol::Message;
@@ -352,7 +352,7 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
 pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), CliError> {
     let topic = format!("{service}.methods");
     let reply = client.rpc(&topic, &()).doing(&topic)?;
-    let list: MethodList = decode(&reply, &topic)?;
+    let list: Declarations = decode(&reply, &topic)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
         return Ok(());
@@ -360,14 +360,16 @@ pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), 
     let rows: Vec<Vec<String>> = list
         .methods
         .iter()
-        .map(|m| {
-            let who = if m.guest { "anyone" } else { "owner" };
-            vec![format!("{service}.{}", m.name), who.to_string(), m.doc.clone()]
-        })
+        .map(|m| vec![format!("{service}.{}", m.name), callers(m.guest).to_string(), m.doc.clone()])
         .collect();
     table::print(&["METHOD", "CALLERS", "DESCRIPTION"], &rows);
     if list.otherwise {
         println!("(and any other method: {service} has a catch-all handler)");
+    }
+    if !list.events.is_empty() {
+        let rows: Vec<Vec<String>> = list.events.iter().map(|e| vec![e.name.clone(), e.doc.clone()]).collect();
+        println!();
+        table::print(&["EVENT", "DESCRIPTION"], &rows);
     }
     Ok(())
 }
@@ -390,6 +392,49 @@ fn info_lines(d: &ModuleDescription) -> Vec<String> {
         format!("digest:   {}", d.digest),
         format!("size:     {} ({} bytes)", table::size(d.size), d.size),
     ]
+    .into_iter()
+    .chain(declared_lines(&d.name, &d.declares))
+    .collect()
+}
+
+/// What `info` prints of a module's declarations: its methods (as `SERVICE.NAME`, who may
+/// call them, what they do) and the events it publishes, aligned, under `methods:` and
+/// `events:`.
+fn declared_lines(service: &str, d: &Declarations) -> Vec<String> {
+    const INDENT: &str = "          ";
+    let mut rows: Vec<Vec<String>> = d
+        .methods
+        .iter()
+        .map(|m| vec![format!("{service}.{}", m.name), callers(m.guest).to_string(), m.doc.clone()])
+        .collect();
+    if d.otherwise {
+        let which = if rows.is_empty() { "every" } else { "any other" };
+        rows.push(vec![format!("{service}.*"), "anyone".into(), format!("a catch-all handler answers {which} method")]);
+    }
+    let mut lines = labelled("methods:  ", INDENT, table::align(&rows));
+    let rows: Vec<Vec<String>> = d.events.iter().map(|e| vec![e.name.clone(), e.doc.clone()]).collect();
+    lines.extend(labelled("events:   ", INDENT, table::align(&rows)));
+    lines
+}
+
+/// `rows` after `label` (the first) and `indent` (the rest), or `label` and "none declared".
+fn labelled(label: &str, indent: &str, rows: Vec<String>) -> Vec<String> {
+    if rows.is_empty() {
+        return vec![format!("{label}none declared")];
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}{}", if i == 0 { label } else { indent }, r.trim_end()))
+        .collect()
+}
+
+/// Who may call a method, as `info` and `methods` print it.
+fn callers(guest: bool) -> &'static str {
+    if guest {
+        "anyone"
+    } else {
+        "owner"
+    }
 }
 
 /// `HOST[:GUEST][:rw]` as a directory grant; the host path is made absolute.

@@ -7,10 +7,15 @@
  * `a` and `b` are 64-bit signed integers; other fields are ignored. A request that does not
  * decode is answered EPROTO `calc.add: malformed request: WHAT`, naming the field when one is
  * at fault (`b: expected an integer, got a string`, `missing field `b``), in the shape the Rust
- * helper's typed handlers use; a sum that does not fit is EINVAL. It follows RFC 3 §5.1's
- * conventions: `calc.ping` echoes its payload, an unknown method is ENOSYS naming `add` (so a
- * config-update makes the broker reload it with the new table), NO_RESPONSE requests and
- * `calc.disconnect` are not answered, a STREAMING request's answer is followed by ENODATA.
+ * helper's typed handlers use; a sum that does not fit is EINVAL, and publishes the event
+ * `calc.overflow` {"a": A, "b": B}. It follows RFC 3 §5.1's conventions: `calc.ping` echoes
+ * its payload, `calc.methods` answers what its module table declares, an unknown method is
+ * ENOSYS naming `add` (so a config-update makes the broker reload it with the new table),
+ * NO_RESPONSE requests and `calc.disconnect` are not answered, a STREAMING request's answer
+ * is followed by ENODATA.
+ *
+ * Its module table declares its method and its event (RFC 2 §3.1), so `modctl info
+ * ./libcalc.so` lists them without running it.
  *
  * Build, from the repository root (Debian 13 names the package libmsgpack-c-dev and its
  * pkg-config file msgpack-c):
@@ -57,6 +62,18 @@ static void reply_error(const sb_host *host, const sb_msg *req, uint32_t errnum,
 #define malformed(host, req, fmt, ...)                                                            \
     reply_error(host, req, SWITCHBOARD_EPROTO, "%.*s: malformed request: " fmt,                  \
                 (int)(req)->topic.len, (const char *)(req)->topic.ptr, __VA_ARGS__)
+
+#define COUNT(a) (sizeof(a) / sizeof(a)[0])
+
+/* What this module declares (RFC 2 §3.1): the broker reads it from the table when it opens
+ * the library, for `module.info` and `module.list`; `calc.methods` answers it too. Static,
+ * like the table. */
+static const sb_method calc_methods[] = {
+    {.name = "add", .doc = "the sum of `a` and `b` (64-bit signed integers), as `sum`; EINVAL if it does not fit"},
+};
+static const sb_event calc_events[] = {
+    {.name = "calc.overflow", .doc = "an add did not fit in 64 bits: `{a, b}`"},
+};
 
 /* Send a successful response with `payload`; a STREAMING request's stream then ends with
  * ENODATA (RFC 1 §8.7). send copies, so the caller may reuse the buffer at once. */
@@ -124,6 +141,58 @@ static int int_field(const sb_host *host, const sb_msg *req, const msgpack_objec
     return 0;
 }
 
+/* Pack a string (msgpack-c has no one-call form). */
+static int pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    return msgpack_pack_str(pk, n) != 0 || msgpack_pack_str_body(pk, s, n) != 0;
+}
+
+/* calc.methods (RFC 3 §5.1): {methods: [{name, guest, doc}], otherwise, events: [{name, doc}]},
+ * made from the same arrays the module table points to, so the two cannot disagree. */
+static void methods(const sb_host *host, const sb_msg *req, msgpack_sbuffer *out)
+{
+    msgpack_sbuffer_clear(out);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    int failed = msgpack_pack_map(&pk, 3) != 0 || pack_str(&pk, "methods") || msgpack_pack_array(&pk, COUNT(calc_methods)) != 0;
+    for (size_t i = 0; i < COUNT(calc_methods) && !failed; i++) {
+        const sb_method *m = &calc_methods[i];
+        failed = msgpack_pack_map(&pk, 3) != 0 || pack_str(&pk, "name") || pack_str(&pk, m->name)
+                 || pack_str(&pk, "guest")
+                 || ((m->flags & SB_METHOD_GUEST) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)) != 0
+                 || pack_str(&pk, "doc") || pack_str(&pk, m->doc);
+    }
+    failed = failed || pack_str(&pk, "otherwise") || msgpack_pack_false(&pk) != 0 || pack_str(&pk, "events")
+             || msgpack_pack_array(&pk, COUNT(calc_events)) != 0;
+    for (size_t i = 0; i < COUNT(calc_events) && !failed; i++)
+        failed = msgpack_pack_map(&pk, 2) != 0 || pack_str(&pk, "name") || pack_str(&pk, calc_events[i].name)
+                 || pack_str(&pk, "doc") || pack_str(&pk, calc_events[i].doc);
+    if (failed)
+        reply_error(host, req, SWITCHBOARD_ENOMEM, "%s", "out of memory encoding the answer");
+    else
+        reply(host, req, (sb_bytes){(const uint8_t *)out->data, out->size});
+}
+
+/* Publish calc.overflow {"a": A, "b": B}: an event is a message of type SB_MSG_EVENT that
+ * `send` routes to every subscriber. */
+static void publish_overflow(const sb_host *host, int64_t a, int64_t b, msgpack_sbuffer *out)
+{
+    msgpack_sbuffer_clear(out);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    if (msgpack_pack_map(&pk, 2) != 0 || pack_str(&pk, "a") || msgpack_pack_int64(&pk, a) != 0
+        || pack_str(&pk, "b") || msgpack_pack_int64(&pk, b) != 0)
+        return;
+    static const char topic[] = "calc.overflow";
+    sb_msg ev = {0};
+    ev.msg_type = SB_MSG_EVENT;
+    ev.nodeid = SB_NODEID_ANY;
+    ev.topic = (sb_bytes){(const uint8_t *)topic, sizeof topic - 1};
+    ev.payload = (sb_bytes){(const uint8_t *)out->data, out->size};
+    host->send(host->ctx, &ev);
+}
+
 /* calc.add: {"a": A, "b": B} -> {"sum": A + B}. `out` is the module's answer buffer. */
 static void add(const sb_host *host, const sb_msg *req, msgpack_sbuffer *out)
 {
@@ -148,6 +217,7 @@ static void add(const sb_host *host, const sb_msg *req, msgpack_sbuffer *out)
                && int_field(host, req, &request.data.via.map, "b", &b)) {
         if (__builtin_add_overflow(a, b, &sum)) {
             reply_error(host, req, SWITCHBOARD_EINVAL, "%" PRId64 " + %" PRId64 " does not fit in 64 bits", a, b);
+            publish_overflow(host, a, b, out);
         } else {
             /* The answer: a map of one entry, packed into the reused buffer. */
             msgpack_sbuffer_clear(out);
@@ -200,6 +270,8 @@ static int32_t calc_main(const sb_host *host)
             add(host, &req, &out);
         else if (is(method, method_len, "ping"))
             reply(host, &req, req.payload);
+        else if (is(method, method_len, "methods"))
+            methods(host, &req, &out);
         else /* RFC 3 §5.1's text, listing the methods (ping, a convention, is not listed) */
             reply_error(host, &req, SWITCHBOARD_ENOSYS, "service '%.*s' has no method '%.*s' (its methods: add)",
                         (int)host->name.len, (const char *)host->name.ptr, (int)method_len, method);
@@ -213,6 +285,10 @@ static const sb_module calc = {
     .size = sizeof(sb_module),
     .name = "calc",
     .main = calc_main,
+    .methods = calc_methods,
+    .nmethods = COUNT(calc_methods),
+    .events = calc_events,
+    .nevents = COUNT(calc_events),
 };
 
 const sb_module *switchboard_module_entry(void)

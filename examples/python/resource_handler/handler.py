@@ -15,6 +15,7 @@ import time
 from switchboard_module import EEXIST, EINVAL, ENOENT, Error, Module
 
 mod = Module("resources")
+mod.publishes("resources.changed", doc="a resource was created, modified or deleted: {op, name, version}")
 resources = {}
 
 
@@ -40,6 +41,7 @@ def init(m):
 
 @mod.method("create")
 def create(req):
+    """make resource `name` with `spec`; EEXIST if it exists"""
     name = require_name(req)
     if name in resources:
         raise Error(EEXIST, f"resource '{name}' already exists")
@@ -52,6 +54,7 @@ def create(req):
 
 @mod.method("modify")
 def modify(req):
+    """merge `spec` into resource `name`'s and bump its version"""
     name = require_name(req)
     if name not in resources:
         raise Error(ENOENT, f"no resource '{name}'")
@@ -64,6 +67,7 @@ def modify(req):
 
 @mod.method("delete")
 def delete(req):
+    """remove resource `name`; ENOENT if there is none"""
     name = require_name(req)
     if resources.pop(name, None) is None:
         raise Error(ENOENT, f"no resource '{name}'")
@@ -73,6 +77,7 @@ def delete(req):
 
 @mod.method("probe", guest=True)
 def probe(req):
+    """the health of resource `name`, or of every resource without one"""
     name = (req.payload or {}).get("name")
     if name is None:
         return {"resources": [{"name": n, "version": r["version"], "healthy": True} for n, r in sorted(resources.items())]}

@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use parking_lot::Mutex;
-use switchboard_protocol::abi::{SbModule, ABI_VERSION, ENTRY_SYMBOL};
+use switchboard_protocol::abi::{declarations_from_abi, SbModule, ABI_VERSION, ENTRY_SYMBOL, SB_MODULE_SIZE_V1_0};
+use switchboard_protocol::declare::Declarations;
 use switchboard_protocol::uri::{private_dir, runtime_dir};
 
 use super::MainFn;
@@ -35,6 +36,8 @@ pub(super) struct OpenedLibrary {
     pub main: MainFn,
     pub digest: String,
     pub size: u64,
+    /// What the table declares (RFC 2 §3.1), copied out of it.
+    pub declares: Declarations,
 }
 
 /// Mapped libraries by digest.
@@ -119,23 +122,25 @@ fn open_entry(shown: &Path, open_path: &Path, digest: String, size: u64) -> Resu
     if abi != ABI_VERSION {
         return Err(LoadError::AbiMismatch { path: shown.to_owned(), module: abi, broker: ABI_VERSION });
     }
-    if (size_field as usize) < std::mem::size_of::<SbModule>() {
-        return Err(bad(&format!(
-            "table size {size_field} is smaller than ABI version 1's {}",
-            std::mem::size_of::<SbModule>()
-        )));
+    // A table built before the declarations were appended is 24 bytes: it still loads.
+    if size_field < SB_MODULE_SIZE_V1_0 {
+        return Err(bad(&format!("table size {size_field} is smaller than ABI version 1's {SB_MODULE_SIZE_V1_0}")));
     }
-    // SAFETY: the table is at least as large as version 1's `SbModule` (checked above) and
-    // static in the library, which is never unmapped.
-    let table = unsafe { &*table };
-    if table.name.is_null() {
+    // SAFETY: the table holds at least version 1's first fields (checked above), read in
+    // place without claiming the fields after them, and is static in the library, which is
+    // never unmapped.
+    let (name_ptr, main) = unsafe { ((&raw const (*table).name).read(), (&raw const (*table).main).read()) };
+    if name_ptr.is_null() {
         return Err(bad("the module name is NULL"));
     }
     // SAFETY: `name` is non-null and, by RFC 2 §3, a NUL-terminated string in static data.
-    let name = unsafe { CStr::from_ptr(table.name) }.to_str().map_err(|_| bad("the module name is not UTF-8"))?;
+    let name = unsafe { CStr::from_ptr(name_ptr) }.to_str().map_err(|_| bad("the module name is not UTF-8"))?;
     crate::module::check_name(name).map_err(|e| bad(&e))?;
-    let main = table.main.ok_or_else(|| bad("its main function is NULL"))?;
-    Ok(OpenedLibrary { default_name: name.to_string(), main, digest, size })
+    let main = main.ok_or_else(|| bad("its main function is NULL"))?;
+    // SAFETY: the table's first `size_field` bytes are its own (RFC 2 §3.4), and what its
+    // declaration fields point to is static data in the library (RFC 2 §3.1).
+    let declares = unsafe { declarations_from_abi(table, size_field) }.map_err(|e| bad(&e.to_string()))?;
+    Ok(OpenedLibrary { default_name: name.to_string(), main, digest, size, declares })
 }
 
 #[cfg(test)]

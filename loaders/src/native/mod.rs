@@ -62,7 +62,10 @@ impl Loader for NativeLoader {
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let lib = library::open(&request.path)?;
         Ok(Box::new(NativeLoaded {
-            info: ModuleInfo::new(request, lib.default_name, ModuleKind::Native, lib.digest, lib.size)?,
+            info: ModuleInfo {
+                declares: lib.declares,
+                ..ModuleInfo::new(request, lib.default_name, ModuleKind::Native, lib.digest, lib.size)?
+            },
             main: lib.main,
         }))
     }

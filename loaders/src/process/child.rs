@@ -187,13 +187,18 @@ fn hello_of(body: bytes::Bytes) -> Result<Hello, HandshakeError> {
     if msg.kind != MsgType::Control || msg.topic != HELLO {
         return Err(HandshakeError::Protocol(format!("sent a {} '{}' before its hello", msg.kind.as_str(), msg.topic)));
     }
-    let hello: Hello = msg.decode().map_err(|e| HandshakeError::Protocol(format!("sent a malformed hello: {e}")))?;
+    let mut hello: Hello =
+        msg.decode().map_err(|e| HandshakeError::Protocol(format!("sent a malformed hello: {e}")))?;
     if hello.protocol != PROTOCOL {
         return Err(HandshakeError::Protocol(format!(
             "speaks handshake protocol {}, this broker speaks {PROTOCOL}",
             hello.protocol
         )));
     }
+    // What it declares is shown as it is by module.info: it must pass the rules of RFC 5 §3.
+    hello.declares = std::mem::take(&mut hello.declares)
+        .checked()
+        .map_err(|e| HandshakeError::Protocol(format!("sent a malformed hello: {e}")))?;
     // The handshake's deadline ends with it: from here on the module may be silent, or busy
     // on one request, for as long as it likes (RFC 5 §3).
     Ok(hello)

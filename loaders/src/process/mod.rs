@@ -115,7 +115,7 @@ impl Loader for ProcessLoader {
             detail: format!("the broker's runtime did not run its handshake ({e})"),
         })??;
         let info = match ModuleInfo::new(request, hello.name, ModuleKind::Process, digest, size) {
-            Ok(info) => info,
+            Ok(info) => ModuleInfo { declares: hello.declares, ..info },
             Err(e) => {
                 // An invalid name: the child must not outlive the refusal.
                 dismiss(&self.runtime, child);

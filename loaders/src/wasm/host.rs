@@ -19,15 +19,17 @@ use crate::module::BrokerPort;
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../protocol/wit",
-        world: "module",
+        // The exports every module has; `declare`, which components built before it was
+        // added lack, is looked up on its own (`super::declared`).
+        world: "module-base",
         // A malformed frame is the module's fault: it fails the module, not the call.
         imports: { "switchboard:module/host.send-all": trappable },
     });
 }
 
-pub use bindings::switchboard::module::types::{Failure, Message as WitMessage};
+pub use bindings::switchboard::module::types::{Declarations as WitDeclarations, Failure, Message as WitMessage};
 use bindings::switchboard::module::{host, types};
-pub use bindings::{Module as WasmWorld, ModulePre as WasmWorldPre};
+pub use bindings::{ModuleBase as WasmWorld, ModuleBasePre as WasmWorldPre};
 
 /// Memory cap for one module, remembering when it was hit (for the failure reason).
 pub struct Limits {

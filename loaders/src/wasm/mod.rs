@@ -13,11 +13,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use switchboard_protocol::declare::{Declarations, EventDecl, MethodDecl};
+use wasmtime::component::{Instance, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use self::host::{HostState, Limits, WasmWorld};
+use self::host::{HostState, Limits, WasmWorld, WitDeclarations};
 use crate::digest::bytes_digest;
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader, ModuleInfo, ModuleKind, ModuleLink, RunningModule};
@@ -84,18 +85,16 @@ impl Loader for WasmLoader {
         let kill = Arc::new(AtomicBool::new(false));
         run::install_deadline(&mut store, kill.clone());
         run::arm_deadline(&mut store, cpu);
-        let world = pre
-            .instantiate(&mut store)
-            .map_err(|e| bad(format!("it failed to instantiate: {}", run::describe_error(&store, &e))))?;
+        let failed =
+            |store: &Store<HostState>, e| bad(format!("it failed to instantiate: {}", run::describe_error(store, &e)));
+        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| failed(&store, e))?;
+        let world = WasmWorld::new(&mut store, &instance).map_err(|e| failed(&store, e))?;
         let described = world
             .call_describe(&mut store)
             .map_err(|e| bad(format!("describe failed: {}", run::describe_error(&store, &e))))?;
-        Ok(Box::new(WasmLoaded {
-            info: ModuleInfo::new(request, described.name, ModuleKind::Wasm, digest, bytes.len() as u64)?,
-            store,
-            world,
-            kill,
-        }))
+        let declares = declared(&mut store, &instance).map_err(bad)?;
+        let info = ModuleInfo::new(request, described.name, ModuleKind::Wasm, digest, bytes.len() as u64)?;
+        Ok(Box::new(WasmLoaded { info: ModuleInfo { declares, ..info }, store, world, kill }))
     }
 }
 
@@ -110,6 +109,26 @@ impl LoadedModule for WasmLoaded {
             .map_err(|e| LoadError::Start { name: info.name, detail: e.to_string() })
             .map(|r| Box::new(r) as Box<dyn RunningModule>)
     }
+}
+
+/// What the component declares through its `declare` export (RFC 6 §2.2), checked; nothing
+/// when it has no such export (built against 0.2.0 before `declare` was added).
+fn declared(store: &mut Store<HostState>, instance: &Instance) -> Result<Declarations, String> {
+    if instance.get_func(&mut *store, "declare").is_none() {
+        return Ok(Declarations::default());
+    }
+    let declare = instance
+        .get_typed_func::<(), (WitDeclarations,)>(&mut *store, "declare")
+        .map_err(|e| format!("its declare export is not the world's (RFC 6 §2.2): {e}"))?;
+    let (d,) =
+        declare.call(&mut *store, ()).map_err(|e| format!("declare failed: {}", run::describe_error(store, &e)))?;
+    Declarations {
+        methods: d.methods.into_iter().map(|m| MethodDecl { name: m.name, guest: m.guest, doc: m.doc }).collect(),
+        otherwise: d.otherwise,
+        events: d.events.into_iter().map(|e| EventDecl { name: e.name, doc: e.doc }).collect(),
+    }
+    .checked()
+    .map_err(|e| format!("declare returned a malformed declaration: {e}"))
 }
 
 /// Compile (or fetch from the cache) a component file without running it: how long a

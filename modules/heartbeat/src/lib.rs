@@ -55,6 +55,7 @@ impl Actor for Heartbeat {
                 Ok(Stats { count: hb.count, period_ms: hb.period.as_millis() as u64 })
             })
             .doc("how many heartbeats it has published, and its period")
+            .event("heartbeat.pulse", "once a period: `{count}`, how many it has published, this one included")
     }
 
     fn reconfigure(&mut self, handle: &Handle) -> Result<(), Error> {

@@ -77,6 +77,7 @@ impl Actor for Kvs {
             .doc("remove `key` and publish kvs.changed; ENOENT if there is none")
             .on("list", Self::list)
             .doc("every key, as `keys`")
+            .event("kvs.changed", "a key was put or deleted: `{key, op}`, op `put` or `delete`")
     }
 }
 

@@ -233,6 +233,7 @@ class Module:
         self._guest = set()
         self._docs = {}
         self._events = []
+        self._publishes = {}  # declared events: topic -> doc
         self._on_init = None
         self._on_shutdown = None
         self._on_disconnect = None
@@ -257,6 +258,20 @@ class Module:
             self._docs[name] = text
             return fn
         return register
+
+    def publishes(self, topic, doc=""):
+        """Declare an event this module publishes: its whole topic and one line saying when and
+        with what payload. A declaration only (publish with `publish`): it is in the hello,
+        so `modctl info` shows it without running the module, and in `<service>.methods`."""
+        self._publishes[topic] = doc
+
+    def declarations(self):
+        """What this module declares about itself: its methods (in name order, who may call
+        them, their docs), whether a catch-all handler answers the others, and the events it
+        publishes. Sent in the hello (RFC 5 §3) and answered to `<service>.methods`."""
+        methods = [{"name": n, "guest": n in self._guest, "doc": self._docs.get(n, "")} for n in sorted(self._methods)]
+        events = [{"name": t, "doc": self._publishes[t]} for t in sorted(self._publishes)]
+        return {"methods": methods, "otherwise": self._otherwise is not None, "events": events}
 
     def otherwise(self, fn):
         """Decorator: handle every method the table does not name (guests included: check
@@ -424,7 +439,7 @@ class Module:
             self.log("error", "the broker did not send a welcome")
             return 1
         w = unpack(welcome.payload)
-        self._control("hello", {"protocol": HANDSHAKE_PROTOCOL, "name": self.default_name})
+        self._control("hello", {"protocol": HANDSHAKE_PROTOCOL, "name": self.default_name, "declares": self.declarations()})
         if w.get("describe"):
             return 0
         self.name = w.get("name") or self.default_name
@@ -491,9 +506,8 @@ class Module:
                 return self._respond(msg, None, ENOSYS, f"module '{self.name}' does not take a config-update")
             return self._reconfigure(msg, req)
         if req.method == "methods" and "methods" not in self._methods:
-            # What the table declares (RFC 3 §5.1); guests may ask.
-            listed = [{"name": n, "guest": n in self._guest, "doc": self._docs.get(n, "")} for n in sorted(self._methods)]
-            return self._respond(msg, {"methods": listed, "otherwise": self._otherwise is not None})
+            # What the module declares (RFC 3 §5.1); guests may ask.
+            return self._respond(msg, self.declarations())
         fn = self._methods.get(req.method)
         if fn is None and self._otherwise is not None:
             fn = self._otherwise
