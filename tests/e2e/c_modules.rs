@@ -164,3 +164,78 @@ fn the_c_example_ends_a_stream_it_answers() {
     assert!(r.flags.contains(Flags::STREAMING));
     assert!(c.recv_timeout(Some(std::time::Duration::from_millis(300))).is_err(), "nothing follows an error");
 }
+
+/// The declarations in calc's module table, as `module.info` and `module.list` give them.
+fn calc_declares() -> serde_json::Value {
+    json!({
+        "methods": [{
+            "name": "add",
+            "guest": false,
+            "doc": "the sum of `a` and `b` (64-bit signed integers), as `sum`; EINVAL if it does not fit",
+        }],
+        "otherwise": false,
+        "events": [{"name": "calc.overflow", "doc": "an add did not fit in 64 bits: `{a, b}`"}],
+    })
+}
+
+#[test]
+fn the_c_examples_table_declares_its_method_and_event_without_running_it() {
+    let b = Broker::start();
+    let lib = calc_module(b.dir.path());
+    let path = lib.to_str().unwrap();
+    // modctl info, for people: the method as SERVICE.NAME with its callers, then the event.
+    let out = b.modctl_ok(&["info", path]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(
+        lines,
+        [
+            "methods:  calc.add  owner  the sum of `a` and `b` (64-bit signed integers), as `sum`; EINVAL if it does not fit",
+            "events:   calc.overflow  an add did not fit in 64 bits: `{a, b}`",
+        ],
+        "{out}"
+    );
+    assert!(!b.log().contains("calc module running"), "info must not run the module");
+    // module.info as a client sees it, and module.list once it is loaded.
+    let mut c = b.client();
+    let info = json(&rpc(&mut c, "module.info", json!({"path": path})).unwrap());
+    assert_eq!(info["declares"], calc_declares(), "{info}");
+    b.load(&lib, None, &[]);
+    let listed: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["list", "--json"])).unwrap();
+    assert_eq!(listed[0]["declares"], calc_declares(), "{listed}");
+    // What it answers to calc.methods is made from the same arrays.
+    assert_eq!(json(&rpc(&mut c, "calc.methods", json!({})).unwrap()), calc_declares());
+    // The event it declares is the one it publishes.
+    let mut watcher = b.client();
+    rpc(&mut watcher, "event.subscribe", json!({"topic": "calc."})).unwrap();
+    assert_eq!(errno_of(&rpc(&mut c, "calc.add", json!({"a": i64::MAX, "b": 2}))), "EINVAL");
+    let ev = watcher.recv_timeout(Some(WAIT)).unwrap();
+    assert_eq!((ev.topic.as_str(), json(&ev)), ("calc.overflow", json!({"a": i64::MAX, "b": 2})));
+}
+
+#[test]
+fn a_module_table_of_the_old_layout_loads_and_declares_nothing() {
+    let b = Broker::start();
+    let old = switchboard_tests::c_module("oldtable", b.dir.path());
+    let out = b.modctl_ok(&["info", old.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(lines, ["methods:  none declared", "events:   none declared"], "{out}");
+    assert_eq!(b.modctl_ok(&["load", old.to_str().unwrap()]), "loaded oldtable (native, services: oldtable)\n");
+    let mut c = b.client();
+    assert_eq!(json(&rpc(&mut c, "oldtable.anything", json!({"x": 1})).unwrap()), json!({"x": 1}));
+    let listed: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["list", "--json"])).unwrap();
+    assert_eq!(listed[0]["declares"], json!({"methods": [], "otherwise": false, "events": []}), "{listed}");
+    b.modctl_ok(&["remove", "oldtable"]);
+
+    // A table that declares a method twice is malformed: refused, naming it.
+    let bad = switchboard_tests::c_module("baddecl", b.dir.path());
+    let out = b.modctl(&["load", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "modctl: load {}: ENOEXEC: {} has a malformed module table: method 'get' is declared twice\n",
+            bad.display(),
+            bad.display()
+        )
+    );
+}

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use switchboard_tests::{bin, module, Broker, WAIT};
+use switchboard_tests::{bin, json, module, row, rpc, Broker, WAIT};
 
 #[test]
 fn rpc_takes_json_and_prints_json() {
@@ -634,8 +634,13 @@ fn methods_lists_what_a_module_declares_in_rust_and_in_python() {
     let out = b.modctl_ok(&["methods", "kvs"]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("METHOD") && lines[0].contains("CALLERS") && lines[0].contains("DESCRIPTION"));
-    assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[1].starts_with("kvs.delete") && lines[2].starts_with("kvs.get"), "in name order: {out}");
+    // Then, after a blank line, the events it declares.
+    assert_eq!(
+        lines[5..],
+        ["", "EVENT        DESCRIPTION", "kvs.changed  a key was put or deleted: `{key, op}`, op `put` or `delete`"],
+        "{out}"
+    );
     assert!(lines[2].contains("owner") && lines[2].contains("the value of `key`; ENOENT if there is none"), "{out}");
     let json: serde_json::Value =
         serde_json::from_str(&b.modctl_ok(&["methods", "kvs", "--json"])).expect("--json is JSON");
@@ -644,6 +649,7 @@ fn methods_lists_what_a_module_declares_in_rust_and_in_python() {
         json!({"name": "get", "guest": false, "doc": "the value of `key`; ENOENT if there is none"})
     );
     assert_eq!(json["otherwise"], json!(false));
+    assert_eq!(json["events"][0]["name"], json!("kvs.changed"));
     // A catch-all module says so.
     let echo = b.modctl_ok(&["methods", "echo"]);
     assert!(echo.contains("(and any other method: echo has a catch-all handler)"), "{echo}");
@@ -658,23 +664,27 @@ fn methods_lists_what_a_module_declares_in_rust_and_in_python() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ENOSYS"));
 }
 
-/// The page of the bundled modules' methods, made from what they declare.
+/// The page of the bundled modules' methods and events, made from what their files declare
+/// (`module.info`, read without running them).
 fn methods_page(b: &Broker) -> String {
     let mut page = String::from(
-        "# The bundled modules' methods\n\n\
-         Made from the modules' own declarations (`SERVICE.methods`, RFC 3 §5.1; `.doc(...)` in\n\
-         their method tables) by the test `the_bundled_modules_methods_page_is_what_they_declare`\n\
-         in `tests/e2e/modctl.rs`, which fails when this page and the modules disagree. Do not\n\
-         edit it by hand: change the declarations, then run\n\
+        "# The bundled modules' methods and events\n\n\
+         Made from the modules' own declarations (`.doc(...)` and `.event(...)` in their method\n\
+         tables, read from the files by `modctl info --json`, RFC 3 §3.11) by the test\n\
+         `the_bundled_modules_methods_page_is_what_they_declare` in `tests/e2e/modctl.rs`, which\n\
+         fails when this page and the modules disagree. Do not edit it by hand: change the\n\
+         declarations, then run\n\
          `SWITCHBOARD_BLESS=1 cargo test -p switchboard-tests --test modctl bundled`.\n\n\
          Every module also answers the conventions of RFC 3 §5.1: `ping`, `disconnect`,\n\
          `config-update` and `methods`.\n",
     );
     for service in ["echo", "heartbeat", "kvs"] {
-        let list: serde_json::Value =
-            serde_json::from_str(&b.modctl_ok(&["methods", service, "--json"])).expect("methods --json");
+        let info: serde_json::Value =
+            serde_json::from_str(&b.modctl_ok(&["info", "--json", module(service).to_str().unwrap()]))
+                .expect("info --json");
+        let declared = &info["declares"];
         page.push_str(&format!("\n## {service}\n\n"));
-        let methods = list["methods"].as_array().cloned().unwrap_or_default();
+        let methods = declared["methods"].as_array().cloned().unwrap_or_default();
         if !methods.is_empty() {
             page.push_str("| method | callers | what it does |\n|---|---|---|\n");
             for m in methods {
@@ -683,13 +693,23 @@ fn methods_page(b: &Broker) -> String {
                 page.push_str(&format!("| `{service}.{}` | {who} | {doc} |\n", m["name"].as_str().unwrap_or("")));
             }
         }
-        match (list["otherwise"] == json!(true), page.ends_with("|\n")) {
+        match (declared["otherwise"] == json!(true), page.ends_with("|\n")) {
             (true, true) => {
                 page.push_str(&format!("\nAny other method of `{service}` goes to its catch-all handler.\n"))
             }
             (true, false) => page
                 .push_str(&format!("`{service}` declares no methods: every method goes to its catch-all handler.\n")),
             (false, _) => {}
+        }
+        let events = declared["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            page.push_str(&format!("\n`{service}` publishes no events.\n"));
+        } else {
+            page.push_str("\n| event | when, and its payload |\n|---|---|\n");
+            for e in events {
+                let doc = e["doc"].as_str().unwrap_or("").replace('|', "\\|");
+                page.push_str(&format!("| `{}` | {doc} |\n", e["name"].as_str().unwrap_or("")));
+            }
         }
     }
     page
@@ -698,9 +718,6 @@ fn methods_page(b: &Broker) -> String {
 #[test]
 fn the_bundled_modules_methods_page_is_what_they_declare() {
     let b = Broker::start();
-    for m in ["echo", "heartbeat", "kvs"] {
-        b.load(&module(m), None, &[]);
-    }
     let page = methods_page(&b);
     let path = switchboard_tests::repo_root().join("docs/modules.md");
     if std::env::var_os("SWITCHBOARD_BLESS").is_some() {
@@ -708,4 +725,11 @@ fn the_bundled_modules_methods_page_is_what_they_declare() {
     }
     let written = std::fs::read_to_string(&path).unwrap_or_default();
     assert_eq!(written, page, "docs/modules.md is not what the modules declare; regenerate it (see its header)");
+    // What the files declare is what the running modules answer to SERVICE.methods.
+    let mut c = b.client();
+    for m in ["echo", "heartbeat", "kvs"] {
+        b.load(&module(m), None, &[]);
+        let declared = row(&mut c, m).expect("listed")["declares"].clone();
+        assert_eq!(json(&rpc(&mut c, &format!("{m}.methods"), json!({})).unwrap()), declared, "{m}");
+    }
 }

@@ -57,6 +57,51 @@ fn info_describes_a_module_without_starting_it() {
 }
 
 #[test]
+fn a_rust_modules_methods_and_events_are_known_without_running_it() {
+    let b = Broker::start();
+    let kvs = module("kvs");
+    let path = kvs.to_str().unwrap();
+    let out = b.modctl_ok(&["info", path]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(
+        lines,
+        [
+            "methods:  kvs.delete  owner  remove `key` and publish kvs.changed; ENOENT if there is none",
+            "          kvs.get     owner  the value of `key`; ENOENT if there is none",
+            "          kvs.list    owner  every key, as `keys`",
+            "          kvs.put     owner  set `key` to `value` (any msgpack value) and publish kvs.changed",
+            "events:   kvs.changed  a key was put or deleted: `{key, op}`, op `put` or `delete`",
+        ],
+        "{out}"
+    );
+    let method = |name: &str, doc: &str| json!({"name": name, "guest": false, "doc": doc});
+    let declared = json!({
+        "methods": [
+            method("delete", "remove `key` and publish kvs.changed; ENOENT if there is none"),
+            method("get", "the value of `key`; ENOENT if there is none"),
+            method("list", "every key, as `keys`"),
+            method("put", "set `key` to `value` (any msgpack value) and publish kvs.changed"),
+        ],
+        "otherwise": false,
+        "events": [{"name": "kvs.changed", "doc": "a key was put or deleted: `{key, op}`, op `put` or `delete`"}],
+    });
+    let mut c = b.client();
+    assert_eq!(json(&rpc(&mut c, "module.info", json!({"path": path})).unwrap())["declares"], declared);
+    assert!(row(&mut c, "kvs").is_none(), "info must not load the module");
+    // Loaded: module.list carries the same, and the running module answers the same.
+    b.load(&kvs, None, &[]);
+    assert_eq!(row(&mut c, "kvs").expect("listed")["declares"], declared);
+    assert_eq!(json(&rpc(&mut c, "kvs.methods", json!({})).unwrap()), declared);
+    // echo declares no method but a catch-all handler.
+    let out = b.modctl_ok(&["info", module("echo").to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(
+        lines,
+        ["methods:  echo.*  anyone  a catch-all handler answers every method", "events:   none declared"]
+    );
+}
+
+#[test]
 fn kvs_stores_values_and_announces_every_write() {
     let b = Broker::start();
     b.load(&module("kvs"), None, &[]);

@@ -154,6 +154,39 @@ fn a_childs_output_goes_to_the_broker_log_under_its_name() {
 }
 
 #[test]
+fn a_python_modules_declarations_come_in_its_hello() {
+    let b = Broker::start_python();
+    let handler = switchboard_tests::repo_root().join("examples/python/resource_handler/handler.py");
+    let path = handler.to_str().unwrap();
+    let out = b.modctl_ok(&["info", path]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(
+        lines,
+        [
+            "methods:  resources.create  owner   make resource `name` with `spec`; EEXIST if it exists",
+            "          resources.delete  owner   remove resource `name`; ENOENT if there is none",
+            "          resources.modify  owner   merge `spec` into resource `name`'s and bump its version",
+            "          resources.probe   anyone  the health of resource `name`, or of every resource without one",
+            "events:   resources.changed  a resource was created, modified or deleted: {op, name, version}",
+        ],
+        "{out}"
+    );
+    let mut c = b.client();
+    let declared = json(&rpc(&mut c, "module.info", json!({"path": path})).unwrap())["declares"].clone();
+    assert_eq!(declared["methods"].as_array().map(Vec::len), Some(4), "{declared}");
+    assert_eq!(
+        declared["methods"][3],
+        json!({"name": "probe", "guest": true, "doc": "the health of resource `name`, or of every resource without one"})
+    );
+    // The describe run's child is gone; loaded, the module is listed with the same, and
+    // answers the same to resources.methods.
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()));
+    b.load(&handler, None, &[]);
+    assert_eq!(row(&mut c, "resources").expect("listed")["declares"], declared);
+    assert_eq!(json(&rpc(&mut c, "resources.methods", json!({})).unwrap()), declared);
+}
+
+#[test]
 fn the_python_resource_handler_works_through_the_broker() {
     let b = Broker::start_python();
     let handler = switchboard_tests::repo_root().join("examples/python/resource_handler/handler.py");

@@ -48,6 +48,34 @@ fn info_describes_a_component_without_starting_it() {
 }
 
 #[test]
+fn a_component_declares_what_the_same_rust_source_declares_natively() {
+    let b = Broker::start();
+    let info = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&b.modctl_ok(&["info", "--json", path.to_str().unwrap()])).unwrap()
+    };
+    // Through the WIT `declare` export, exactly what the native table says (the test of the
+    // native kvs checks that against the source).
+    let (wasm, native) = (info(&wasm_module("kvs")), info(&module("kvs")));
+    assert_eq!(wasm["declares"], native["declares"]);
+    assert_eq!(
+        wasm["declares"]["events"],
+        json!([{"name": "kvs.changed", "doc": "a key was put or deleted: `{key, op}`, op `put` or `delete`"}])
+    );
+    assert_eq!(wasm["declares"]["methods"].as_array().map(Vec::len), Some(4), "{wasm}");
+    let out = b.modctl_ok(&["info", wasm_module("kvs").to_str().unwrap()]);
+    assert!(out.contains("\nmethods:  kvs.delete  owner  remove `key`"), "{out}");
+    assert!(
+        out.ends_with("\nevents:   kvs.changed  a key was put or deleted: `{key, op}`, op `put` or `delete`\n"),
+        "{out}"
+    );
+    // Loaded, the component is listed with them and answers the same to kvs.methods.
+    load_wasm(&b, "kvs", "kvs", json!({})).unwrap();
+    let mut c = b.client();
+    assert_eq!(row(&mut c, "kvs").expect("listed")["declares"], native["declares"]);
+    assert_eq!(json(&rpc(&mut c, "kvs.methods", json!({})).unwrap()), native["declares"]);
+}
+
+#[test]
 fn compiled_code_is_cached_and_a_damaged_entry_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
