@@ -76,6 +76,21 @@ fn a_component_declares_what_the_same_rust_source_declares_natively() {
 }
 
 #[test]
+fn a_component_built_before_declare_existed_loads_runs_and_declares_nothing() {
+    let b = Broker::start();
+    let old = wasm_module("oldworld");
+    let out = b.modctl_ok(&["info", old.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    assert_eq!(lines, ["methods:  none declared", "events:   none declared"], "{out}");
+    assert_eq!(b.modctl_ok(&["load", old.to_str().unwrap()]), "loaded oldworld (wasm, services: oldworld)\n");
+    let mut c = b.client();
+    assert_eq!(json(&rpc(&mut c, "oldworld.anything", json!({"x": [1, 2]})).unwrap()), json!({"x": [1, 2]}));
+    let listed = row(&mut c, "oldworld").expect("listed");
+    assert_eq!(listed["declares"], json!({"methods": [], "otherwise": false, "events": []}), "{listed}");
+    b.modctl_ok(&["remove", "oldworld"]);
+}
+
+#[test]
 fn compiled_code_is_cached_and_a_damaged_entry_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");

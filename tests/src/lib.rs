@@ -69,6 +69,8 @@ fn build_artifacts() {
         .current_dir(repo_root())
         .args(["build", "--target", "wasm32-wasip2", "--lib"])
         .args(["-p", "switchboard-echo", "-p", "switchboard-kvs", "-p", "switchboard-test-faulty"])
+        // A component of the world before `declare` (RFC 6 §2.2).
+        .args(["-p", "switchboard-test-oldworld"])
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build of the WASM test modules failed");
