@@ -193,8 +193,6 @@ pub struct SbEvent {
 /// Why a module table's declarations were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
-    #[error("it declares {count} {what}s; at most {MAX_DECLARED} are allowed")]
-    TooMany { what: &'static str, count: usize },
     #[error("its {what}s array is NULL but it declares {count} of them")]
     NullArray { what: &'static str, count: usize },
     #[error("{what} {index} of its table has a NULL name")]
@@ -227,7 +225,7 @@ pub unsafe fn declarations_from_abi(table: *const SbModule, size: u32) -> Result
         let (ptr, count) =
             unsafe { (base.add(ptr_off).cast::<usize>().read(), base.add(len_off).cast::<usize>().read()) };
         if count > MAX_DECLARED {
-            return Err(TableError::TooMany { what, count });
+            return Err(DeclarationError::TooMany { what, count }.into());
         }
         if count > 0 && ptr == 0 {
             return Err(TableError::NullArray { what, count });

@@ -184,16 +184,13 @@ fn the_c_examples_table_declares_its_method_and_event_without_running_it() {
     let lib = calc_module(b.dir.path());
     let path = lib.to_str().unwrap();
     // modctl info, for people: the method as SERVICE.NAME with its callers, then the event.
-    let out = b.modctl_ok(&["info", path]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    let lines = switchboard_tests::info_declared(&b, &lib);
     assert_eq!(
         lines,
         [
             "methods:  calc.add  owner  the sum of `a` and `b` (64-bit signed integers), as `sum`; EINVAL if it does not fit",
             "events:   calc.overflow  an add did not fit in 64 bits: `{a, b}`",
-        ],
-        "{out}"
-    );
+        ]);
     assert!(!b.log().contains("calc module running"), "info must not run the module");
     // module.info as a client sees it, and module.list once it is loaded.
     let mut c = b.client();
@@ -216,9 +213,8 @@ fn the_c_examples_table_declares_its_method_and_event_without_running_it() {
 fn a_module_table_of_the_old_layout_loads_and_declares_nothing() {
     let b = Broker::start();
     let old = switchboard_tests::c_module("oldtable", b.dir.path());
-    let out = b.modctl_ok(&["info", old.to_str().unwrap()]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
-    assert_eq!(lines, ["methods:  none declared", "events:   none declared"], "{out}");
+    let lines = switchboard_tests::info_declared(&b, &old);
+    assert_eq!(lines, ["methods:  none declared", "events:   none declared"]);
     assert_eq!(b.modctl_ok(&["load", old.to_str().unwrap()]), "loaded oldtable (native, services: oldtable)\n");
     let mut c = b.client();
     assert_eq!(json(&rpc(&mut c, "oldtable.anything", json!({"x": 1})).unwrap()), json!({"x": 1}));

@@ -61,8 +61,7 @@ fn a_rust_modules_methods_and_events_are_known_without_running_it() {
     let b = Broker::start();
     let kvs = module("kvs");
     let path = kvs.to_str().unwrap();
-    let out = b.modctl_ok(&["info", path]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    let lines = switchboard_tests::info_declared(&b, &kvs);
     assert_eq!(
         lines,
         [
@@ -71,8 +70,7 @@ fn a_rust_modules_methods_and_events_are_known_without_running_it() {
             "          kvs.list    owner  every key, as `keys`",
             "          kvs.put     owner  set `key` to `value` (any msgpack value) and publish kvs.changed",
             "events:   kvs.changed  a key was put or deleted: `{key, op}`, op `put` or `delete`",
-        ],
-        "{out}"
+        ]
     );
     let method = |name: &str, doc: &str| json!({"name": name, "guest": false, "doc": doc});
     let declared = json!({
@@ -93,8 +91,7 @@ fn a_rust_modules_methods_and_events_are_known_without_running_it() {
     assert_eq!(row(&mut c, "kvs").expect("listed")["declares"], declared);
     assert_eq!(json(&rpc(&mut c, "kvs.methods", json!({})).unwrap()), declared);
     // echo declares no method but a catch-all handler.
-    let out = b.modctl_ok(&["info", module("echo").to_str().unwrap()]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    let lines = switchboard_tests::info_declared(&b, &module("echo"));
     assert_eq!(
         lines,
         ["methods:  echo.*  anyone  a catch-all handler answers every method", "events:   none declared"]

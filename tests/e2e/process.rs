@@ -158,8 +158,7 @@ fn a_python_modules_declarations_come_in_its_hello() {
     let b = Broker::start_python();
     let handler = switchboard_tests::repo_root().join("examples/python/resource_handler/handler.py");
     let path = handler.to_str().unwrap();
-    let out = b.modctl_ok(&["info", path]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
+    let lines = switchboard_tests::info_declared(&b, &handler);
     assert_eq!(
         lines,
         [
@@ -168,8 +167,7 @@ fn a_python_modules_declarations_come_in_its_hello() {
             "          resources.modify  owner   merge `spec` into resource `name`'s and bump its version",
             "          resources.probe   anyone  the health of resource `name`, or of every resource without one",
             "events:   resources.changed  a resource was created, modified or deleted: {op, name, version}",
-        ],
-        "{out}"
+        ]
     );
     let mut c = b.client();
     let declared = json(&rpc(&mut c, "module.info", json!({"path": path})).unwrap())["declares"].clone();

@@ -79,9 +79,8 @@ fn a_component_declares_what_the_same_rust_source_declares_natively() {
 fn a_component_built_before_declare_existed_loads_runs_and_declares_nothing() {
     let b = Broker::start();
     let old = wasm_module("oldworld");
-    let out = b.modctl_ok(&["info", old.to_str().unwrap()]);
-    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("methods:")).collect();
-    assert_eq!(lines, ["methods:  none declared", "events:   none declared"], "{out}");
+    let lines = switchboard_tests::info_declared(&b, &old);
+    assert_eq!(lines, ["methods:  none declared", "events:   none declared"]);
     assert_eq!(b.modctl_ok(&["load", old.to_str().unwrap()]), "loaded oldworld (wasm, services: oldworld)\n");
     let mut c = b.client();
     assert_eq!(json(&rpc(&mut c, "oldworld.anything", json!({"x": [1, 2]})).unwrap()), json!({"x": [1, 2]}));

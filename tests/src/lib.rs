@@ -156,6 +156,13 @@ pub fn c_module(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
+/// What `modctl info PATH` prints of a module's declarations (RFC 3 §6): its lines from
+/// `methods:` on.
+pub fn info_declared(b: &Broker, path: &Path) -> Vec<String> {
+    let out = b.modctl_ok(&["info", path.to_str().expect("a UTF-8 path")]);
+    out.lines().skip_while(|l| !l.starts_with("methods:")).map(String::from).collect()
+}
+
 /// A `switchboard` process on a socket in its own temporary directory.
 pub struct Broker {
     child: Child,

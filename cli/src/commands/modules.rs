@@ -422,10 +422,7 @@ fn labelled(label: &str, indent: &str, rows: Vec<String>) -> Vec<String> {
     if rows.is_empty() {
         return vec![format!("{label}none declared")];
     }
-    rows.iter()
-        .enumerate()
-        .map(|(i, r)| format!("{}{}", if i == 0 { label } else { indent }, r.trim_end()))
-        .collect()
+    rows.iter().enumerate().map(|(i, r)| format!("{}{}", if i == 0 { label } else { indent }, r.trim_end())).collect()
 }
 
 /// Who may call a method, as `info` and `methods` print it.
