@@ -14,16 +14,21 @@
 //! hands the core to somebody else.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use switchboard_protocol::{Message, MsgType};
 use tokio::sync::Notify;
 
+use crate::sync::{AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard};
+
 /// How long a busy module watches its queue before it sleeps.
+#[cfg(not(feature = "loom"))]
 const SPIN: Duration = Duration::from_micros(50);
+/// Under loom, never: what the clock says must not decide a model's path.
+#[cfg(feature = "loom")]
+const SPIN: Duration = Duration::ZERO;
 /// After a watch that came to nothing, this many waits sleep at once.
 const BACKOFF: i32 = 32;
 
@@ -88,7 +93,7 @@ impl Inbox {
     }
 
     /// Append `msg` under the lock `st` holds, and wake the taker if it sleeps.
-    fn enqueue(&self, mut st: parking_lot::MutexGuard<'_, State>, msg: Message) {
+    fn enqueue(&self, mut st: MutexGuard<'_, State>, msg: Message) {
         st.queue.push_back(msg);
         self.queued.store(st.queue.len(), Ordering::Release);
         let wake = st.waiting;
@@ -244,7 +249,7 @@ impl Inbox {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use std::sync::Arc;
 
@@ -285,5 +290,92 @@ mod tests {
         let closer = once_waiting(&inbox, Inbox::close);
         assert_eq!(inbox.recv_async().await.map(|m| m.topic), Err(RecvError::Closed));
         closer.join().expect("closer");
+    }
+}
+
+/// Model checks: loom runs each body under every interleaving of its threads (within its
+/// default bounds). A wake-up that is lost leaves the taker waiting with nobody left to wake
+/// it, which loom reports as a deadlock; a message lost or reordered fails an assertion.
+#[cfg(all(test, feature = "loom"))]
+mod models {
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    fn request(topic: &str) -> Message {
+        Message::request(topic, bytes::Bytes::new())
+    }
+
+    fn spawn(inbox: &Arc<Inbox>, f: impl FnOnce(&Inbox) + Send + 'static) -> thread::JoinHandle<()> {
+        let inbox = inbox.clone();
+        thread::spawn(move || f(&inbox))
+    }
+
+    #[test]
+    fn a_taker_gets_every_message_a_thread_pushes_in_order() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::default());
+            let pusher = spawn(&inbox, |inbox| {
+                for t in ["x.a", "x.b"] {
+                    assert!(inbox.push(request(t)).is_ok(), "an open inbox accepts");
+                }
+            });
+            let got: Vec<String> = (0..2).map(|_| inbox.recv(None).expect("a message").topic).collect();
+            assert_eq!(got, ["x.a", "x.b"]);
+            pusher.join().expect("pusher");
+        });
+    }
+
+    #[test]
+    fn two_threads_pushing_at_once_wake_a_sleeping_taker_for_each_message() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::default());
+            let one = spawn(&inbox, |inbox| assert!(inbox.push(request("x.one")).is_ok()));
+            let two = spawn(&inbox, |inbox| assert!(inbox.push(request("x.two")).is_ok()));
+            let mut got: Vec<String> = (0..2).map(|_| inbox.recv(None).expect("a message").topic).collect();
+            got.sort();
+            assert_eq!(got, ["x.one", "x.two"]);
+            one.join().expect("one");
+            two.join().expect("two");
+        });
+    }
+
+    #[test]
+    fn closing_ends_a_waiting_taker_and_refuses_what_comes_after() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::default());
+            let closer = spawn(&inbox, Inbox::close);
+            assert_eq!(inbox.recv(None).map(|m| m.topic), Err(RecvError::Closed));
+            closer.join().expect("closer");
+            assert!(inbox.push(request("x.late")).is_err(), "a closed inbox refuses");
+        });
+    }
+
+    #[test]
+    fn a_request_racing_a_seal_is_either_before_the_shutdown_or_refused() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::default());
+            let sealer = spawn(&inbox, |inbox| inbox.seal(Message::control("shutdown", bytes::Bytes::new())));
+            let (tx, rx) = loom::sync::mpsc::channel();
+            let sender = spawn(&inbox, move |inbox| {
+                tx.send(inbox.push(request("x.req")).is_ok()).expect("report");
+            });
+            let mut taken = Vec::new();
+            loop {
+                let m = inbox.recv(None).expect("a message");
+                let last = m.topic == "shutdown";
+                taken.push(m.topic);
+                if last {
+                    break;
+                }
+            }
+            sealer.join().expect("sealer");
+            sender.join().expect("sender");
+            let accepted = rx.recv().expect("the sender's report");
+            let expected: &[&str] = if accepted { &["x.req", "shutdown"] } else { &["shutdown"] };
+            assert_eq!(taken, expected, "an accepted request comes before the shutdown, a refused one never");
+            assert_eq!(inbox.try_recv().map(|m| m.map(|m| m.topic)), Ok(None), "nothing after the shutdown");
+        });
     }
 }
