@@ -82,11 +82,18 @@ impl BrokerFixture {
 
     /// Load one more module under `name` (the process and WASM echo rows).
     pub fn load(&self, name: &str, path: &Path) -> Result<()> {
+        self.load_as(name, path, false)
+    }
+
+    /// `load`, the native library run in the native module host with `isolated` (the
+    /// isolated echo row; the host is found beside this executable, as beside the broker).
+    pub fn load_as(&self, name: &str, path: &Path, isolated: bool) -> Result<()> {
         self.broker()
             .load(LoadRequest {
                 path: path.to_owned(),
                 name: Some(name.to_string()),
                 config: Bytes::from_static(&[0x80]),
+                isolated,
                 ..Default::default()
             })
             .map(drop)

@@ -188,6 +188,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
     let mut skipped = Vec::new();
     let mut extra = Vec::new();
     for (name, path, how) in [
+        ("iecho", Some(broker.echo_so.clone()), "switchboard-native-host: cargo build --release -p switchboard"),
         ("pecho", fixture::process_echo(&modules), "the `echo` binary: cargo build --release --workspace"),
         ("pyecho", python, "the Python SDK in .venv: python3 -m venv .venv && .venv/bin/pip install ./sdk/python"),
         (
@@ -197,7 +198,7 @@ pub fn run(opts: &Opts) -> Result<bool> {
         ),
     ] {
         match path {
-            Some(p) => match broker.load(name, &p) {
+            Some(p) => match broker.load_as(name, &p, name == "iecho") {
                 Ok(()) => extra.push((name, p)),
                 Err(e) => skipped.push(format!("{name}: {}", e.0)),
             },
@@ -246,6 +247,14 @@ pub fn run(opts: &Opts) -> Result<bool> {
             "client -> broker -> echo, pipelined",
         ),
         ("broker", "broker.ping", "ping-seq", "ping-pipe", "client -> broker.ping", "client -> broker.ping, pipelined"),
+        (
+            "iecho",
+            "iecho.x",
+            "iecho-seq",
+            "iecho-pipe",
+            "client -> broker -> isolated native echo",
+            "isolated native echo, pipelined",
+        ),
         (
             "pecho",
             "pecho.x",

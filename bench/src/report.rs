@@ -111,6 +111,10 @@ pub fn table(benches: &[Bench], window: usize) {
         ("pipelined ", "echo-pipe", "chan-pipe", "broker echo / channel pipelined"),
         ("sequential", "ping-seq", "raw-seq", "broker.ping / raw socket echo"),
         ("pipelined ", "ping-pipe", "raw-pipe", "broker.ping / raw socket echo"),
+        ("sequential", "iecho-seq", "echo-seq", "isolated native echo / native echo"),
+        ("pipelined ", "iecho-pipe", "echo-pipe", "isolated native echo / native echo"),
+        ("sequential", "iecho-seq", "pecho-seq", "isolated native echo / Rust process echo"),
+        ("pipelined ", "iecho-pipe", "pecho-pipe", "isolated native echo / Rust process echo"),
         ("sequential", "pecho-seq", "echo-seq", "Rust process echo / native echo"),
         ("pipelined ", "pecho-pipe", "echo-pipe", "Rust process echo / native echo"),
         ("sequential", "pyecho-seq", "echo-seq", "Python echo / native echo"),
@@ -127,7 +131,7 @@ pub fn table(benches: &[Bench], window: usize) {
                 println!("Ratios (median / median):");
                 any = true;
             }
-            println!("  {mode}  {label:<36} {:>6.2} x   ({} / {} per s)", x / y, thousands(x), thousands(y));
+            println!("  {mode}  {label:<42} {:>6.2} x   ({} / {} per s)", x / y, thousands(x), thousands(y));
         }
     }
     if any {

@@ -54,6 +54,8 @@ pub struct BrokerBuilder {
     rank: Option<u32>,
     /// An `[overlay]` from another file than the site's (`--test-size`): (file, table).
     overlay: Option<(PathBuf, OverlaySite)>,
+    /// The native module host for isolated native modules; default: looked for (RFC 5 §9).
+    native_host: Option<PathBuf>,
 }
 
 impl Default for BrokerBuilder {
@@ -70,6 +72,7 @@ impl Default for BrokerBuilder {
             modules: Vec::new(),
             rank: None,
             overlay: None,
+            native_host: None,
         }
     }
 }
@@ -117,6 +120,14 @@ impl BrokerBuilder {
     /// with the most is disconnected (default 256 MiB; RFC 1 §6.4).
     pub fn max_output(mut self, bytes: usize) -> Self {
         self.max_output = bytes;
+        self
+    }
+
+    /// The `switchboard-native-host` binary that runs isolated native modules (`modctl load
+    /// --isolated`), for a program that does not keep it beside its own executable.
+    /// Default: `$SWITCHBOARD_NATIVE_HOST`, else beside the running executable (RFC 5 §9).
+    pub fn native_host(mut self, path: impl Into<PathBuf>) -> Self {
+        self.native_host = Some(path.into());
         self
     }
 
@@ -179,7 +190,11 @@ impl BrokerBuilder {
         let router = Arc::new(Router::at(place));
         let handle = runtime.handle();
         let entered = handle.enter();
-        let supervisor = Supervisor::new(router.clone(), Registry::new(handle.clone()), self.grace);
+        let mut registry = Registry::new(handle.clone());
+        if let Some(host) = &self.native_host {
+            registry.set_native_host(host.clone());
+        }
+        let supervisor = Supervisor::new(router.clone(), registry, self.grace);
         supervisor.set_search_path(self.search_path);
         let running = Arc::new(Running {
             site: self.site.clone(),

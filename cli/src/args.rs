@@ -56,6 +56,10 @@ pub enum Command {
         /// WASM modules: grant a directory, `HOST[:GUEST][:rw]` (read-only unless `:rw`).
         #[arg(long = "dir", value_name = "GRANT")]
         dirs: Vec<String>,
+        /// Native modules: run the library in a host process of its own, so that a crash fails
+        /// only this module (it is then supervised like a process module).
+        #[arg(long)]
+        isolated: bool,
         /// With --rank: if the load fails on any rank, remove it again from the ranks where it
         /// was loaded (all or nothing).
         #[arg(long)]

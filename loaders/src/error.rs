@@ -39,6 +39,16 @@ pub enum LoadError {
     BadName(String),
     #[error("could not start module {name}: {detail}")]
     Start { name: String, detail: String },
+    #[error("{path} is a {kind} module: only native modules (*.so) can be loaded isolated{}", isolated_hint(kind))]
+    NotIsolable { path: PathBuf, kind: crate::module::ModuleKind },
+    #[error(
+        "cannot run {path} isolated: the native module host {} {}; it is built beside the switchboard binary (cargo build -p switchboard), or set {} or the broker's native_host option to where it is",
+        host.display(), why, crate::native::isolated::HOST_ENV
+    )]
+    NoNativeHost { path: PathBuf, host: PathBuf, why: String },
+    /// A module (the native module host) refused to run, saying why: its words, verbatim.
+    #[error("{text}")]
+    Refused { errno: u32, text: String },
 }
 
 impl LoadError {
@@ -57,6 +67,9 @@ impl LoadError {
             LoadError::Wasm { .. } => Errno::ENOEXEC,
             LoadError::Handshake { .. } => Errno::EPROTO,
             LoadError::Start { .. } => Errno::EIO,
+            LoadError::NotIsolable { .. } => Errno::EINVAL,
+            LoadError::NoNativeHost { .. } => Errno::ENOENT,
+            LoadError::Refused { errno, .. } => Errno(*errno),
         }
     }
 
@@ -75,6 +88,15 @@ fn tail_text(tail: &str) -> String {
         " (expected a 'hello' control message on fd 3; it printed nothing)".to_string()
     } else {
         format!(" (expected a 'hello' control message on fd 3; its last output: {tail})")
+    }
+}
+
+/// Why another kind needs no isolating, or cannot have it.
+fn isolated_hint(kind: &crate::module::ModuleKind) -> &'static str {
+    match kind {
+        crate::module::ModuleKind::Process => " (a process module runs in a process of its own already)",
+        crate::module::ModuleKind::Wasm => " (a WASM module runs in wasmtime's sandbox, inside the broker)",
+        crate::module::ModuleKind::Native => "",
     }
 }
 

@@ -90,6 +90,9 @@ pub struct LoadRequest {
     pub hello_timeout: Option<std::time::Duration>,
     /// WASM modules: what the sandbox allows.
     pub sandbox: Sandbox,
+    /// Native modules: run the library in a host process of its own (`native::isolated`),
+    /// seen by the broker as a process module, so that a crash fails only this module.
+    pub isolated: bool,
 }
 
 /// A WASM module's allowances (RFC 6 §4). Nothing is granted by default.
@@ -130,6 +133,8 @@ pub struct ModuleInfo {
     /// Services it will own; the first is its name.
     pub services: Vec<String>,
     pub kind: ModuleKind,
+    /// A native library run in a host process of its own (`kind` stays `Native`).
+    pub isolated: bool,
     pub path: PathBuf,
     /// Hex SHA-256 of the file.
     pub digest: String,
@@ -155,6 +160,7 @@ impl ModuleInfo {
             services: vec![name.clone()],
             name,
             kind,
+            isolated: request.isolated,
             path: request.path.clone(),
             digest,
             size,

@@ -3,15 +3,19 @@
 //!
 //! It is made with the broker's tokio runtime, which the process loader runs its children's
 //! I/O, exits and timers on (see `process`); the other kinds keep a thread per module.
+//!
+//! A request marked `isolated` must name a file the native loader recognises; it is then
+//! run by the process loader in the native module host (`native::isolated`), which this
+//! registry locates (`set_native_host`, else `native::isolated::locate`'s defaults).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::runtime::Handle;
 
 use crate::error::LoadError;
 use crate::module::{LoadRequest, LoadedModule, Loader, ModuleKind};
-use crate::native::NativeLoader;
+use crate::native::{isolated, NativeLoader};
 use crate::process::ProcessLoader;
 use crate::wasm::WasmLoader;
 
@@ -20,6 +24,10 @@ const HEAD: usize = 256;
 
 pub struct Registry {
     loaders: Vec<Box<dyn Loader>>,
+    /// Runs isolated native modules in the native module host.
+    isolated: ProcessLoader,
+    /// Where the native module host is, when the embedding program says.
+    native_host: Option<PathBuf>,
 }
 
 impl Registry {
@@ -31,9 +39,17 @@ impl Registry {
             loaders: vec![
                 Box::new(NativeLoader::new()),
                 Box::new(WasmLoader::new()),
-                Box::new(ProcessLoader::new(runtime)),
+                Box::new(ProcessLoader::new(runtime.clone())),
             ],
+            isolated: ProcessLoader::new(runtime),
+            native_host: None,
         }
+    }
+
+    /// Run isolated native modules with the host binary at `path` instead of looking for
+    /// it (`native::isolated::locate`).
+    pub fn set_native_host(&mut self, path: PathBuf) {
+        self.native_host = Some(path);
     }
 
     /// Add a loader; earlier loaders win when two recognise a file.
@@ -42,8 +58,18 @@ impl Registry {
     }
 
     /// Recognise and open `request.path` without starting it.
+    /// With `request.isolated`, a native library runs in the native module host; any other
+    /// kind is refused before anything is started.
     pub fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
-        self.loader_for(&request.path)?.load(request)
+        let loader = self.loader_for(&request.path)?;
+        if !request.isolated {
+            return loader.load(request);
+        }
+        if loader.kind() != ModuleKind::Native {
+            return Err(LoadError::NotIsolable { path: request.path.clone(), kind: loader.kind() });
+        }
+        let host = isolated::locate(self.native_host.as_deref(), &request.path)?;
+        self.isolated.load_isolated(request, &host)
     }
 
     /// Which kind of module the file at `path` is, from its name and first bytes only.

@@ -15,6 +15,8 @@ pub const PROTOCOL: u32 = 1;
 pub const WELCOME: &str = "welcome";
 pub const HELLO: &str = "hello";
 pub const STATUS: &str = "status";
+/// Module -> broker, instead of `hello`: the module cannot run (RFC 5 §3).
+pub const REFUSE: &str = "refuse";
 
 /// Broker -> module, first on the socket: who the module is and what it was given.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,4 +55,13 @@ pub struct Hello {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
     pub state: String,
+}
+
+/// Module -> broker, in place of the hello: the module cannot run, and says why. The load
+/// fails with `errno` and exactly `text` (the native module host sends the in-broker
+/// loader's refusal of a library this way, so the operator reads the same words).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refuse {
+    pub errno: u32,
+    pub text: String,
 }

@@ -38,6 +38,10 @@ pub struct LoadArgs {
     /// WASM modules: host directories the module may open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirArgs>,
+    /// Native modules: run the library in a host process of its own (RFC 5 §9), so that a
+    /// crash fails only this module.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
 }
 
 /// A directory a WASM module is granted.
@@ -220,6 +224,9 @@ pub struct InfoArgs {
 pub struct ModuleDescription {
     pub name: String,
     pub kind: String,
+    /// A native module run in a host process of its own (`kind` stays `native`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
     pub services: Vec<String>,
     pub path: String,
     pub digest: String,
@@ -234,6 +241,9 @@ pub struct ModuleDescription {
 pub struct ModuleStatus {
     pub name: String,
     pub kind: String,
+    /// A native module run in a host process of its own (`kind` stays `native`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
     /// loading, init, running, finalizing, exited, failed
     pub state: String,
     /// Why it is failed, exited or stuck, when known.

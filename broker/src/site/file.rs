@@ -104,7 +104,10 @@ pub struct Module {
     pub grace_ms: Option<u64>,
     /// The ranks it runs on (RFC 7 §7); default all.
     pub ranks: Option<Spanned<String>>,
-    // Process modules.
+    // Native modules: run in a host process of its own (RFC 4 §2.2, RFC 5 §9).
+    #[serde(default)]
+    pub isolated: bool,
+    // Process modules (and isolated native ones).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub hello_timeout_ms: Option<u64>,

@@ -174,6 +174,7 @@ impl Site {
                     hello_timeout: m.hello_timeout_ms.map(Duration::from_millis),
                     sandbox: Sandbox { memory, cpu: m.cpu_ms.map(Duration::from_millis), dirs },
                     inspect_only: false,
+                    isolated: m.isolated,
                 },
                 requires: m.requires.iter().map(|r| r.get_ref().clone()).collect(),
                 after: m.after.iter().map(|r| r.get_ref().clone()).collect(),

@@ -326,7 +326,9 @@ impl Supervisor {
         rec.mark_stuck();
         self.shared.router.retire(&rec.endpoint, "is stuck finalizing");
         let why = match rec.info.kind {
-            ModuleKind::Native => "a native module's thread cannot be killed, so it stays listed until it returns",
+            ModuleKind::Native if !rec.info.isolated => {
+                "a native module's thread cannot be killed, so it stays listed until it returns"
+            }
             _ => "it did not stop when forced either, so it stays listed until it does",
         };
         Err(Error::new(

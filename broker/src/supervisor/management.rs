@@ -70,6 +70,7 @@ pub fn describe(info: &ModuleInfo) -> ModuleDescription {
     ModuleDescription {
         name: info.name.clone(),
         kind: info.kind.to_string(),
+        isolated: info.isolated,
         services: info.services.clone(),
         path: info.path.display().to_string(),
         digest: info.digest.clone(),
@@ -118,6 +119,7 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
                 env: Vec::new(),
                 inspect_only: false,
                 hello_timeout: a.hello_timeout_ms.map(Duration::from_millis),
+                isolated: a.isolated,
                 sandbox: Sandbox {
                     memory,
                     cpu: a.cpu_ms.map(Duration::from_millis),

@@ -248,7 +248,9 @@ async fn in_parallel<T: Send + 'static>(
 /// Load options of one kind given for a module of another are a mistake, not a no-op.
 fn check_options(kind: ModuleKind, r: &LoadRequest) -> Result<(), Error> {
     let mut wrong: Vec<&str> = Vec::new();
-    if kind != ModuleKind::Process {
+    // An isolated native module is a process to the broker: env and hello_timeout_ms apply
+    // to its host process. `isolated` on another kind is the registry's refusal.
+    if kind != ModuleKind::Process && !(kind == ModuleKind::Native && r.isolated) {
         if !r.env.is_empty() {
             wrong.push("env");
         }
@@ -273,7 +275,7 @@ fn check_options(kind: ModuleKind, r: &LoadRequest) -> Result<(), Error> {
     Err(Error::new(
         Errno::EINVAL,
         format!(
-            "{} is a {} module: {} do{} not apply to it (env and hello_timeout_ms are for process modules; memory_mb, cpu_ms and dirs for wasm)",
+            "{} is a {} module: {} do{} not apply to it (env and hello_timeout_ms are for process modules and isolated native ones; memory_mb, cpu_ms and dirs for wasm)",
             r.path.display(),
             kind,
             wrong.join(", "),

@@ -193,6 +193,7 @@ impl Entry {
         ModuleStatus {
             name: rec.info.name.clone(),
             kind: rec.info.kind.to_string(),
+            isolated: rec.info.isolated,
             state: life.state.as_str().to_string(),
             reason: life.reason,
             stuck: life.stuck,

@@ -82,6 +82,8 @@ impl ModuleSpec {
             Some("the file changed".to_string())
         } else if a.args != b.args {
             Some("args changed".to_string())
+        } else if a.isolated != b.isolated {
+            Some(if b.isolated { "to run isolated" } else { "to run in the broker" }.to_string())
         } else if a.env != b.env || a.hello_timeout != b.hello_timeout || a.sandbox != b.sandbox {
             Some("load options changed".to_string())
         } else {

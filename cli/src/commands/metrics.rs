@@ -181,6 +181,7 @@ mod tests {
         ModuleStatus {
             name: name.into(),
             kind: "native".into(),
+            isolated: false,
             state: state.into(),
             reason: None,
             stuck: false,

@@ -52,8 +52,9 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
         Command::Load { rollback: true, .. } => Err(CliError::Usage(
             "load --rollback needs --rank: it undoes a load on the ranks where it loaded when others fail".into(),
         )),
-        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args, .. } => {
-            let request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
+        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, isolated, args, .. } => {
+            let mut request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
+            request.isolated = isolated;
             modules::load(client, &path, request)
         }
         Command::Remove { name, grace, force } => modules::remove(client, &name, grace, force),
@@ -100,8 +101,9 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
     }
     let ranks = ranks::resolve(client, set)?;
     match command {
-        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, args, rollback } => {
-            let request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
+        Command::Load { path, name, config, hello_timeout, memory_mb, cpu_ms, dirs, isolated, args, rollback } => {
+            let mut request = load_args(name, config, hello_timeout, memory_mb, cpu_ms, dirs, args)?;
+            request.isolated = isolated;
             modules::load_on(client, &ranks, &path, request, rollback)
         }
         Command::Remove { name, grace, force } => modules::remove_on(client, &ranks, &name, grace, force),
@@ -143,5 +145,15 @@ fn load_args(
 ) -> Result<LoadArgs, CliError> {
     let config = config.as_deref().map(crate::json::value).transpose()?;
     let dirs = dirs.iter().map(|d| modules::dir_grant(d)).collect::<Result<_, _>>()?;
-    Ok(LoadArgs { path: String::new(), name, args, config, hello_timeout_ms: hello_timeout, memory_mb, cpu_ms, dirs })
+    Ok(LoadArgs {
+        path: String::new(),
+        name,
+        args,
+        config,
+        hello_timeout_ms: hello_timeout,
+        memory_mb,
+        cpu_ms,
+        dirs,
+        isolated: false,
+    })
 }

@@ -86,7 +86,17 @@ pub fn load_on(
 }
 
 fn loaded(d: &ModuleDescription) -> String {
-    format!("loaded {} ({}, services: {})", d.name, d.kind, d.services.join(","))
+    format!("loaded {} ({}, services: {})", d.name, kind_text(&d.kind, d.isolated), d.services.join(","))
+}
+
+/// A module's kind as `list` and `load` print it: `native (isolated)` for a native module
+/// run in a host process of its own (RFC 3 §6).
+fn kind_text(kind: &str, isolated: bool) -> String {
+    if isolated {
+        format!("{kind} (isolated)")
+    } else {
+        kind.to_string()
+    }
 }
 
 pub fn remove(client: &mut Client, name: &str, grace_ms: Option<u64>, force: bool) -> Result<(), CliError> {
@@ -323,7 +333,7 @@ fn list_row(m: &ModuleStatus) -> Vec<String> {
     };
     vec![
         m.name.clone(),
-        m.kind.clone(),
+        kind_text(&m.kind, m.isolated),
         m.services.join(","),
         m.digest.chars().take(12).collect(),
         table::size(m.size),

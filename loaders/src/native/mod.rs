@@ -2,9 +2,12 @@
 //! their own inside the broker. Trusted code: no isolation. A library is never unloaded, and
 //! the same bytes are mapped once: instances of one file (under two names, or copied to two
 //! paths) share its statics, each on its own thread. A file loaded again unchanged is not
-//! read again (`library`).
+//! read again (`library`). The same library can also run isolated, in a host process of
+//! its own that the broker supervises as a process module (`isolated`), with this loader's
+//! own ABI check and `SbHost`.
 
 mod host;
+pub mod isolated;
 mod library;
 
 use std::path::Path;

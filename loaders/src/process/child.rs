@@ -7,6 +7,7 @@
 //! as a task on the broker's runtime. Nothing here signals a child except through
 //! `Process`.
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rustix::process::Signal;
-use switchboard_protocol::handshake::{Hello, Welcome, FD_ENV, HELLO, PROTOCOL, WELCOME};
+use switchboard_protocol::handshake::{Hello, Refuse, Welcome, FD_ENV, HELLO, PROTOCOL, REFUSE, WELCOME};
 use switchboard_protocol::{decode_frame, encode_frame, FrameReader, Message, MsgType, DEFAULT_MAX_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -43,10 +44,11 @@ pub struct Child {
 }
 
 impl Child {
-    /// Start the file with its socket on fd 3 and its output piped to the log. Call within
-    /// the broker's runtime (`Handle::enter`): the socket, the pipes and the child's exit are
-    /// registered with it here, so that a failure to do so is this load's error.
-    pub fn spawn(request: &LoadRequest) -> Result<Child, LoadError> {
+    /// Start `program` (the module file itself, or the native module host that runs it) with
+    /// `argv`, its socket on fd 3 and its output piped to the log. Call within the broker's
+    /// runtime (`Handle::enter`): the socket, the pipes and the child's exit are registered
+    /// with it here, so that a failure to do so is this load's error.
+    pub fn spawn(request: &LoadRequest, program: &Path, argv: &[OsString]) -> Result<Child, LoadError> {
         let path = &request.path;
         let setup = |what: &str, e: std::io::Error| LoadError::Io {
             path: path.clone(),
@@ -58,8 +60,8 @@ impl Child {
         ours.set_nonblocking(true).map_err(|e| setup("set up its socket", e))?;
         let socket = UnixStream::from_std(ours).map_err(|e| setup("watch its socket", e))?;
         let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(path);
-        cmd.args(&request.args)
+        let mut cmd = Command::new(program);
+        cmd.args(argv)
             .envs(request.env.iter().map(|(k, v)| (k, v)))
             .env(FD_ENV, CHILD_FD.to_string())
             .stdin(Stdio::null())
@@ -107,6 +109,13 @@ impl Child {
         };
         match greeted {
             Ok(Ok(hello)) => Ok((self, hello)),
+            Ok(Err(HandshakeError::Refused(r))) => {
+                // It said why it cannot run, in words meant for the operator: those words.
+                self.process.signal(Signal::KILL);
+                let _ = self.process.wait().await;
+                let errno = if r.errno == 0 { switchboard_protocol::Errno::EPROTO.0 } else { r.errno };
+                Err(LoadError::Refused { errno, text: r.text })
+            }
             Ok(Err(why)) => Err(self.abandon(&request.path, why, timeout).await),
             Err(_elapsed) => Err(self.abandon(&request.path, HandshakeError::Timeout, timeout).await),
         }
@@ -144,6 +153,7 @@ impl Child {
             }
             HandshakeError::Closed => format!("it {how} before saying hello"),
             HandshakeError::Protocol(p) => format!("it {p}; killed"),
+            HandshakeError::Refused(r) => r.text,
         };
         let tail = self.output.last_words().await;
         let detail = if tail.is_empty() { detail } else { format!("{detail}; its last output: {tail}") };
@@ -184,6 +194,11 @@ fn welcome(request: &LoadRequest) -> Result<Vec<u8>, HandshakeError> {
 /// The hello in the child's first frame.
 fn hello_of(body: bytes::Bytes) -> Result<Hello, HandshakeError> {
     let msg = decode_frame(body).map_err(|e| HandshakeError::Protocol(format!("sent a malformed frame: {e}")))?;
+    if msg.kind == MsgType::Control && msg.topic == REFUSE {
+        let refuse: Refuse =
+            msg.decode().map_err(|e| HandshakeError::Protocol(format!("sent a malformed refuse: {e}")))?;
+        return Err(HandshakeError::Refused(refuse));
+    }
     if msg.kind != MsgType::Control || msg.topic != HELLO {
         return Err(HandshakeError::Protocol(format!("sent a {} '{}' before its hello", msg.kind.as_str(), msg.topic)));
     }
@@ -208,6 +223,8 @@ pub enum HandshakeError {
     Timeout,
     Closed,
     Protocol(String),
+    /// It sent `refuse` instead of hello (RFC 5 §3).
+    Refused(Refuse),
 }
 
 /// "exited with status 3", "was killed by signal 9 (SIGKILL)".

@@ -28,6 +28,7 @@ mod child;
 mod output;
 mod reaper;
 
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -93,11 +94,33 @@ impl Loader for ProcessLoader {
     }
 
     fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
+        let argv: Vec<OsString> = request.args.iter().map(OsString::from).collect();
+        self.start(request, &request.path, &argv, ModuleKind::Process)
+    }
+}
+
+impl ProcessLoader {
+    /// Run the native library `request.path` in the native module host `host`
+    /// (`crate::native::isolated`): a process module to the broker, listed as `kind`
+    /// native. The host is given the library's path as its one argument; the module's own
+    /// arguments travel in the welcome, as for every process module.
+    pub(crate) fn load_isolated(&self, request: &LoadRequest, host: &Path) -> Result<Box<dyn LoadedModule>, LoadError> {
+        self.start(request, host, &[OsString::from(&request.path)], ModuleKind::Native)
+    }
+
+    /// Start `program` with `argv` for `request`, and wait for its handshake.
+    fn start(
+        &self,
+        request: &LoadRequest,
+        program: &Path,
+        argv: &[OsString],
+        kind: ModuleKind,
+    ) -> Result<Box<dyn LoadedModule>, LoadError> {
         let (digest, size) = file_digest(&request.path)?;
         let timeout = request.hello_timeout.unwrap_or(DEFAULT_HELLO_TIMEOUT);
         let child = {
             let _runtime = self.runtime.enter();
-            Child::spawn(request)?
+            Child::spawn(request, program, argv)?
         };
         // The handshake is a task; this thread waits for its outcome.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -114,7 +137,7 @@ impl Loader for ProcessLoader {
             name: request.path.display().to_string(),
             detail: format!("the broker's runtime did not run its handshake ({e})"),
         })??;
-        let info = match ModuleInfo::new(request, hello.name, ModuleKind::Process, digest, size) {
+        let info = match ModuleInfo::new(request, hello.name, kind, digest, size) {
             Ok(info) => ModuleInfo { declares: hello.declares, ..info },
             Err(e) => {
                 // An invalid name: the child must not outlive the refusal.
