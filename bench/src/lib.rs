@@ -410,3 +410,10 @@ pub fn run(opts: &Opts) -> Result<bool> {
     drop(raw);
     Ok(ok)
 }
+
+/// Send `sig` to process `pid`, one the benchmark started; one already gone is no error.
+pub(crate) fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}

@@ -3,6 +3,9 @@
 //! so the raw-socket floor and the broker paths run exactly the same client code (the
 //! `*_requests` forms take a whole request, e.g. one with a `nodeid` for the overlay rows).
 
+// Unsafe code here: reads its own CPU time (`getrusage`).
+#![allow(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

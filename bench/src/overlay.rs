@@ -215,10 +215,8 @@ impl Instance {
             )));
         }
         let began = Instant::now();
-        if let Ok(pid) = i32::try_from(pid) {
-            // SAFETY: signalling our own child, not yet reaped (try_wait just saw it running).
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
+        // Our own child, not yet reaped (try_wait just saw it running).
+        crate::signal(pid, rustix::process::Signal::INT);
         let status = child.wait().map_err(err("waiting for --test-size"))?;
         let took = began.elapsed();
         if status.success() {
@@ -286,10 +284,8 @@ fn stop_orphans(ranks: &[(u32, u32)]) -> usize {
     };
     let alive: Vec<(u32, u32)> = ranks.iter().copied().filter(|&(r, p)| still(r, p)).collect();
     for &(_, pid) in &alive {
-        if let Ok(pid) = i32::try_from(pid) {
-            // SAFETY: a process of this benchmark's instance, checked just above.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        // A process of this benchmark's instance, checked just above.
+        crate::signal(pid, rustix::process::Signal::TERM);
     }
     let deadline = Instant::now() + RESPONSE_TIMEOUT;
     while alive.iter().any(|&(r, p)| still(r, p)) && Instant::now() < deadline {

@@ -149,8 +149,7 @@ pub(crate) fn start_broker(mut cmd: Command, socket: &Path, cache: &Path) -> Res
 /// SIGTERM, and the time until it exited (every module removed).
 pub(crate) fn stop(child: &mut Child) -> Result<Duration> {
     let began = Instant::now();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    crate::signal(child.id(), rustix::process::Signal::TERM);
     child.wait().map_err(err)?;
     Ok(began.elapsed())
 }

@@ -4,6 +4,9 @@
 //! goes through `run_native` or `ModuleTable::new`, which catch panics so that none unwinds
 //! across `extern "C"`.
 
+// Unsafe code here: the module side of the C ABI: calls through the broker's host table.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -38,6 +41,7 @@ impl Link for NativeLink {
         let mut m = SbMsg::ZERO;
         // SAFETY: host functions follow the ABI contract (RFC 2).
         match unsafe { (h.recv)(h.ctx, &mut m, ms) } {
+            // SAFETY: on SB_OK the host filled `m` with views valid until the next call.
             SB_OK => unsafe { message_from_abi(&m) }
                 .map(Some)
                 .ok_or_else(|| LinkError::Refused("the broker sent a malformed message".into())),
@@ -50,6 +54,7 @@ impl Link for NativeLink {
     fn send(&self, msg: &Message) -> Result<(), LinkError> {
         let h = self.host();
         let m = message_to_abi(msg);
+        // SAFETY: `m` borrows `msg`, alive across the call; the host copies what it keeps.
         match unsafe { (h.send)(h.ctx, &m) } {
             SB_OK => Ok(()),
             SB_ECONNRESET => Err(LinkError::Closed),
@@ -59,6 +64,7 @@ impl Link for NativeLink {
 
     fn log(&self, level: Level, text: &str) {
         let h = self.host();
+        // SAFETY: `text` is valid for `text.len()` bytes across the call (RFC 2 §3.4).
         unsafe { (h.log)(h.ctx, level as i32, text.as_ptr(), text.len()) }
     }
 }
@@ -86,9 +92,14 @@ pub unsafe fn run_native<A: Actor>(host: *const SbHost) -> i32 {
         link.log(Level::Error, &text);
         return 1;
     }
+    // SAFETY: the host table's name, `nargs` argument views and config are valid while
+    // `main` runs (RFC 2 §3.3); each is copied here.
     let name = unsafe { String::from_utf8_lossy(h.name.as_slice()).into_owned() };
-    let args =
-        (0..h.nargs).map(|i| unsafe { String::from_utf8_lossy((*h.args.add(i)).as_slice()).into_owned() }).collect();
+    let args = (0..h.nargs)
+        // SAFETY: as above; `i < nargs`.
+        .map(|i| unsafe { String::from_utf8_lossy((*h.args.add(i)).as_slice()).into_owned() })
+        .collect();
+    // SAFETY: as above.
     let config = Bytes::copy_from_slice(unsafe { h.config.as_slice() });
     let result = catch_unwind(AssertUnwindSafe(|| {
         let handle = Handle::new(Box::new(NativeLink { host }), name, args, config);

@@ -2,6 +2,9 @@
 //! as an inherited file descriptor, and the `main` a module binary runs. The same `Actor`
 //! that `export_module!` exports as a native library runs here as a child process.
 
+// Unsafe code here: takes ownership of the socket descriptor the broker passed (RFC 5 §2).
+#![allow(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -129,13 +132,7 @@ impl Link for ProcessLink {
 
     /// Log lines go to stderr, which the broker logs under the module's name.
     fn log(&self, level: Level, text: &str) {
-        let tag = match level {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        };
-        eprintln!("{tag}: {text}");
+        eprintln!("{}: {text}", level.tag());
     }
 }
 

@@ -6,6 +6,9 @@
 //! `message_to_abi` convert between a [`Message`] and an `SbMsg`, for the broker's host side
 //! and the modules' side alike.
 
+// Unsafe code here: the C ABI itself: raw views handed across `extern "C"`.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, c_void};
 
 use bytes::Bytes;
@@ -56,6 +59,7 @@ impl SbBytes {
         if self.ptr.is_null() || self.len == 0 {
             &[]
         } else {
+            // SAFETY: not null, and the caller vouches for `len` bytes for `'a`.
             unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
         }
     }
@@ -282,10 +286,12 @@ pub unsafe fn declarations_from_abi(table: *const SbModule, size: u32) -> Result
 /// # Safety
 /// The views in `m` must be valid.
 pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
+    // SAFETY: every view in `m` is valid, the caller says, and the text is copied at once.
     let text = |b: SbBytes| unsafe { std::str::from_utf8(b.as_slice()).ok().map(str::to_owned) };
     let route: &[u64] = if m.route.is_null() || m.route_len == 0 {
         &[]
     } else {
+        // SAFETY: not null, and valid for `route_len` entries as the caller says.
         unsafe { std::slice::from_raw_parts(m.route, m.route_len) }
     };
     Some(Message {
@@ -299,6 +305,7 @@ pub unsafe fn message_from_abi(m: &SbMsg) -> Option<Message> {
         errstr: if m.errstr.ptr.is_null() { None } else { Some(text(m.errstr)?) },
         seq: m.seq,
         route: Route::from_slice(route),
+        // SAFETY: the payload view is valid, as the caller says; it is copied at once.
         payload: Bytes::copy_from_slice(unsafe { m.payload.as_slice() }),
     })
 }

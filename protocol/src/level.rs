@@ -9,3 +9,24 @@ pub enum Level {
     Info = 6,
     Debug = 7,
 }
+
+impl Level {
+    /// Every level, most severe first.
+    pub const ALL: [Level; 4] = [Level::Error, Level::Warn, Level::Info, Level::Debug];
+
+    /// The word a process module's stderr line starts with to say its level, before `: `
+    /// (RFC 5 §6).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
+    /// A stderr line's level and the rest of it, if it starts with `TAG: ` (RFC 5 §6).
+    pub fn strip_tag(line: &str) -> Option<(Level, &str)> {
+        Level::ALL.into_iter().find_map(|l| line.strip_prefix(l.tag())?.strip_prefix(": ").map(|rest| (l, rest)))
+    }
+}

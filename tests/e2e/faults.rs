@@ -3,14 +3,17 @@
 //! and churned mid-request, with requesters that must all be answered. Every test bounds
 //! its own time and count so the suite stays a few minutes long in CI.
 
+// Unsafe code here: limits a child's resources between fork and exec (`pre_exec`).
+#![allow(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_client::{Client, ClientError};
+use switchboard_client::Client;
 use switchboard_protocol::Message;
 use switchboard_tests::{
-    bin, errno_of, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker,
+    answers, bin, errtext, json, module, payload, python_path, row, rpc, script, wait_until, wasm_module, Broker,
     Signal, WAIT,
 };
 
@@ -219,26 +222,7 @@ fn a_broker_that_may_start_no_more_threads_serves_every_client_and_refuses_a_mod
 
 /// Send `n` requests to `topic` at once on one connection (matchtags 1..=n).
 fn pipeline(c: &mut Client, topic: &str, body: serde_json::Value, n: u32) {
-    for tag in 1..=n {
-        let mut req = Message::request(topic, payload(body.clone()));
-        req.matchtag = tag;
-        c.queue(&req);
-    }
-    c.flush().expect("send the requests");
-}
-
-/// Collect the answers to matchtags 1..=n: the errno name of each (or "ok"), in order.
-fn answers(c: &mut Client, n: u32) -> Vec<String> {
-    (1..=n)
-        .map(|tag| {
-            let r = c.wait_response(tag, Some(WAIT));
-            match &r {
-                Ok(_) => "ok".to_string(),
-                Err(ClientError::Remote(_)) => errno_of(&r),
-                Err(e) => panic!("request {tag} got no answer: {e}"),
-            }
-        })
-        .collect()
+    switchboard_tests::pipeline(c, (1..=n).map(|_| (topic, body.clone())));
 }
 
 /// Signal a module's child process, which the test found in module.list.

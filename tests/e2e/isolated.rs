@@ -9,10 +9,8 @@
 use std::path::Path;
 
 use serde_json::json;
-use switchboard_client::{Client, ClientError};
-use switchboard_protocol::Message;
 use switchboard_tests::{
-    bin, c_module, errno_of, errtext, json, list, module, payload, row, rpc, script, wait_until, Broker, WAIT,
+    answers, bin, c_module, errno_of, errtext, json, list, module, row, rpc, script, wait_until, Broker,
 };
 
 /// The module's row of `module.list`, which must exist.
@@ -22,30 +20,6 @@ fn status(b: &Broker, name: &str) -> serde_json::Value {
 
 fn pid_of(b: &Broker, name: &str) -> u32 {
     status(b, name)["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("an isolated module has a pid")
-}
-
-/// Send `topics` on one connection at once (matchtags 1..), each with `body`.
-fn pipeline(c: &mut Client, requests: &[(&str, serde_json::Value)]) {
-    for (i, (topic, body)) in requests.iter().enumerate() {
-        let mut req = Message::request(*topic, payload(body.clone()));
-        req.matchtag = i as u32 + 1;
-        c.queue(&req);
-    }
-    c.flush().expect("send the requests");
-}
-
-/// The answer to each of matchtags 1..=n: "ok" or its errno's name; none may be missing.
-fn answers(c: &mut Client, n: usize) -> Vec<String> {
-    (1..=n as u32)
-        .map(|tag| {
-            let r = c.wait_response(tag, Some(WAIT));
-            match &r {
-                Ok(_) => "ok".to_string(),
-                Err(ClientError::Remote(_)) => errno_of(&r),
-                Err(e) => panic!("request {tag} got no answer: {e}"),
-            }
-        })
-        .collect()
 }
 
 #[test]
@@ -66,8 +40,8 @@ fn a_segfault_mid_request_fails_only_the_isolated_module() {
     assert!(rpc(&mut c, "faulty.sleep", json!({"ms": 1})).is_ok());
     let mut requests = vec![("faulty.segfault", json!({}))];
     requests.extend((0..8).map(|_| ("faulty.sleep", json!({"ms": 1}))));
-    pipeline(&mut c, &requests);
-    let got = answers(&mut c, requests.len());
+    switchboard_tests::pipeline(&mut c, requests.iter().map(|(t, b)| (*t, b.clone())));
+    let got = answers(&mut c, requests.len() as u32);
     assert!(got.iter().all(|e| e == "EHOSTUNREACH"), "{got:?}");
 
     // The broker and its other modules serve on; the module is failed with its signal.

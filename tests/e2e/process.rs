@@ -249,9 +249,7 @@ fn python_broker(args: &[&str]) -> Broker {
 /// CLOCK_MONOTONIC in seconds: the clock of Python's `time.monotonic()`, so the test and a
 /// module can order events between them without comparing durations.
 fn monotonic() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 

@@ -443,3 +443,29 @@ pub fn signal(pid: u32, sig: Signal) {
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Collect the answers to matchtags 1..=n on `c`: the errno name of each (or "ok"), in
+/// order. A request left without an answer fails the test.
+pub fn answers(c: &mut Client, n: u32) -> Vec<String> {
+    (1..=n)
+        .map(|tag| {
+            let r = c.wait_response(tag, Some(WAIT));
+            match &r {
+                Ok(_) => "ok".to_string(),
+                Err(ClientError::Remote(_)) => errno_of(&r),
+                Err(e) => panic!("request {tag} got no answer: {e}"),
+            }
+        })
+        .collect()
+}
+
+/// Send `requests` (topic, JSON body) at once on one connection, with matchtags 1, 2, ...
+/// in order; `answers` collects what comes back.
+pub fn pipeline<'a>(c: &mut Client, requests: impl IntoIterator<Item = (&'a str, serde_json::Value)>) {
+    for (tag, (topic, body)) in (1..).zip(requests) {
+        let mut req = Message::request(topic, payload(body));
+        req.matchtag = tag;
+        c.queue(&req);
+    }
+    c.flush().expect("send the requests");
+}

@@ -2,6 +2,9 @@
 //! the thread body that runs `main` and reports how it ended. Every function here is called
 //! from C and must not unwind: each body runs under `catch_unwind`.
 
+// Unsafe code here: the broker side of the C ABI: the host table a module calls.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;

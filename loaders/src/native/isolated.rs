@@ -10,6 +10,9 @@
 //! frames to the socket and an `Inbox` that a reader thread fills from it. It must not grow
 //! an ABI check or an `SbHost` of its own: those live in `library` and `host`, once.
 
+// Unsafe code here: takes ownership of the socket descriptor the broker passed (RFC 5 §2).
+#![allow(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -284,14 +287,8 @@ impl BrokerPort for SocketPort {
     /// To stderr, which the broker logs under the module's name at the level the prefix
     /// says (RFC 5 §6).
     fn log(&self, level: Level, text: &str) {
-        let tag = match level {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        };
         for line in text.lines() {
-            eprintln!("{tag}: {line}");
+            eprintln!("{}: {line}", level.tag());
         }
         if level == Level::Error {
             *self.last_error.lock() = Some(text.to_string());

@@ -12,6 +12,9 @@
 //! `digest` is always the SHA-256 of the bytes that run. This module does not decide what a
 //! module may do once mapped, and never unmaps.
 
+// Unsafe code here: opens a shared library and reads its module table.
+#![allow(unsafe_code)]
+
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io::Write;

@@ -6,6 +6,9 @@
 //! its own that the broker supervises as a process module (`isolated`), with this loader's
 //! own ABI check and `SbHost`.
 
+// Unsafe code here: calls a module's `main` through the C ABI.
+#![allow(unsafe_code)]
+
 mod host;
 pub mod isolated;
 mod library;

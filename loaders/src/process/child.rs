@@ -7,6 +7,9 @@
 //! as a task on the broker's runtime. Nothing here signals a child except through
 //! `Process`.
 
+// Unsafe code here: sets up the child between fork and exec (`pre_exec`).
+#![allow(unsafe_code)]
+
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;

@@ -132,12 +132,5 @@ impl Output {
 
 /// A line may start with its level (`error: `, `warn: `, `info: `, `debug: `).
 fn classify(line: &str, default: Level) -> (Level, &str) {
-    for (prefix, level) in
-        [("error: ", Level::Error), ("warn: ", Level::Warn), ("info: ", Level::Info), ("debug: ", Level::Debug)]
-    {
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return (level, rest);
-        }
-    }
-    (default, line)
+    Level::strip_tag(line).unwrap_or((default, line))
 }

@@ -10,6 +10,9 @@
 //! for a start that fails half-way), which blocks that thread for as long as the kernel takes
 //! to end a killed process.
 
+// Unsafe code here: registers a pidfd with the runtime.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;

@@ -3,6 +3,9 @@
 //! a checksum of its own bytes: an entry that is stale, truncated or altered is ignored and
 //! rebuilt, never handed to wasmtime unchecked.
 
+// Unsafe code here: loads precompiled components, which wasmtime cannot check.
+#![allow(unsafe_code)]
+
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;

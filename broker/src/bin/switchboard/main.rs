@@ -5,6 +5,9 @@
 //! else is in the library. `switchboard completions SHELL` and `switchboard man` print a
 //! shell completion script and the man page generated from the argument definitions below.
 
+// Unsafe code here: sets a malloc parameter (`mallopt`) before any thread starts.
+#![allow(unsafe_code)]
+
 mod test_size;
 
 use std::path::PathBuf;
