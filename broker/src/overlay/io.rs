@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{decode_frame, encode_body_into, Errno, Message, MsgType, PROTOCOL_VERSION};
+use switchboard_protocol::{decode_header, encode_body_into, Errno, FrameError, Message, MsgType, PROTOCOL_VERSION};
 
 use super::health::{Health, State, States};
 use super::outbox::{self, Command, Control, LinkOut, Peer};
@@ -245,12 +245,18 @@ impl Io {
 
     /// Send `msg` on the link to `peer`, if `link` is still that link's endpoint.
     fn send(&mut self, peer: Peer, link: u64, msg: Message) {
-        let ep = match peer {
-            Peer::Child(r) => self.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.clone()),
-            Peer::Parent(_) => self.up.as_ref().and_then(|u| u.link.clone()),
+        let endpoint = |io: &Io| match peer {
+            Peer::Child(r) => io.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.clone()),
+            Peer::Parent(_) => io.up.as_ref().and_then(|u| u.link.clone()),
         };
         // A link lost since: its requests were answered when it was retired.
-        let Some(ep) = ep.filter(|ep| ep.id == link) else { return };
+        let current = match peer {
+            Peer::Child(r) => self.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.id),
+            Peer::Parent(_) => self.up.as_ref().and_then(|u| u.link.as_ref()).map(|ep| ep.id),
+        };
+        if current != Some(link) {
+            return;
+        }
         match self.send_raw(peer, &msg) {
             Some(Ok(())) | None => {}
             Some(Err(zmq::Error::EHOSTUNREACH)) => {
@@ -263,6 +269,7 @@ impl Io {
                     zmq::Error::EAGAIN => "is not taking messages (its link is full or not connected)".to_string(),
                     e => format!("could not be sent a message: {e}"),
                 };
+                let Some(ep) = endpoint(self) else { return };
                 if msg.wants_response() && ep.inflight.forget(&msg) {
                     self.router.respond_error(&msg, Errno::EHOSTUNREACH, format!("rank {} {why}", peer.rank()));
                 } else {
@@ -322,8 +329,7 @@ impl Io {
             }
             // The routing id is the rank in canonical decimal ("3", not "03"): replies go to
             // that id, so any other spelling could never be answered.
-            let rank = std::str::from_utf8(&id).ok().and_then(|s| s.parse::<u32>().ok().filter(|r| r.to_string() == s));
-            let Some(rank) = rank else {
+            let Some(rank) = canonical_rank(&id) else {
                 tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
                 continue;
             };
@@ -664,9 +670,28 @@ fn next(sock: &zmq::Socket, from: &str) -> Option<zmq::Message> {
 
 /// A message's frame body from rank `from`; a malformed one is logged and dropped.
 fn decode(body: &zmq::Message, from: u32) -> Option<Message> {
-    decode_frame(Bytes::copy_from_slice(body))
-        .map_err(|e| tracing::warn!("a malformed message from rank {from} was dropped: {e}"))
-        .ok()
+    decode_body(body).map_err(|e| tracing::warn!("a malformed message from rank {from} was dropped: {e}")).ok()
+}
+
+/// What `decode_frame` reads from a frame body, with the same checks, but with the header read
+/// where it lies: only the payload is copied out of the ZeroMQ message, which is freed with
+/// it. (A copy of the whole body, which the payload then shared, cost two allocations.)
+fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
+    let len = body.len();
+    let Some((hlen, rest)) = body.split_first_chunk::<4>() else { return Err(FrameError::TooShort { len }) };
+    let hlen = u32::from_be_bytes(*hlen) as usize;
+    let Some((header, payload)) = rest.split_at_checked(hlen) else {
+        return Err(FrameError::HeaderOverrun { hlen, len });
+    };
+    let payload = if payload.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(payload) };
+    Ok(decode_header(header, payload)?)
+}
+
+/// A routing id that is a rank in canonical decimal: digits only, no leading zero, no sign
+/// (checked without allocating; this runs for every message from a child).
+fn canonical_rank(id: &[u8]) -> Option<u32> {
+    let canonical = id.iter().all(u8::is_ascii_digit) && (id.len() == 1 || id.first() != Some(&b'0'));
+    std::str::from_utf8(id).ok().filter(|_| canonical)?.parse().ok()
 }
 
 fn send_to_child(sock: &zmq::Socket, rank: u32, body: &[u8]) -> zmq::Result<()> {
@@ -691,4 +716,54 @@ fn monitor_event(monitor: &zmq::Socket) -> Option<(u16, u32)> {
     let event = u16::from_ne_bytes([head[0], head[1]]);
     let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
     Some((event, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_protocol::decode_frame;
+
+    fn body(msg: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_body_into(msg, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_body_decodes_as_decode_frame_reads_it() {
+        let mut req = Message::request("echo.x", Bytes::from_static(b"\x91\xa3abc"));
+        req.route = switchboard_protocol::Route::from_slice(&[3, 9]);
+        req.matchtag = 7;
+        req.nodeid = 1;
+        let empty = Message::request("echo.y", Bytes::new()).error_response(Errno::EIO, "no");
+        for msg in [req, empty] {
+            let b = body(&msg);
+            let ours = decode_body(&b).expect("decodes");
+            assert_eq!(ours, decode_frame(Bytes::from(b)).expect("decodes"));
+            assert_eq!(ours, msg);
+        }
+    }
+
+    #[test]
+    fn only_a_canonical_decimal_routing_id_is_a_rank() {
+        for (id, rank) in [("0", Some(0)), ("3", Some(3)), ("4294967295", Some(u32::MAX))] {
+            assert_eq!(canonical_rank(id.as_bytes()), rank, "{id}");
+        }
+        for id in ["", "03", "00", "+3", "-1", " 3", "3 ", "4294967296", "x", "\u{663}"] {
+            assert_eq!(canonical_rank(id.as_bytes()), None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_body_is_refused_as_decode_frame_refuses_it() {
+        let good = body(&Message::request("echo.x", Bytes::from_static(b"\xc0")));
+        let mut overrun = good.clone();
+        overrun[..4].copy_from_slice(&(good.len() as u32).to_be_bytes());
+        let mut bad_header = good.clone();
+        bad_header[4] = 0xc1;
+        for b in [&good[..3], &overrun[..], &bad_header[..], &[0, 0, 0, 0][..]] {
+            let ours = decode_body(b).expect_err("refused");
+            assert_eq!(ours, decode_frame(Bytes::copy_from_slice(b)).expect_err("refused"));
+        }
+    }
 }

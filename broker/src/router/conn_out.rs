@@ -21,8 +21,10 @@ use tokio::sync::Notify;
 use super::batch;
 use super::budget::OutputBudget;
 
-/// A buffer that held more than this is given back to the allocator once it is empty, so an
-/// idle connection holds no output memory.
+/// An empty buffer keeps at most this much room: what a burst grew it to beyond this goes
+/// back to the allocator, so an idle connection holds no more than this. Keeping this much
+/// (rather than nothing) spares a busy connection a run of reallocations per burst (a
+/// batch of 512 responses, about 25 KB, grew it from 8 bytes in 13 steps).
 const KEEP_BUFFER: usize = 16 << 10;
 
 pub struct ConnOut {
@@ -142,9 +144,7 @@ impl ConnOut {
             Ok(n) if n == st.buf.len() => {
                 self.release(n);
                 st.buf.clear();
-                if st.buf.capacity() > KEEP_BUFFER {
-                    st.buf = Vec::new();
-                }
+                st.buf.shrink_to(KEEP_BUFFER);
             }
             Ok(n) => {
                 self.release(n);
@@ -204,9 +204,7 @@ impl ConnOut {
                 }
             }
             spare.clear();
-            if spare.capacity() > KEEP_BUFFER {
-                spare = Vec::new();
-            }
+            spare.shrink_to(KEEP_BUFFER);
             // Frames queued while we wrote are in `buf`; loop to write them in order.
             let mut st = self.state.lock();
             if st.buf.is_empty() {

@@ -70,12 +70,14 @@ enum Owner {
 
 #[derive(Default)]
 struct Table {
-    endpoints: HashMap<EndpointId, Arc<Endpoint>>,
+    /// Keyed by the broker's own counter: a fast non-cryptographic hash will do (every
+    /// response looks its next hop up here).
+    endpoints: rustc_hash::FxHashMap<EndpointId, Arc<Endpoint>>,
     services: HashMap<String, Owner>,
     /// (topic prefix, subscriber)
     subscriptions: Vec<(String, EndpointId)>,
     /// The links to the parent and children, by the peer's rank; absent: never up.
-    links: HashMap<u32, LinkSlot>,
+    links: rustc_hash::FxHashMap<u32, LinkSlot>,
 }
 
 impl Table {
@@ -190,8 +192,9 @@ impl Router {
             sink,
             cred,
             label,
+            // Only a module is asked whether it holds a request from another module (§8.10).
+            inflight: Inflight::new(module.is_some()),
             module,
-            inflight: Inflight::default(),
             successor: OnceLock::new(),
         });
         self.table.write().endpoints.insert(id, ep.clone());
