@@ -136,6 +136,9 @@ pub struct ApplyReport {
 pub struct ModuleStats {
     pub name: String,
     pub kind: String,
+    /// A native module run in a host process of its own (`module.load`'s `isolated`).
+    #[serde(default)]
+    pub isolated: bool,
     pub state: String,
     pub uptime_ms: u64,
     pub msgs_in: u64,

@@ -88,6 +88,18 @@ fn isolated_echo_rust_and_c_answer_as_in_the_broker() {
     let (isolated, in_broker) = (status(&b, "iecho")["declares"].clone(), status(&b, "echo")["declares"].clone());
     assert_eq!(isolated["otherwise"], true, "{isolated}");
     assert_eq!(isolated, in_broker);
+    // Every view of it says so: stats and the Prometheus exposition too.
+    let stats = b.modctl_ok(&["stats", "iecho"]);
+    assert!(stats.lines().any(|l| l.starts_with("kind") && l.ends_with("native (isolated)")), "{stats}");
+    let prom = b.modctl_ok(&["list", "--format", "prometheus"]);
+    let info = |name: &str| {
+        prom.lines()
+            .find(|l| l.starts_with("switchboard_module_info{") && l.contains(&format!("module=\"{name}\"")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no info sample for {name}: {prom}"))
+    };
+    assert!(info("iecho").contains("isolated=\"true\""), "{prom}");
+    assert!(info("echo").contains("isolated=\"false\""), "{prom}");
 
     // The name, arguments and configuration reach the library as in the broker.
     let faulty = module("faulty").display().to_string();

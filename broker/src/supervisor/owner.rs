@@ -220,6 +220,7 @@ impl Entry {
         ModuleStats {
             name: status.name,
             kind: status.kind,
+            isolated: status.isolated,
             state: status.state,
             uptime_ms: rec.uptime().as_millis() as u64,
             msgs_in: status.msgs_in,

@@ -13,7 +13,7 @@ const STATES: [&str; 5] = ["init", "running", "finalizing", "exited", "failed"];
 static INFO: Metric = Metric {
     name: "switchboard_module_info",
     kind: Kind::Gauge,
-    help: "A listed module instance, with its file (path) and the file's SHA-256 (digest); always 1.",
+    help: "A listed module instance, with its file (path), the file's SHA-256 (digest) and whether a native module runs in a host process of its own (isolated); always 1.",
 };
 static STATE: Metric = Metric {
     name: "switchboard_module_state",
@@ -131,7 +131,9 @@ pub fn list(e: &mut Exposition, rank: Option<u32>, modules: &[ModuleStatus]) {
     for m in modules {
         let (name, kind) = (m.name.as_str(), m.kind.as_str());
         let l = labels(rank, name, kind, &[]);
-        e.sample(&INFO, &labels(rank, name, kind, &[("path", &m.path), ("digest", &m.digest)]), Value::Int(1));
+        let isolated = if m.isolated { "true" } else { "false" };
+        let info = [("path", m.path.as_str()), ("digest", m.digest.as_str()), ("isolated", isolated)];
+        e.sample(&INFO, &labels(rank, name, kind, &info), Value::Int(1));
         states(e, rank, name, kind, &m.state);
         e.sample(&STUCK, &l, Value::Int(u64::from(m.stuck)));
         e.sample(&SIZE, &l, Value::Int(m.size));
@@ -220,7 +222,7 @@ mod tests {
         assert_eq!(text.matches("# TYPE ").count(), 9, "{text}");
         assert!(
             text.contains(
-                "switchboard_module_info{module=\"kvs\",kind=\"native\",path=\"/srv/\\\"odd\\\"\\\\dir/libkvs.so\",digest=\"ab12\"} 1\n"
+                "switchboard_module_info{module=\"kvs\",kind=\"native\",path=\"/srv/\\\"odd\\\"\\\\dir/libkvs.so\",digest=\"ab12\",isolated=\"false\"} 1\n"
             ),
             "{text}"
         );
@@ -271,6 +273,7 @@ mod tests {
         let s = ModuleStats {
             name: "py".into(),
             kind: "process".into(),
+            isolated: false,
             state: "running".into(),
             uptime_ms: 4_000,
             msgs_in: 2,

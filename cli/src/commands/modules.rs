@@ -145,7 +145,12 @@ pub fn reload_on(client: &mut Client, ranks: &[u32], name: &str) -> Result<(), C
 }
 
 fn reloaded(d: &ModuleDescription) -> String {
-    format!("reloaded {} ({}, digest {})", d.name, d.kind, d.digest.chars().take(12).collect::<String>())
+    format!(
+        "reloaded {} ({}, digest {})",
+        d.name,
+        kind_text(&d.kind, d.isolated),
+        d.digest.chars().take(12).collect::<String>()
+    )
 }
 
 pub fn stats(client: &mut Client, name: &str, format: Format) -> Result<(), CliError> {
@@ -206,7 +211,7 @@ fn exposition<T>(
 fn stats_lines(s: &ModuleStats) -> Vec<String> {
     let mut rows: Vec<(&str, String)> = vec![
         ("name", s.name.clone()),
-        ("kind", s.kind.clone()),
+        ("kind", kind_text(&s.kind, s.isolated)),
         ("state", s.state.clone()),
         ("uptime", table::duration_ms(s.uptime_ms)),
         ("messages in", s.msgs_in.to_string()),
