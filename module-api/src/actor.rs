@@ -123,11 +123,15 @@ pub struct Methods<A> {
     last: Option<String>,
     /// Declared events: topic and doc.
     events: Vec<EventDecl>,
+    /// Methods added again under a name already in the table (the later one handles it):
+    /// declared too, so that the broker refuses the module naming the mistake
+    /// (`method 'get' is declared twice`) instead of one handler silently replacing another.
+    twice: Vec<MethodDecl>,
 }
 
 impl<A> Default for Methods<A> {
     fn default() -> Self {
-        Methods { table: HashMap::new(), otherwise: None, last: None, events: Vec::new() }
+        Methods { table: HashMap::new(), otherwise: None, last: None, events: Vec::new(), twice: Vec::new() }
     }
 }
 
@@ -179,6 +183,7 @@ impl<A: 'static> Methods<A> {
             .table
             .iter()
             .map(|(name, m)| MethodDecl { name: name.clone(), guest: m.guest, doc: m.doc.clone() })
+            .chain(self.twice.iter().cloned())
             .collect();
         methods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut events = self.events.clone();
@@ -187,7 +192,9 @@ impl<A: 'static> Methods<A> {
     }
 
     fn add(mut self, name: &str, handler: Handler<A>, guest: bool) -> Self {
-        self.table.insert(name.to_string(), Method { handler, guest, doc: String::new() });
+        if let Some(earlier) = self.table.insert(name.to_string(), Method { handler, guest, doc: String::new() }) {
+            self.twice.push(MethodDecl { name: name.to_string(), guest: earlier.guest, doc: earlier.doc });
+        }
         self.last = Some(name.to_string());
         self
     }
@@ -340,6 +347,16 @@ mod tests {
 
     fn req(v: serde_json::Value) -> Message {
         Message::request("res.create", Bytes::from(rmp_serde::to_vec_named(&v).unwrap()))
+    }
+
+    #[test]
+    fn a_method_added_twice_is_declared_twice_so_the_broker_refuses_it() {
+        let methods = Methods::<()>::new()
+            .on("get", |_: &mut (), _: &Handle, _: &Message| Reply::Done)
+            .on("get", |_: &mut (), _: &Handle, _: &Message| Reply::Done);
+        let declared = methods.describe();
+        assert_eq!(declared.methods.len(), 2);
+        assert_eq!(declared.checked().unwrap_err().to_string(), "method 'get' is declared twice");
     }
 
     #[test]

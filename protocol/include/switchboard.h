@@ -41,6 +41,10 @@ extern "C" {
 
 #define SB_NODEID_ANY 0xffffffffu
 
+/* sb_msg.rolemask bits (RFC 1): a request without SB_ROLE_OWNER comes from a guest */
+#define SB_ROLE_OWNER 0x1u
+#define SB_ROLE_USER  0x2u
+
 /* return codes of the host functions */
 #define SB_OK         0
 #define SB_EINVAL     22
@@ -116,7 +120,10 @@ typedef struct sb_host {
 /* A method the module declares (RFC 2 §3.1): `name` is the part of the topic after the
  * service ("add" for "calc.add"), `doc` one line saying what it does (NULL: none), both
  * NUL-terminated UTF-8. */
-#define SB_METHOD_GUEST 0x1u /* sb_method.flags: guests (other local users) may call it */
+/* sb_method.flags: guests (other local users) may call it. A declaration only: the broker
+ * does not check it, the module does (a request whose rolemask lacks SB_ROLE_OWNER, to a
+ * method without this flag, is answered EPERM). */
+#define SB_METHOD_GUEST 0x1u
 typedef struct sb_method {
     const char *name;
     const char *doc;

@@ -111,6 +111,8 @@ fn the_header_tables_have_the_rust_layout() {
     check("offsetof(sb_module, methods)".into(), SB_MODULE_SIZE_V1_0 as usize);
     check("SB_METHOD_GUEST".into(), switchboard_protocol::abi::SB_METHOD_GUEST as usize);
     check("SB_MODULE_OTHERWISE".into(), switchboard_protocol::abi::SB_MODULE_OTHERWISE as usize);
+    check("SB_ROLE_OWNER".into(), switchboard_protocol::ROLE_OWNER as usize);
+    check("SB_ROLE_USER".into(), switchboard_protocol::ROLE_USER as usize);
     let status = compile(&program);
     assert!(status.success(), "switchboard.h's tables differ from abi.rs's:\n{program}");
 }

@@ -234,4 +234,42 @@ fn a_module_table_of_the_old_layout_loads_and_declares_nothing() {
             bad.display()
         )
     );
+    // The broker's log says it too, for an operator who did not run the load.
+    assert!(b.wait_log("module.load refused: ENOEXEC:"), "{}", b.log());
+    assert!(b.log().contains("method 'get' is declared twice"), "{}", b.log());
+}
+
+#[test]
+fn modctl_methods_shows_a_c_tables_declarations_though_the_module_never_answers_for_them() {
+    let b = Broker::start();
+    let declared = switchboard_tests::c_module("declared", b.dir.path());
+    b.modctl_ok(&["load", declared.to_str().unwrap()]);
+    // The module answers `declared.methods` with the request's own (empty) payload, which is
+    // no list of methods: what it declares in its table is what modctl shows.
+    let shown: serde_json::Value = serde_json::from_str(&b.modctl_ok(&["methods", "declared", "--json"])).unwrap();
+    assert_eq!(
+        shown,
+        json!({
+            "methods": [
+                {"name": "count", "guest": false, "doc": "owners only"},
+                {"name": "hello", "guest": true, "doc": "answer with the request's payload"},
+            ],
+            "otherwise": false,
+            "events": [{"name": "declared.greeted", "doc": "after each hello"}],
+        })
+    );
+
+    // A module that declares nothing is asked, and an answer that is no list is said to be
+    // the module's, not the broker's.
+    let echo = switchboard_tests::c_module("echo", b.dir.path());
+    b.modctl_ok(&["load", echo.to_str().unwrap(), "--name", "cecho"]);
+    let out = b.modctl(&["methods", "cecho"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(
+            "modctl: cecho.methods: the module's answer is not a list of methods (RFC 3 §5.1), and it declares none in its file: "
+        ),
+        "{err}"
+    );
 }

@@ -185,6 +185,33 @@ fn a_python_modules_declarations_come_in_its_hello() {
 }
 
 #[test]
+fn a_python_module_that_declares_a_method_or_event_twice_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start_python();
+    for (what, body) in [
+        (
+            "method 'x' is declared twice",
+            "@mod.method(\"x\")\ndef one(req):\n    return 1\n\n@mod.method(\"x\")\ndef two(req):\n    return 2\n",
+        ),
+        (
+            "event 'twice.e' is declared twice",
+            "mod.publishes(\"twice.e\", \"first\")\nmod.publishes(\"twice.e\", \"second\")\n",
+        ),
+    ] {
+        let script = python_module(
+            dir.path(),
+            "twice.py",
+            &format!("from switchboard_module import Module\nmod = Module(\"twice\")\n{body}\nmod.run()\n"),
+        );
+        let out = b.modctl(&["load", script.to_str().unwrap()]);
+        assert!(!out.status.success(), "{what}: loaded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("EPROTO") && err.contains(&format!("sent a malformed hello: {what}")), "{err}");
+    }
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()), "a refused module's process is gone");
+}
+
+#[test]
 fn the_python_resource_handler_works_through_the_broker() {
     let b = Broker::start_python();
     let handler = switchboard_tests::repo_root().join("examples/python/resource_handler/handler.py");

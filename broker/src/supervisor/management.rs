@@ -56,6 +56,10 @@ where
     let result = tokio::spawn(work).await.unwrap_or_else(|_| {
         Err(Error::new(Errno::EIO, format!("the broker failed while doing the {what}; see its log")))
     });
+    // The requester is told why; the broker's log says so too, for whoever reads it later.
+    if let Err(e) = &result {
+        tracing::warn!("{} refused: {e}", msg.topic);
+    }
     answer(&cx.router, &msg, result)
 }
 

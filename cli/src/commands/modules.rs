@@ -365,9 +365,19 @@ pub fn info(client: &mut Client, path: &Path, as_json: bool) -> Result<(), CliEr
 
 /// `methods SERVICE`: what the service's module declares, one row per method.
 pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), CliError> {
-    let topic = format!("{service}.methods");
-    let reply = client.rpc(&topic, &()).doing(&topic)?;
-    let list: Declarations = decode(&reply, &topic)?;
+    let list = match declared(client, service)? {
+        Some(list) => list,
+        None => {
+            let topic = format!("{service}.methods");
+            let reply = client.rpc(&topic, &()).doing(&topic)?;
+            reply.decode().map_err(|e| {
+                CliError::Usage(format!(
+                    "{topic}: the module's answer is not a list of methods (RFC 3 §5.1), and it declares none in \
+                     its file: {e}"
+                ))
+            })?
+        }
+    };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
         return Ok(());
@@ -387,6 +397,20 @@ pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), 
         table::print(&["EVENT", "DESCRIPTION"], &rows);
     }
     Ok(())
+}
+
+/// What the module that provides `service` declares in its file (`module.list`'s
+/// `declares`), if it declares anything; None for a service no module provides, or whose
+/// module declares nothing, which is then asked `SERVICE.methods` (RFC 3 §5.1).
+fn declared(client: &mut Client, service: &str) -> Result<Option<Declarations>, CliError> {
+    let reply = client.rpc("module.list", &()).doing("list")?;
+    let list: ModuleList = decode(&reply, "list")?;
+    Ok(list
+        .modules
+        .into_iter()
+        .find(|m| m.services.iter().any(|s| s == service))
+        .map(|m| m.declares)
+        .filter(|d| !d.methods.is_empty() || !d.events.is_empty() || d.otherwise))
 }
 
 /// `info` on each of `ranks`: a `rank N:` section per rank; with `--json` an array of

@@ -234,6 +234,9 @@ class Module:
         self._docs = {}
         self._events = []
         self._publishes = {}  # declared events: topic -> doc
+        # Methods and events declared again under a name already taken: kept, so that the
+        # hello declares them twice and the broker refuses the module naming the mistake.
+        self._twice = {"methods": [], "events": []}
         self._on_init = None
         self._on_shutdown = None
         self._on_disconnect = None
@@ -251,7 +254,11 @@ class Module:
         (default: the first line of the function's docstring) is what `<service>.methods`
         and `modctl methods` say it does."""
         def register(fn):
+            if name in self._methods:
+                earlier = {"name": name, "guest": name in self._guest, "doc": self._docs.get(name, "")}
+                self._twice["methods"].append(earlier)
             self._methods[name] = fn
+            self._guest.discard(name)
             if guest:
                 self._guest.add(name)
             text = doc if doc is not None else (fn.__doc__ or "").strip().split("\n")[0]
@@ -263,6 +270,8 @@ class Module:
         """Declare an event this module publishes: its whole topic and one line saying when and
         with what payload. A declaration only (publish with `publish`): it is in the hello,
         so `modctl info` shows it without running the module, and in `<service>.methods`."""
+        if topic in self._publishes:
+            self._twice["events"].append({"name": topic, "doc": self._publishes[topic]})
         self._publishes[topic] = doc
 
     def declarations(self):
@@ -270,7 +279,9 @@ class Module:
         them, their docs), whether a catch-all handler answers the others, and the events it
         publishes. Sent in the hello (RFC 5 §3) and answered to `<service>.methods`."""
         methods = [{"name": n, "guest": n in self._guest, "doc": self._docs.get(n, "")} for n in sorted(self._methods)]
+        methods += self._twice["methods"]
         events = [{"name": t, "doc": self._publishes[t]} for t in sorted(self._publishes)]
+        events += self._twice["events"]
         return {"methods": methods, "otherwise": self._otherwise is not None, "events": events}
 
     def otherwise(self, fn):
