@@ -3,7 +3,7 @@
 //! numbering of events for the whole instance (§4.5). Pure decisions and counters: the links
 //! themselves are endpoints in the routing table, and their sockets are `overlay`'s.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use switchboard_protocol::{Errno, Flags, Message, NODEID_ANY, NODEID_UPSTREAM};
@@ -105,7 +105,15 @@ pub struct EventOrder {
     /// and rejoined parent link, so that the events missed meanwhile count as a gap.
     last: Mutex<Option<u32>>,
     lost: AtomicU64,
+    /// Events published here before the link to the parent first came up (a broker's modules
+    /// start while it joins), to be sent up when it does, in order: at most `EARLY_EVENTS`.
+    early: Mutex<Vec<Message>>,
+    /// The parent link came up once, and what `early` held was sent. Set under `early`'s lock.
+    joined: AtomicBool,
 }
+
+/// The most events a broker holds for its parent before it first joins; more are lost.
+pub const EARLY_EVENTS: usize = 1024;
 
 impl EventOrder {
     /// The next number (rank 0 only). Call with `publishing` held.
@@ -138,12 +146,59 @@ impl EventOrder {
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
+
+    /// An event to send up (not rank 0): held if this broker has not joined yet (None), else
+    /// handed back to be sent or counted lost now.
+    pub fn hold_until_joined(&self, msg: Message) -> Option<Message> {
+        if self.joined.load(Ordering::Acquire) {
+            return Some(msg);
+        }
+        let mut early = self.early.lock();
+        if self.joined.load(Ordering::Relaxed) {
+            return Some(msg);
+        }
+        if early.len() < EARLY_EVENTS {
+            early.push(msg);
+        } else if self.count_lost(1).is_power_of_two() {
+            tracing::warn!(topic = %msg.topic, "an event was lost: {EARLY_EVENTS} are already waiting for this broker to join");
+        }
+        None
+    }
+
+    /// The link to the parent is up: `send` what was held, in order, once; later events go
+    /// straight up. Nothing published meanwhile can pass what was held.
+    pub fn joined(&self, mut send: impl FnMut(Message)) {
+        let mut early = self.early.lock();
+        if self.joined.load(Ordering::Relaxed) {
+            return;
+        }
+        for msg in early.drain(..) {
+            send(msg);
+        }
+        self.joined.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn events_published_before_joining_go_up_in_order_when_the_parent_is_reached() {
+        let order = EventOrder::default();
+        let ev = |i: usize| Message::event(format!("test.{i}"), Bytes::new());
+        for i in 0..EARLY_EVENTS + 2 {
+            assert!(order.hold_until_joined(ev(i)).is_none(), "held before joining");
+        }
+        assert_eq!(order.lost(), 2, "beyond {EARLY_EVENTS} held, events are lost and counted");
+        let mut sent = Vec::new();
+        order.joined(|m| sent.push(m.topic));
+        assert_eq!(sent, (0..EARLY_EVENTS).map(|i| format!("test.{i}")).collect::<Vec<_>>());
+        // Joined: later events go straight up, and a second `joined` (a rejoin) sends nothing.
+        assert_eq!(order.hold_until_joined(ev(9)).map(|m| m.topic), Some("test.9".to_string()));
+        order.joined(|_| panic!("nothing is held after joining"));
+    }
 
     fn req(nodeid: u32, flags: Flags) -> Message {
         let mut m = Message::request("kvs.get", Bytes::new());

@@ -240,6 +240,12 @@ impl Router {
     /// The link to `peer` is up, as endpoint `ep` (RFC 7 §4.1).
     pub(crate) fn link_up(&self, peer: u32, ep: EndpointId) {
         self.table.write().links.insert(peer, LinkSlot::Up(ep));
+        // The first time the parent is reached: the events published while joining go up.
+        if Some(peer) == self.place.topology.parent() {
+            if let Some(up) = self.link_to(Some(peer)) {
+                self.events.joined(|msg| self.deliver(&up, msg));
+            }
+        }
     }
 
     /// The link to `peer` is lost: every request in flight across it is answered.
@@ -463,6 +469,9 @@ impl Router {
     pub fn publish(&self, mut msg: Message) -> u32 {
         if !self.place.is_root() {
             msg.seq = 0;
+            let Some(msg) = self.events.hold_until_joined(msg) else {
+                return 0;
+            };
             match self.link_to(self.place.topology.parent()) {
                 Some(up) => self.deliver(&up, msg),
                 None => {
