@@ -59,9 +59,18 @@ impl Registry {
 
     /// Recognise and open `request.path` without starting it.
     /// With `request.isolated`, a native library runs in the native module host; any other
-    /// kind is refused before anything is started.
+    /// kind is refused before anything is started. A native library only described
+    /// (`inspect_only`) is opened in the host too when there is one (RFC 3 §3.11).
     pub fn load(&self, request: &LoadRequest) -> Result<Box<dyn LoadedModule>, LoadError> {
         let loader = self.loader_for(&request.path)?;
+        if request.inspect_only && loader.kind() == ModuleKind::Native {
+            // Describing a library runs its code (its constructors, its entry): in the native
+            // module host when there is one, so that a library that crashes as it is opened
+            // fails the inspection, not the broker.
+            if let Ok(host) = isolated::locate(self.native_host.as_deref(), &request.path) {
+                return self.isolated.load_isolated(request, &host);
+            }
+        }
         if !request.isolated {
             return loader.load(request);
         }

@@ -198,3 +198,16 @@ fn a_site_file_isolated_module_is_restarted_by_its_policy_after_a_crash() {
     assert_ne!(pid_of(&b, "faulty"), first, "a new host process");
     assert!(rpc(&mut b.client(), "faulty.whoami", json!({})).is_ok());
 }
+
+#[test]
+fn describing_a_library_that_crashes_when_opened_fails_only_the_description() {
+    let b = Broker::start();
+    let lib = c_module("crashinit", b.dir.path());
+    let out = b.modctl(&["info", lib.to_str().unwrap()]);
+    assert!(!out.status.success(), "the description succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SIGSEGV"), "{err}");
+    // The library was opened in the native module host: the broker is alive and serving.
+    assert!(rpc(&mut b.client(), "broker.ping", json!({})).is_ok(), "the broker died describing a library");
+    assert!(wait_until(|| switchboard_tests::children_of(b.pid()).is_empty()), "the host process is gone");
+}
