@@ -56,7 +56,14 @@ fn a_segfault_mid_request_fails_only_the_isolated_module() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the host process was not reaped");
     // A later request is refused at once, not left waiting.
     let r = rpc(&mut b.client(), "faulty.whoami", json!({}));
-    assert!(r.is_err(), "a failed module answered");
+    assert_eq!(errno_of(&r), "ENOSYS", "a failed module answered");
+    // The error says what became of the module that provided the service.
+    assert!(
+        errtext(&r).ends_with(": module 'faulty' failed (was killed by signal 11 (SIGSEGV))"),
+        "{}\n{}",
+        errtext(&r),
+        b.log()
+    );
     // Its name can be loaded again, and the new instance serves.
     b.modctl_ok(&["load", &module("faulty").display().to_string(), "--isolated"]);
     assert!(rpc(&mut b.client(), "faulty.whoami", json!({})).is_ok());

@@ -78,9 +78,24 @@ struct Table {
     subscriptions: Vec<(String, EndpointId)>,
     /// The links to the parent and children, by the peer's rank; absent: never up.
     links: rustc_hash::FxHashMap<u32, LinkSlot>,
+    /// Services whose module left, and how (`module 'kvs' failed (...)`), until a module
+    /// provides them again: what ENOSYS for them adds. At most `GONE` of them.
+    gone: HashMap<String, String>,
 }
 
+/// The most services `Table::gone` remembers; when full, it starts again.
+const GONE: usize = 1024;
+
 impl Table {
+    /// `text` (an ENOSYS for `msg`'s service), and how the module that provided the service
+    /// left, if one did: `no service 'kvs' (...): module 'kvs' failed (...)`.
+    fn and_how_it_left(&self, msg: &Message, text: String) -> String {
+        match self.gone.get(msg.service()) {
+            Some(how) => format!("{text}: {how}"),
+            None => text,
+        }
+    }
+
     /// The endpoint of the link to `peer` if it is up; else whether it is `lost` (up once)
     /// or `offline` (never), as RFC 7 §4.2's errors say.
     fn link(&self, peer: u32) -> Result<Arc<Endpoint>, &'static str> {
@@ -219,6 +234,17 @@ impl Router {
     /// The endpoint left (`reason`: "exited", "disconnected", ...): no new message reaches
     /// it, and every request it owed an answer gets an EHOSTUNREACH error response.
     pub fn retire(&self, ep: &Endpoint, reason: &str) {
+        if matches!(ep.sink, Sink::Module(_)) {
+            let mut t = self.table.write();
+            let left: Vec<String> =
+                t.services.iter().filter(|(_, o)| **o == Owner::Endpoint(ep.id)).map(|(s, _)| s.clone()).collect();
+            if t.gone.len() + left.len() > GONE {
+                t.gone.clear();
+            }
+            for s in left {
+                t.gone.insert(s, format!("{} {reason}", ep.label));
+            }
+        }
         self.remove_endpoint(ep.id);
         if let (Sink::Module(m), Some(next)) = (&ep.sink, ep.successor.get()) {
             // Requests it never took are its successor's; its inbox is sealed, so no more come.
@@ -281,6 +307,7 @@ impl Router {
         }
         for s in services {
             t.services.insert(s.clone(), Owner::Endpoint(id));
+            t.gone.remove(s);
         }
         Ok(())
     }
@@ -300,6 +327,7 @@ impl Router {
         t.services.retain(|_, o| *o != Owner::Endpoint(old));
         for s in services {
             t.services.insert(s.clone(), Owner::Endpoint(new));
+            t.gone.remove(s);
         }
         Ok(())
     }
@@ -397,6 +425,7 @@ impl Router {
                 Way::Here if local.is_none() => owner(),
                 Way::Here => local,
                 Way::Fail(errnum, text) => {
+                    let text = if errnum == Errno::ENOSYS { t.and_how_it_left(&msg, text) } else { text };
                     drop(t);
                     self.respond_error(&msg, errnum, text);
                     return None;
@@ -429,7 +458,7 @@ impl Router {
         };
         match owner {
             None => {
-                let text = across::no_service(&self.place, &msg);
+                let text = self.table.read().and_how_it_left(&msg, across::no_service(&self.place, &msg));
                 self.respond_error(&msg, Errno::ENOSYS, text);
                 None
             }
