@@ -223,9 +223,30 @@ impl Router {
 
     /// Forget an endpoint with its services and subscriptions.
     pub fn remove_endpoint(&self, id: EndpointId) {
+        self.unregister(id, None);
+    }
+
+    /// `remove_endpoint`, in the same step remembering each of its services as gone `how`
+    /// (for ENOSYS, `Table::and_how_it_left`) when given.
+    fn unregister(&self, id: EndpointId, how: Option<String>) {
         let mut t = self.table.write();
         t.endpoints.remove(&id);
-        t.services.retain(|_, o| *o != Owner::Endpoint(id));
+        let mut left = Vec::new();
+        t.services.retain(|s, o| {
+            let theirs = *o == Owner::Endpoint(id);
+            if theirs && how.is_some() {
+                left.push(s.clone());
+            }
+            !theirs
+        });
+        if let Some(how) = how {
+            if t.gone.len() + left.len() > GONE {
+                t.gone.clear();
+            }
+            for s in left {
+                t.gone.insert(s, how.clone());
+            }
+        }
         t.subscriptions.retain(|(_, s)| *s != id);
         drop(t);
         self.tracers.remove_endpoint(id);
@@ -234,18 +255,8 @@ impl Router {
     /// The endpoint left (`reason`: "exited", "disconnected", ...): no new message reaches
     /// it, and every request it owed an answer gets an EHOSTUNREACH error response.
     pub fn retire(&self, ep: &Endpoint, reason: &str) {
-        if matches!(ep.sink, Sink::Module(_)) {
-            let mut t = self.table.write();
-            let left: Vec<String> =
-                t.services.iter().filter(|(_, o)| **o == Owner::Endpoint(ep.id)).map(|(s, _)| s.clone()).collect();
-            if t.gone.len() + left.len() > GONE {
-                t.gone.clear();
-            }
-            for s in left {
-                t.gone.insert(s, format!("{} {reason}", ep.label));
-            }
-        }
-        self.remove_endpoint(ep.id);
+        let how = matches!(ep.sink, Sink::Module(_)).then(|| format!("{} {reason}", ep.label));
+        self.unregister(ep.id, how);
         if let (Sink::Module(m), Some(next)) = (&ep.sink, ep.successor.get()) {
             // Requests it never took are its successor's; its inbox is sealed, so no more come.
             for msg in m.take_all() {

@@ -269,9 +269,14 @@ fn sections<T: serde::Serialize>(
     failures.finish()
 }
 
-pub fn list(client: &mut Client, format: Format) -> Result<(), CliError> {
+/// This broker's `module.list`.
+fn module_list(client: &mut Client) -> Result<ModuleList, CliError> {
     let reply = client.rpc("module.list", &()).doing("list")?;
-    let list: ModuleList = decode(&reply, "list")?;
+    decode(&reply, "list")
+}
+
+pub fn list(client: &mut Client, format: Format) -> Result<(), CliError> {
+    let list = module_list(client)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&list.modules).unwrap_or_default()),
         Format::Text => {
@@ -403,9 +408,7 @@ pub fn methods(client: &mut Client, service: &str, as_json: bool) -> Result<(), 
 /// `declares`), if it declares anything; None for a service no module provides, or whose
 /// module declares nothing, which is then asked `SERVICE.methods` (RFC 3 §5.1).
 fn declared(client: &mut Client, service: &str) -> Result<Option<Declarations>, CliError> {
-    let reply = client.rpc("module.list", &()).doing("list")?;
-    let list: ModuleList = decode(&reply, "list")?;
-    Ok(list
+    Ok(module_list(client)?
         .modules
         .into_iter()
         .find(|m| m.services.iter().any(|s| s == service))
