@@ -6,7 +6,7 @@
 //! - `overlay-zmq-seq` / `overlay-zmq-pipe`: the floor. A DEALER in this thread, a ROUTER
 //!   echoing every message back from a thread and a ZeroMQ context of its own (as a second
 //!   broker would), over loopback TCP with CURVE, as every link is (RFC 7 §3.4); the message
-//!   is the exact frame body the first link carries for the RPC rows' request.
+//!   is the exact frame the first link carries for the RPC rows' request, alone.
 //! - `overlay-rpc-{seq,pipe}-{local,rank1,deepest}`: a client on rank 0 to `echo` by
 //!   `nodeid`: rank 0 itself (no link: the broker's own cost), rank 1 (one link each way) and
 //!   the deepest rank (the most links). Sequential, and `--window` in flight.
@@ -36,7 +36,7 @@ use bytes::Bytes;
 use switchboard::overlay::{Topology, LINK_HWM};
 use switchboard_client::{Client, ClientError};
 use switchboard_protocol::mgmt::{LoadArgs, RemoveArgs, TopicArgs};
-use switchboard_protocol::{encode_body_into, uri, Message, MsgType};
+use switchboard_protocol::{encode_frame_into, uri, Message, MsgType};
 
 use crate::clients::proc_cpu;
 use crate::measure::{
@@ -842,7 +842,7 @@ pub fn run(opts: &Opts, switchboard: &Path, echo_so: &Path, payload: &Bytes) -> 
     probe.matchtag = 1000;
     probe.route.push(1);
     let mut body = Vec::new();
-    encode_body_into(&probe, &mut body);
+    encode_frame_into(&probe, &mut body);
 
     let mut o = Overlay {
         size,
@@ -1028,7 +1028,7 @@ fn report(opts: &Opts, o: &Overlay) {
         o.switchboard, o.size, o.fanout
     );
     println!(
-        "deepest rank {} ({} links from rank 0); link message {} bytes (the request's frame body)",
+        "deepest rank {} ({} links from rank 0); link message {} bytes (the request's frame, alone)",
         o.deepest, o.depth, o.body_len
     );
     if wanted_any(opts, &["overlay-start"]) && !o.starts.is_empty() {

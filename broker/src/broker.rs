@@ -292,6 +292,8 @@ fn overlay_config(
         cert: o.cert.clone(),
         // A frame body and ZeroMQ's own framing fit in a client's largest frame plus a margin.
         max_message: max_frame.saturating_add(64 << 10),
+        hwm: crate::overlay::LINK_HWM,
+        hold: crate::overlay::LINK_HWM as usize,
     })
 }
 

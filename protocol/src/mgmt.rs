@@ -313,6 +313,13 @@ pub struct BrokerInfo {
     /// Events numbered by rank 0 that never reached this broker (RFC 7 §4.5).
     #[serde(default)]
     pub events_lost: u64,
+    /// Link messages that found their link full and waited for it (RFC 7 §3.5).
+    #[serde(default)]
+    pub link_waits: u64,
+    /// Messages refused or dropped because their link was full beyond what may wait for it
+    /// (RFC 7 §3.5).
+    #[serde(default)]
+    pub link_drops: u64,
 }
 
 fn one() -> u32 {

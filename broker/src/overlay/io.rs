@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{decode_header, encode_body_into, Errno, FrameError, Message, MsgType, PROTOCOL_VERSION};
+use switchboard_protocol::{decode_header, encode_frame_into, Errno, FrameError, Message, MsgType, FRAME_PREFIX};
 
 use super::health::{Health, State, States};
 use super::outbox::{self, Command, Control, LinkOut, Peer};
@@ -24,6 +25,14 @@ use crate::router::{self, broker_cred, Endpoint, Router, Sink};
 
 /// Messages taken from one source before looking at the others.
 const BATCH: usize = 512;
+/// A link message holds the frames a pass sends one peer, up to about this many bytes (it is
+/// sent once it reaches them; one frame larger than this goes alone): §3.2.
+const LINK_BATCH_BYTES: usize = 16 << 10;
+/// The link format (§3.2), which a hello names: a link message is a run of whole RFC 1
+/// frames. Version 1 carried one frame body per message.
+const LINK_VERSION: u32 = 2;
+/// How soon a link message that found its link full is tried again.
+const HOLD_RETRY_MS: i64 = 5;
 /// How often a child not yet welcomed says hello again.
 const HELLO_AGAIN: Duration = Duration::from_secs(1);
 
@@ -116,9 +125,28 @@ pub(super) struct Io {
     pub down: Option<Down>,
     pub up: Option<Up>,
     pub health: Health,
+    /// By peer rank: the endpoint of its last lost link and why it was lost, for what was
+    /// still on its way to it.
+    pub lost: rustc_hash::FxHashMap<u32, (u64, String)>,
     /// What was last reported up (or, at rank 0, published).
     pub reported: States,
-    pub buf: Vec<u8>,
+    /// What this pass sends each peer, by peer.
+    pub outgoing: Vec<(Peer, Outgoing)>,
+    /// How many link messages may wait for a full link (§3.5).
+    pub hold: usize,
+}
+
+/// The frames this pass sends one peer, sent as one link message at the end of the pass or
+/// once they reach `LINK_BATCH_BYTES` (§3.2), and the requests among them: noted in flight on
+/// the link once sent, answered with EHOSTUNREACH if the send fails.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    frames: Vec<u8>,
+    requests: Vec<Message>,
+    /// The frames that want no answer (responses, events): counted in the log if dropped.
+    others: usize,
+    /// Link messages that found the link full, oldest first: sent before anything else.
+    held: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// Which sockets the last poll found readable: only those are read (each read of an empty
@@ -165,7 +193,14 @@ impl Io {
             }
             self.hello_again();
             self.report_health();
-            let timeout = if more { 0 } else { HELLO_AGAIN.as_millis() as i64 };
+            // What this pass has for each peer, a link message each.
+            self.flush();
+            let timeout = match (more, self.holding()) {
+                (true, _) => 0,
+                // A full link is tried again soon.
+                (false, true) => HOLD_RETRY_MS,
+                (false, false) => HELLO_AGAIN.as_millis() as i64,
+            };
             ready = self.poll(timeout);
         }
     }
@@ -194,6 +229,10 @@ impl Io {
                 crate::services::reply(&self.router, &req, &tree);
             }
             Command::Stop => {}
+            #[cfg(test)]
+            Command::Pause(until) => {
+                let _ = until.recv();
+            }
         }
     }
 
@@ -232,61 +271,198 @@ impl Io {
     }
 
     fn stop(&mut self) {
+        self.flush();
         let why = "is gone (this broker is stopping)";
         for (rank, (ep, _)) in self.down.as_mut().map(|d| std::mem::take(&mut d.links)).unwrap_or_default() {
-            self.router.link_lost(rank, &ep, why);
+            self.lose(rank, &ep, why);
         }
         if let Some((parent, ep)) = self.up.as_mut().and_then(|u| Some((u.parent, u.link.take()?))) {
-            self.router.link_lost(parent, &ep, why);
+            self.lose(parent, &ep, why);
         }
     }
 
     // ------------------------------------------------------------ sending
 
-    /// Send `msg` on the link to `peer`, if `link` is still that link's endpoint.
+    /// Send `msg` on the link to `peer` at the end of this pass, if `link` is still that
+    /// link's endpoint. Requests are noted in flight on the link once sent (`flush_to`), on
+    /// this thread, which also retires them when their responses come back and answers them
+    /// when the link is lost: the record has one owner.
     fn send(&mut self, peer: Peer, link: u64, msg: Message) {
-        let endpoint = |io: &Io| match peer {
-            Peer::Child(r) => io.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.clone()),
-            Peer::Parent(_) => io.up.as_ref().and_then(|u| u.link.clone()),
-        };
-        // A link lost since: its requests were answered when it was retired.
         let current = match peer {
             Peer::Child(r) => self.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.id),
             Peer::Parent(_) => self.up.as_ref().and_then(|u| u.link.as_ref()).map(|ep| ep.id),
         };
         if current != Some(link) {
+            // The link was lost since the router chose it; its requests were answered then,
+            // and this one now.
+            let why = self.lost.get(&peer.rank()).filter(|(id, _)| *id == link).map(|(_, why)| why.as_str());
+            let text = format!("rank {} {} before answering {}", peer.rank(), why.unwrap_or("is lost"), msg.topic);
+            return self.router.respond_error(&msg, Errno::EHOSTUNREACH, text);
+        }
+        let i = match self.outgoing.iter().position(|(p, _)| *p == peer) {
+            Some(i) => i,
+            None => {
+                self.outgoing.push((peer, Outgoing::default()));
+                self.outgoing.len() - 1
+            }
+        };
+        let out = &mut self.outgoing[i].1;
+        encode_frame_into(&msg, &mut out.frames);
+        if msg.wants_response() {
+            out.requests.push(msg);
+        } else {
+            out.others += 1;
+        }
+        if out.frames.len() >= LINK_BATCH_BYTES {
+            self.flush_to(i);
+        }
+    }
+
+    /// Send every peer what this pass has for it.
+    fn flush(&mut self) {
+        for i in 0..self.outgoing.len() {
+            self.flush_to(i);
+        }
+    }
+
+    /// Send `outgoing[i]`'s frames as one link message, without waiting, after the link
+    /// messages that found its link full before. One that finds it full now waits with them
+    /// (§3.5), its requests in flight; past `hold` waiting, its requests are answered
+    /// with EHOSTUNREACH and the rest dropped.
+    fn flush_to(&mut self, i: usize) {
+        let peer = self.outgoing[i].0;
+        let mut full = false;
+        while let Some(held) = self.outgoing[i].1.held.front() {
+            match self.send_on(peer, held) {
+                Some(Ok(())) => {
+                    self.outgoing[i].1.held.pop_front();
+                }
+                Some(Err(zmq::Error::EAGAIN)) => {
+                    full = true;
+                    break;
+                }
+                failed => {
+                    // The link is lost or the socket gone: what waited goes with it.
+                    let why = self.send_failed(peer, failed);
+                    let out = &mut self.outgoing[i].1;
+                    let dropped = std::mem::take(&mut out.held).len();
+                    tracing::warn!("{dropped} link messages waiting for rank {} were dropped: it {why}", peer.rank());
+                    break;
+                }
+            }
+        }
+        let out = &self.outgoing[i].1;
+        if out.frames.is_empty() {
             return;
         }
-        match self.send_raw(peer, &msg) {
-            Some(Ok(())) | None => {}
+        let sent =
+            if full || !out.held.is_empty() { Some(Err(zmq::Error::EAGAIN)) } else { self.send_on(peer, &out.frames) };
+        let out = &mut self.outgoing[i].1;
+        let (mut requests, others) = (std::mem::take(&mut out.requests), std::mem::take(&mut out.others));
+        let why = match sent {
+            Some(Ok(())) => {
+                out.frames.clear();
+                None
+            }
+            Some(Err(zmq::Error::EAGAIN)) if out.held.len() < self.hold => {
+                out.held.push_back(std::mem::take(&mut out.frames));
+                self.router.full_links().waited.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            failed => {
+                out.frames.clear();
+                Some(self.send_failed(peer, failed))
+            }
+        };
+        match why {
+            None => {
+                if let Some(ep) = self.link(peer) {
+                    requests.iter().for_each(|req| ep.inflight.track(req));
+                }
+            }
+            Some(why) => {
+                let refused = (requests.len() + others) as u64;
+                self.router.full_links().dropped.fetch_add(refused, Ordering::Relaxed);
+                for req in requests.drain(..) {
+                    self.router.respond_error(&req, Errno::EHOSTUNREACH, format!("rank {} {why}", peer.rank()));
+                }
+                if others > 0 {
+                    tracing::warn!("{others} responses or events to rank {} were dropped: it {why}", peer.rank());
+                }
+            }
+        }
+        // The vector's buffer is kept for the next pass.
+        requests.clear();
+        self.outgoing[i].1.requests = requests;
+    }
+
+    /// One link message to `peer`, without waiting (None: no such socket).
+    fn send_on(&self, peer: Peer, frames: &[u8]) -> Option<zmq::Result<()>> {
+        match peer {
+            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, frames)),
+            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(frames, zmq::DONTWAIT)),
+        }
+    }
+
+    /// What a failed send to `peer` says of it ("is lost (not connected)"); a child found not
+    /// connected is lost.
+    fn send_failed(&mut self, peer: Peer, failed: Option<zmq::Result<()>>) -> String {
+        match failed {
+            Some(Ok(())) => String::new(),
+            None => "is unreachable (no socket)".to_string(),
             Some(Err(zmq::Error::EHOSTUNREACH)) => {
                 if let Peer::Child(r) = peer {
                     self.child_lost(r, "is lost (not connected)");
                 }
+                "is lost (not connected)".to_string()
             }
-            Some(Err(e)) => {
-                let why = match e {
-                    zmq::Error::EAGAIN => "is not taking messages (its link is full or not connected)".to_string(),
-                    e => format!("could not be sent a message: {e}"),
-                };
-                let Some(ep) = endpoint(self) else { return };
-                if msg.wants_response() && ep.inflight.forget(&msg) {
-                    self.router.respond_error(&msg, Errno::EHOSTUNREACH, format!("rank {} {why}", peer.rank()));
-                } else {
-                    tracing::warn!(topic = %msg.topic, "a message to rank {} was dropped: it {why}", peer.rank());
-                }
+            Some(Err(zmq::Error::EAGAIN)) => {
+                format!("is not taking messages (its link is full: {} link messages wait for it)", self.hold)
             }
+            Some(Err(e)) => format!("could not be sent a message: {e}"),
         }
     }
 
-    /// `msg` as one frame on the link to `peer`, without waiting (None: no such socket).
-    fn send_raw(&mut self, peer: Peer, msg: &Message) -> Option<zmq::Result<()>> {
-        self.buf.clear();
-        encode_body_into(msg, &mut self.buf);
+    /// The endpoint of the link to `peer`, if it is up.
+    fn link(&self, peer: Peer) -> Option<Arc<Endpoint>> {
         match peer {
-            Peer::Child(r) => self.down.as_ref().map(|d| send_to_child(&d.sock, r, &self.buf)),
-            Peer::Parent(_) => self.up.as_ref().map(|u| u.sock.send(&self.buf[..], zmq::DONTWAIT)),
+            Peer::Child(r) => self.down.as_ref().and_then(|d| d.links.get(&r)).map(|(ep, _)| ep.clone()),
+            Peer::Parent(_) => self.up.as_ref().and_then(|u| u.link.clone()),
         }
+    }
+
+    /// Whether a link message waits for a full link (the loop then looks again soon).
+    fn holding(&self) -> bool {
+        self.outgoing.iter().any(|(_, out)| !out.held.is_empty())
+    }
+
+    /// Answer the requests this pass had for `peer` (its link is lost) and send it nothing:
+    /// neither those nor what waited for the link (whose requests the link's loss answers).
+    fn discard_outgoing(&mut self, peer: u32, reason: &str) {
+        let Some((p, out)) = self.outgoing.iter_mut().find(|(p, _)| p.rank() == peer) else { return };
+        let p = *p;
+        out.frames.clear();
+        out.others = 0;
+        let held = std::mem::take(&mut out.held).len();
+        if held > 0 {
+            tracing::warn!("{held} link messages waiting for rank {} were dropped: it {reason}", p.rank());
+        }
+        let requests = std::mem::take(&mut out.requests);
+        for req in requests {
+            let text = format!("rank {} {reason} before answering {}", p.rank(), req.topic);
+            self.router.respond_error(&req, Errno::EHOSTUNREACH, text);
+        }
+    }
+
+    /// `msg` alone on the link to `peer`, without waiting, after what this pass already has
+    /// for it (None: no such socket).
+    fn send_raw(&mut self, peer: Peer, msg: &Message) -> Option<zmq::Result<()>> {
+        if let Some(i) = self.outgoing.iter().position(|(p, _)| *p == peer) {
+            self.flush_to(i);
+        }
+        let mut buf = Vec::with_capacity(128);
+        encode_frame_into(msg, &mut buf);
+        self.send_on(peer, &buf)
     }
 
     /// Send a control message to `peer`; false if it could not be sent.
@@ -306,7 +482,8 @@ impl Io {
 
     /// Route what the children sent. True if there may be more.
     fn read_children(&mut self) -> bool {
-        for _ in 0..BATCH {
+        let mut frames = 0;
+        while frames < BATCH {
             let Some(d) = &self.down else { return false };
             let Some(id) = next(&d.sock, "the children") else { return false };
             let mut body = zmq::Message::new();
@@ -314,8 +491,8 @@ impl Io {
                 continue;
             }
             if body.get_more() {
-                // One frame per message (§3.2): a peer that sends more is not ours. The rest
-                // of its parts are read and the whole message dropped.
+                // One part after the routing id (§3.2): a peer that sends more is not ours.
+                // The rest of its parts are read and the whole message dropped.
                 let mut more = true;
                 while more {
                     let mut part = zmq::Message::new();
@@ -333,18 +510,22 @@ impl Io {
                 tracing::warn!("a peer with routing id {:?} is not a rank: ignored", String::from_utf8_lossy(&id));
                 continue;
             };
-            let Some(msg) = decode(&body, rank) else { continue };
-            if msg.kind == MsgType::Control {
-                let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
-                self.child_control(rank, fd, msg);
-                continue;
-            }
-            match d.links.get(&rank) {
-                Some((ep, _)) => {
-                    let ep = ep.clone();
-                    self.router.route(&ep, msg);
+            let fd = body.gets("__fd").and_then(|f| f.parse::<i32>().ok());
+            for msg in LinkFrames::new(&body, rank) {
+                frames += 1;
+                if msg.kind == MsgType::Control {
+                    self.child_control(rank, fd, msg);
+                    continue;
                 }
-                None => tracing::debug!(topic = %msg.topic, "a message from rank {rank} before its hello was dropped"),
+                match self.down.as_ref().and_then(|d| d.links.get(&rank)) {
+                    Some((ep, _)) => {
+                        let ep = ep.clone();
+                        self.router.route(&ep, msg);
+                    }
+                    None => {
+                        tracing::debug!(topic = %msg.topic, "a message from rank {rank} before its hello was dropped")
+                    }
+                }
             }
         }
         true
@@ -352,20 +533,25 @@ impl Io {
 
     /// Route what the parent sent. True if there may be more.
     fn read_parent(&mut self) -> bool {
-        for _ in 0..BATCH {
+        let mut frames = 0;
+        while frames < BATCH {
             let Some(u) = &self.up else { return false };
             let Some(body) = next(&u.sock, "the parent") else { return false };
-            let Some(msg) = decode(&body, u.parent) else { continue };
-            if msg.kind == MsgType::Control {
-                self.parent_control(msg);
-                continue;
-            }
-            match &u.link {
-                Some(ep) => {
-                    let ep = ep.clone();
-                    self.router.route(&ep, msg);
+            let parent = u.parent;
+            for msg in LinkFrames::new(&body, parent) {
+                frames += 1;
+                if msg.kind == MsgType::Control {
+                    self.parent_control(msg);
+                    continue;
                 }
-                None => tracing::debug!(topic = %msg.topic, "a message from the parent before its welcome was dropped"),
+                match self.up.as_ref().and_then(|u| u.link.clone()) {
+                    Some(ep) => {
+                        self.router.route(&ep, msg);
+                    }
+                    None => {
+                        tracing::debug!(topic = %msg.topic, "a message from the parent before its welcome was dropped")
+                    }
+                }
             }
         }
         true
@@ -393,8 +579,8 @@ impl Io {
                         "its instance has size {} and fanout {}, this one {} and {}",
                         hello.size, hello.fanout, t.size, t.fanout
                     ))
-                } else if hello.version != PROTOCOL_VERSION {
-                    Some(format!("it speaks overlay version {}, this broker {PROTOCOL_VERSION}", hello.version))
+                } else if hello.version != LINK_VERSION {
+                    Some(format!("it speaks overlay version {}, this broker {LINK_VERSION}", hello.version))
                 } else {
                     None
                 };
@@ -452,7 +638,7 @@ impl Io {
 
     fn welcome(&mut self, rank: u32) {
         let t = self.topology;
-        let me = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION };
+        let me = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: LINK_VERSION };
         self.control_to(Peer::Child(rank), "overlay.welcome", &me);
     }
 
@@ -469,7 +655,7 @@ impl Io {
         match msg.topic.as_str() {
             "overlay.welcome" => {
                 if let Some(old) = self.up.as_mut().and_then(|u| u.link.take()) {
-                    self.router.link_lost(parent, &old, "is lost (it welcomed this broker again)");
+                    self.lose(parent, &old, "is lost (it welcomed this broker again)");
                 }
                 let ep = self.link_endpoint(Peer::Parent(parent));
                 self.router.link_up(parent, ep.id);
@@ -497,7 +683,7 @@ impl Io {
     fn child_lost(&mut self, rank: u32, reason: &str) {
         let Some((ep, _)) = self.down.as_mut().and_then(|d| d.links.remove(&rank)) else { return };
         tracing::warn!("rank {rank} {reason}");
-        self.router.link_lost(rank, &ep, reason);
+        self.lose(rank, &ep, reason);
         self.health.child_lost(rank);
     }
 
@@ -507,8 +693,16 @@ impl Io {
         let parent = u.parent;
         if let Some(ep) = u.link.take() {
             tracing::warn!("rank {parent} (the parent) {reason}; reconnecting");
-            self.router.link_lost(parent, &ep, reason);
+            self.lose(parent, &ep, reason);
         }
+    }
+
+    /// The link to `peer`, endpoint `ep`, is lost: the router answers what is in flight on
+    /// it, and what the broker still sends it is answered with `reason` (`send`).
+    fn lose(&mut self, peer: u32, ep: &Endpoint, reason: &str) {
+        self.discard_outgoing(peer, reason);
+        self.lost.insert(peer, (ep.id, reason.to_string()));
+        self.router.link_lost(peer, ep, reason);
     }
 
     /// A child connected but not welcomed says hello again now and then (its first may have
@@ -523,7 +717,7 @@ impl Io {
     fn hello(&mut self) {
         let t = self.topology;
         let Some(parent) = self.up.as_ref().map(|u| u.parent) else { return };
-        let hello = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: PROTOCOL_VERSION };
+        let hello = Hello { rank: t.rank, size: t.size, fanout: t.fanout, version: LINK_VERSION };
         self.control_to(Peer::Parent(parent), "overlay.hello", &hello);
         if let Some(u) = &mut self.up {
             u.hello_at = Some(Instant::now());
@@ -668,9 +862,49 @@ fn next(sock: &zmq::Socket, from: &str) -> Option<zmq::Message> {
     }
 }
 
-/// A message's frame body from rank `from`; a malformed one is logged and dropped.
-fn decode(body: &zmq::Message, from: u32) -> Option<Message> {
-    decode_body(body).map_err(|e| tracing::warn!("a malformed message from rank {from} was dropped: {e}")).ok()
+/// The messages in a link message from rank `from` (§3.2): a run of whole RFC 1 frames. A
+/// frame whose body is malformed is logged and skipped; one whose length runs past the end of
+/// the link message ends the run, logged (what follows it cannot be found).
+struct LinkFrames<'a> {
+    rest: &'a [u8],
+    from: u32,
+}
+
+impl<'a> LinkFrames<'a> {
+    fn new(body: &'a [u8], from: u32) -> Self {
+        LinkFrames { rest: body, from }
+    }
+}
+
+impl Iterator for LinkFrames<'_> {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        while !self.rest.is_empty() {
+            let left = self.rest.len();
+            let Some((len, tail)) = self.rest.split_first_chunk::<FRAME_PREFIX>() else {
+                tracing::warn!(
+                    "a malformed message from rank {} was dropped: {left} bytes, no frame length",
+                    self.from
+                );
+                self.rest = &[];
+                return None;
+            };
+            let needed = u32::from_be_bytes(*len) as usize;
+            let Some((frame, tail)) = tail.split_at_checked(needed) else {
+                let e = FrameError::Incomplete { needed, left: left - FRAME_PREFIX };
+                tracing::warn!("a malformed message from rank {} was dropped: {e}", self.from);
+                self.rest = &[];
+                return None;
+            };
+            self.rest = tail;
+            match decode_body(frame) {
+                Ok(msg) => return Some(msg),
+                Err(e) => tracing::warn!("a malformed message from rank {} was dropped: {e}", self.from),
+            }
+        }
+        None
+    }
 }
 
 /// What `decode_frame` reads from a frame body, with the same checks, but with the header read
@@ -721,7 +955,7 @@ fn monitor_event(monitor: &zmq::Socket) -> Option<(u16, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_protocol::decode_frame;
+    use switchboard_protocol::{decode_frame, encode_body_into};
 
     fn body(msg: &Message) -> Vec<u8> {
         let mut out = Vec::new();
@@ -729,19 +963,45 @@ mod tests {
         out
     }
 
+    fn request(topic: &str, tag: u32) -> Message {
+        let mut req = Message::request(topic, Bytes::from_static(b"\x91\xa3abc"));
+        req.route = switchboard_protocol::Route::from_slice(&[3, 9]);
+        req.matchtag = tag;
+        req.nodeid = 1;
+        req
+    }
+
     #[test]
     fn a_body_decodes_as_decode_frame_reads_it() {
-        let mut req = Message::request("echo.x", Bytes::from_static(b"\x91\xa3abc"));
-        req.route = switchboard_protocol::Route::from_slice(&[3, 9]);
-        req.matchtag = 7;
-        req.nodeid = 1;
         let empty = Message::request("echo.y", Bytes::new()).error_response(Errno::EIO, "no");
-        for msg in [req, empty] {
+        for msg in [request("echo.x", 7), empty] {
             let b = body(&msg);
             let ours = decode_body(&b).expect("decodes");
             assert_eq!(ours, decode_frame(Bytes::from(b)).expect("decodes"));
             assert_eq!(ours, msg);
         }
+    }
+
+    #[test]
+    fn a_link_message_is_read_as_the_run_of_frames_it_holds() {
+        let msgs: Vec<Message> = (1..=3).map(|tag| request(&format!("echo.m{tag}"), tag)).collect();
+        let mut link = Vec::new();
+        msgs.iter().for_each(|m| encode_frame_into(m, &mut link));
+        assert_eq!(LinkFrames::new(&link, 1).collect::<Vec<_>>(), msgs);
+
+        // A frame whose body is malformed is skipped; the frames after it are still read.
+        let mut bad = Vec::new();
+        encode_frame_into(&msgs[0], &mut bad);
+        bad[FRAME_PREFIX + 4] = 0xc1;
+        encode_frame_into(&msgs[1], &mut bad);
+        assert_eq!(LinkFrames::new(&bad, 1).collect::<Vec<_>>(), msgs[1..2]);
+
+        // A length that runs past the end ends the run: what was before it is read.
+        let mut cut = link.clone();
+        cut.truncate(link.len() - 1);
+        assert_eq!(LinkFrames::new(&cut, 1).collect::<Vec<_>>(), msgs[..2]);
+        assert_eq!(LinkFrames::new(&[0, 0], 1).count(), 0);
+        assert_eq!(LinkFrames::new(&[], 1).count(), 0);
     }
 
     #[test]

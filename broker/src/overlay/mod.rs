@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::router::Router;
 
-/// High-water mark of every link, each way, in messages (RFC 7 §3.5).
+/// High-water mark of every link, each way, in link messages (RFC 7 §3.5).
 pub const LINK_HWM: i32 = 10_000;
 /// ZeroMQ heartbeats on every link: a peer silent this long is disconnected (§3.6).
 const HEARTBEAT_IVL_MS: i32 = 2_000;
@@ -46,6 +46,10 @@ pub struct OverlayConfig {
     /// frame. A peer that announces a larger one is disconnected before it is read, during
     /// the CURVE handshake too.
     pub max_message: usize,
+    /// Every link's high-water mark, each way, in link messages (`LINK_HWM`; §3.5).
+    pub hwm: i32,
+    /// How many link messages may wait in the broker for a full link (`LINK_HWM`; §3.5).
+    pub hold: usize,
 }
 
 /// Why the overlay could not start.
@@ -91,7 +95,7 @@ impl Overlay {
                 zap.set_linger(0)?;
                 zap.bind("inproc://zeromq.zap.01")?;
                 let sock = ctx.socket(zmq::ROUTER)?;
-                common_options(&sock, config.max_message)?;
+                common_options(&sock, &config)?;
                 sock.set_router_mandatory(true)?;
                 sock.set_router_handover(true)?;
                 sock.set_curve_server(true)?;
@@ -111,7 +115,7 @@ impl Overlay {
         let up = match (&config.connect, t.parent()) {
             (Some(uri), Some(parent)) => {
                 let sock = ctx.socket(zmq::DEALER)?;
-                common_options(&sock, config.max_message)?;
+                common_options(&sock, &config)?;
                 sock.set_identity(t.rank.to_string().as_bytes())?;
                 sock.set_immediate(true)?;
                 sock.set_reconnect_ivl(100)?;
@@ -144,8 +148,10 @@ impl Overlay {
             down,
             up,
             health: health::Health::new(t),
+            lost: Default::default(),
             reported: Default::default(),
-            buf: Vec::with_capacity(4096),
+            outgoing: Vec::new(),
+            hold: config.hold,
         };
         let (queue, router) = (control.clone(), io.router.clone());
         let thread = std::thread::Builder::new()
@@ -155,14 +161,23 @@ impl Overlay {
                 let _ctx = ctx;
                 let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.run()));
                 // Nothing more is taken: what is sent to a link from now on is handed back to
-                // the router, which answers it (`LinkOut::enqueue`).
-                for cmd in queue.close() {
-                    if let outbox::Command::Status(req) = cmd {
-                        router.respond_error(
-                            &req,
-                            switchboard_protocol::Errno::EHOSTUNREACH,
-                            "the overlay has stopped",
-                        );
+                // the router, which answers it (`LinkOut::enqueue`). What was waiting (and what
+                // this thread sent itself, if it failed mid-pass) was never sent: its requests
+                // are answered here.
+                let (mut left, mut own) = (queue.close(), Vec::new());
+                outbox::take_own_sends(&mut own);
+                for cmd in left.drain(..).chain(own) {
+                    let unreachable = switchboard_protocol::Errno::EHOSTUNREACH;
+                    match cmd {
+                        outbox::Command::Status(req) => {
+                            router.respond_error(&req, unreachable, "the overlay has stopped")
+                        }
+                        outbox::Command::Send { peer, msg, .. } => router.respond_error(
+                            &msg,
+                            unreachable,
+                            format!("rank {} is unreachable: this broker's overlay has stopped", peer.rank()),
+                        ),
+                        _ => {}
                     }
                 }
                 // The answers above went to connections as held output.
@@ -188,6 +203,14 @@ impl Overlay {
         self.bound.as_deref()
     }
 
+    /// Have the thread stop reading and sending until the returned sender sends or is dropped.
+    #[cfg(test)]
+    pub(crate) fn pause(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = self.control.send(outbox::Command::Pause(rx));
+        tx
+    }
+
     /// Close the links (every request in flight across them is answered) and end the thread.
     pub fn stop(&mut self) {
         let _ = self.control.send(outbox::Command::Stop);
@@ -211,11 +234,11 @@ fn monitor(ctx: &zmq::Context, sock: &zmq::Socket, at: &str, events: u16) -> zmq
     Ok(monitor)
 }
 
-fn common_options(sock: &zmq::Socket, max_message: usize) -> zmq::Result<()> {
+fn common_options(sock: &zmq::Socket, config: &OverlayConfig) -> zmq::Result<()> {
     sock.set_linger(0)?;
-    sock.set_maxmsgsize(i64::try_from(max_message).unwrap_or(i64::MAX))?;
-    sock.set_sndhwm(LINK_HWM)?;
-    sock.set_rcvhwm(LINK_HWM)?;
+    sock.set_maxmsgsize(i64::try_from(config.max_message).unwrap_or(i64::MAX))?;
+    sock.set_sndhwm(config.hwm)?;
+    sock.set_rcvhwm(config.hwm)?;
     sock.set_heartbeat_ivl(HEARTBEAT_IVL_MS)?;
     sock.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
     Ok(())

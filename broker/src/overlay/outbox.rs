@@ -40,6 +40,10 @@ pub(crate) enum Command {
     Status(Message),
     /// Close the sockets and end the thread.
     Stop,
+    /// Read and send nothing until this sender is dropped or sends (a peer that does not
+    /// read its link, for tests).
+    #[cfg(test)]
+    Pause(std::sync::mpsc::Receiver<()>),
 }
 
 /// Wakes the overlay thread from its poll.

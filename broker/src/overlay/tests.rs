@@ -1,7 +1,8 @@
 //! The overlay in one process: routers joined by real overlay threads over real ZeroMQ CURVE
 //! links on loopback, with mailboxes as clients. What the end-to-end tests show with broker
 //! processes, shown here without them: a request crossing links both ways, events numbered at
-//! rank 0, a hello refused for a size that differs, and a lost link answering what crossed it.
+//! rank 0, a hello refused for a size that differs, a lost link answering what crossed it, and
+//! responses waiting, in order, for a link that is full.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,12 @@ struct Node {
 impl Node {
     /// Rank `rank` of `topology.size`, its parent listening at `connect`.
     fn start(topology: Topology, cert: &Certificate, connect: Option<String>) -> Node {
+        Node::start_with(topology, cert, connect, super::LINK_HWM)
+    }
+
+    /// `start`, with links of high-water mark `hwm` (and as many link messages again allowed
+    /// to wait for a full link, or 1,000 if that is more).
+    fn start_with(topology: Topology, cert: &Certificate, connect: Option<String>, hwm: i32) -> Node {
         let router = Arc::new(Router::at(Place { topology, instance: true }));
         let has_children = topology.children().next().is_some();
         let config = OverlayConfig {
@@ -33,6 +40,8 @@ impl Node {
             connect,
             cert: cert.clone(),
             max_message: 1 << 20,
+            hwm,
+            hold: (hwm as usize).max(1000),
         };
         let overlay = Overlay::start(config, router.clone()).expect("start the overlay");
         let mailbox = Arc::new(Mailbox::default());
@@ -134,4 +143,47 @@ fn a_lost_link_answers_every_request_that_crossed_it() {
         assert!(r.errstr.as_deref().unwrap_or("").starts_with("rank 1 is lost"), "{r:?}");
         assert!(!r.flags.contains(Flags::STREAMING));
     }
+}
+
+#[test]
+fn responses_that_find_their_link_full_wait_for_it_and_arrive_in_order() {
+    const N: u32 = 200;
+    let cert = Certificate::generate().expect("keys");
+    // Links that hold 2 link messages each way, and up to 1,000 waiting: the kernel's socket
+    // buffers then fill after a few MiB, and the 64 KiB answers below go one per link message.
+    let root = Node::start_with(Topology::new(0, 2, 2).unwrap(), &cert, None, 2);
+    let child = Node::start_with(Topology::new(1, 2, 2).unwrap(), &cert, Some(root.bound()), 2);
+    assert!(until(|| root.status().state == "full"));
+    root.router.add_services(root.client.id, &["slow".to_string()]).expect("service");
+    for tag in 1..=N {
+        let mut req = Message::request("slow.x", Bytes::new());
+        req.nodeid = 0;
+        req.matchtag = tag;
+        child.router.route(&child.client, req);
+    }
+    let requests: Vec<Message> = (0..N).map(|_| root.mailbox.inbox().recv(Some(WAIT)).expect("a request")).collect();
+    // The child's overlay thread stops reading: its link fills, and the answers must wait.
+    let resume = child.overlay.pause();
+    let mut body = vec![0xc4, 0x00, 0xff, 0xf0]; // msgpack bin 16 of 65,520 bytes
+    body.resize(4 + 65_520, 7);
+    let body = Bytes::from(body);
+    for req in &requests {
+        root.router.route(&root.client, req.response(body.clone()));
+    }
+    let links = root.router.full_links();
+    let (waited, dropped) = (&links.waited, &links.dropped);
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(until(|| count(waited) + count(dropped) > 0), "the link never filled: the test shows nothing");
+    drop(resume);
+    let tags: Vec<u32> = (0..N)
+        .map(|i| {
+            let r = child.mailbox.inbox().recv(Some(WAIT)).unwrap_or_else(|e| {
+                panic!("answer {i} of {N}: {e:?}; waited {}, dropped {}", count(waited), count(dropped))
+            });
+            assert_eq!((r.kind, r.errnum, r.payload.len()), (MsgType::Response, 0, body.len()));
+            r.matchtag
+        })
+        .collect();
+    assert_eq!(tags, (1..=N).collect::<Vec<_>>(), "in the order they were sent");
+    assert_eq!(count(dropped), 0);
 }

@@ -93,6 +93,16 @@ pub fn no_service(place: &Place, msg: &Message) -> String {
     }
 }
 
+/// How the links of this broker met a full queue (RFC 7 §3.5), for `broker.info`.
+#[derive(Default)]
+pub struct FullLinks {
+    /// Link messages that found their link full and waited for it.
+    pub waited: AtomicU64,
+    /// Messages refused (requests, answered EHOSTUNREACH) or dropped (responses, events)
+    /// because their link was full beyond what may wait for it.
+    pub dropped: AtomicU64,
+}
+
 /// The instance's event order (RFC 7 §4.5): rank 0 numbers every event, and each other broker
 /// checks that what its parent sends follows what it had.
 #[derive(Default)]

@@ -13,7 +13,7 @@ mod inflight;
 mod mailbox;
 mod trace;
 
-pub use across::{Place, Way};
+pub use across::{FullLinks, Place, Way};
 pub use batch::{flush, hold};
 pub use budget::{OutputBudget, DEFAULT_MAX_OUTPUT};
 pub use conn_out::ConnOut;
@@ -119,6 +119,7 @@ pub struct Router {
     next_id: AtomicU64,
     place: Place,
     events: EventOrder,
+    full_links: FullLinks,
     /// The overlay thread, for `overlay.status` (absent for a standalone broker).
     overlay: OnceLock<Control>,
     /// The supervisor's queue, for `module.*` and `broker.info`.
@@ -157,6 +158,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             place,
             events: EventOrder::default(),
+            full_links: FullLinks::default(),
             overlay: OnceLock::new(),
             management: OnceLock::new(),
             tracers: Tracers::default(),
@@ -170,6 +172,11 @@ impl Router {
     /// Events numbered by rank 0 that never reached this broker's subscribers.
     pub fn events_lost(&self) -> u64 {
         self.events.lost()
+    }
+
+    /// How this broker's links met a full queue (RFC 7 §3.5).
+    pub fn full_links(&self) -> &FullLinks {
+        &self.full_links
     }
 
     pub(crate) fn set_overlay(&self, control: Control) {
@@ -598,14 +605,14 @@ impl Router {
                     }
                 }
             }
+            // The overlay thread notes a request in flight on the link as it sends it
+            // (`overlay::io`): it is the one that retires it and answers it if the link is lost.
             Sink::Link(l) => {
-                ep.inflight.track(&msg);
                 if let Err(msg) = l.enqueue(ep.id, msg) {
-                    if ep.inflight.forget(&msg) {
-                        let text = format!("rank {} is unreachable: this broker's overlay has stopped", l.peer.rank());
-                        self.respond_error(&msg, Errno::EHOSTUNREACH, text);
-                    }
+                    let text = format!("rank {} is unreachable: this broker's overlay has stopped", l.peer.rank());
+                    self.respond_error(&msg, Errno::EHOSTUNREACH, text);
                 }
+                return;
             }
         }
         // Pairs with `Inflight::close`: either its sweep saw what we tracked, or we see

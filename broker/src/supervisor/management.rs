@@ -206,6 +206,8 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
                 parent: router.place().topology.parent(),
                 children: router.place().topology.children().collect(),
                 events_lost: router.events_lost(),
+                link_waits: router.full_links().waited.load(std::sync::atomic::Ordering::Relaxed),
+                link_drops: router.full_links().dropped.load(std::sync::atomic::Ordering::Relaxed),
             },
         ),
         t => router.respond_error(&msg, Errno::ENOSYS, format!("no method '{t}'")),
