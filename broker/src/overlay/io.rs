@@ -342,11 +342,16 @@ impl Io {
                     break;
                 }
                 failed => {
-                    // The link is lost or the socket gone: what waited goes with it.
+                    // The link is lost (what waited went with it, `discard_outgoing`) or the
+                    // socket is gone.
                     let why = self.send_failed(peer, failed);
-                    let out = &mut self.outgoing[i].1;
-                    let dropped = std::mem::take(&mut out.held).len();
-                    tracing::warn!("{dropped} link messages waiting for rank {} were dropped: it {why}", peer.rank());
+                    let dropped = std::mem::take(&mut self.outgoing[i].1.held).len();
+                    if dropped > 0 {
+                        tracing::warn!(
+                            "{dropped} link messages waiting for rank {} were dropped: it {why}",
+                            peer.rank()
+                        );
+                    }
                     break;
                 }
             }
@@ -362,6 +367,10 @@ impl Io {
         let why = match sent {
             Some(Ok(())) => {
                 out.frames.clear();
+                // One large frame leaves a large buffer: it is not kept.
+                if out.frames.capacity() > 4 * LINK_BATCH_BYTES {
+                    out.frames = Vec::new();
+                }
                 None
             }
             Some(Err(zmq::Error::EAGAIN)) if out.held.len() < self.hold => {
