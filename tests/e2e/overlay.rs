@@ -470,3 +470,47 @@ fn a_leaf_killed_and_restarted_under_load_leaves_no_request_unanswered() {
     assert_eq!(ok + unreachable, sent, "every request was answered");
     assert!(ok > 0 && unreachable > 0, "{ok} answered, {unreachable} unreachable: the kills did not land mid-load");
 }
+
+#[test]
+fn a_broker_displaced_by_another_of_its_rank_notices_without_sending_and_connects_again() {
+    let inst = Instance::start(3, 2, "");
+    let site = inst.site.display().to_string();
+    // A second rank 1 on the same site file: libzmq gives its connection the first one's
+    // place (ZMQ_ROUTER_HANDOVER), and rank 0 stops reading the first one's. Its ZeroMQ
+    // heartbeats still pass, so only rank 0's silence can tell it.
+    let twin = switchboard_tests::Broker::start_site_args(&["--config", &site, "--rank", "1"], None);
+    assert!(twin.wait_log("joined the instance through rank 0"), "the twin's log:\n{}", twin.log());
+    let displaced = |n: usize| inst.broker(0).log().matches("rank 1 is lost (it connected again)").count() >= n;
+    assert!(wait_until(|| displaced(1)), "rank 0's log:\n{}", inst.broker(0).log());
+    // Nothing is sent: the first rank 1 notices the silence, connects again, and takes its
+    // place back.
+    assert!(
+        inst.broker(1).wait_log("another broker of rank 1 may have taken its place"),
+        "the first rank 1's log:\n{}",
+        inst.broker(1).log()
+    );
+    assert!(wait_until(|| displaced(2)), "rank 0's log:\n{}", inst.broker(0).log());
+    assert!(inst.broker(1).log().matches("joined the instance through rank 0").count() >= 2);
+    // Whichever holds the place now, a request from either is answered: served, or refused
+    // at once with EHOSTUNREACH when its link is found lost; never left waiting.
+    for b in [inst.broker(1), &twin] {
+        let mut c = b.client();
+        let r = rpc_at(&mut c, 0, Flags::default(), "broker.info", json!({}));
+        match r {
+            Ok(m) => assert_eq!(json(&m)["rank"], 0),
+            Err(ClientError::Remote(_)) => assert_eq!(errno_of(&r), "EHOSTUNREACH", "{}", errtext(&r)),
+            Err(e) => panic!("a request from a rank 1 broker was left waiting: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_subscription_from_another_rank_is_refused_as_subscriptions_stay_local() {
+    let inst = Instance::start(2, 2, "");
+    let mut c = inst.client(1);
+    let r = rpc_at(&mut c, 0, Flags::default(), "event.subscribe", json!({"topic": "t."}));
+    assert_eq!(errno_of(&r), "EINVAL");
+    assert!(errtext(&r).contains("subscriptions do not cross links"), "{}", errtext(&r));
+    // On its own broker it subscribes.
+    rpc_at(&mut c, 1, Flags::default(), "event.subscribe", json!({"topic": "t."})).expect("subscribed");
+}

@@ -33,6 +33,14 @@ const LINK_BATCH_BYTES: usize = 16 << 10;
 const LINK_VERSION: u32 = 2;
 /// How soon a link message that found its link full is tried again.
 const HOLD_RETRY_MS: i64 = 5;
+/// How often a parent tells each child it is there (`overlay.alive`, §3.6).
+const ALIVE_EVERY: Duration = Duration::from_secs(2);
+/// A child that hears nothing from its parent this long on a connection drops it and makes
+/// a new one (§3.6): the parent may have given the connection's place to another.
+const SILENT: Duration = Duration::from_secs(10);
+/// A rank that connects again 3 times within this while its link is up is reported as
+/// probably two brokers of one rank (each displaces the other every `SILENT` or sooner).
+const REJOINS_WITHIN: Duration = Duration::from_secs(60);
 /// How often a child not yet welcomed says hello again.
 const HELLO_AGAIN: Duration = Duration::from_secs(1);
 
@@ -78,6 +86,8 @@ pub(super) struct Down {
     failed: u64,
     /// Per rank: since when, and how many times, it connected again with its link up.
     rejoins: rustc_hash::FxHashMap<u32, (Instant, u32)>,
+    /// When the children were last told this broker is there.
+    alive_at: Instant,
 }
 
 impl Down {
@@ -90,6 +100,7 @@ impl Down {
             refused: HashMap::new(),
             failed: 0,
             rejoins: Default::default(),
+            alive_at: Instant::now(),
         }
     }
 }
@@ -99,16 +110,20 @@ pub(super) struct Up {
     pub sock: zmq::Socket,
     pub monitor: zmq::Socket,
     pub parent: u32,
+    /// Where the parent listens, as connected to.
+    uri: String,
     link: Option<Arc<Endpoint>>,
     /// When the last hello went out on the present connection (None: not connected).
     hello_at: Option<Instant>,
+    /// When the parent was last heard from on the present connection (or it was made).
+    heard: Instant,
     /// Connections refused or closed by the parent before a welcome.
     refusals: u64,
 }
 
 impl Up {
-    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, parent: u32) -> Up {
-        Up { sock, monitor, parent, link: None, hello_at: None, refusals: 0 }
+    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, parent: u32, uri: String) -> Up {
+        Up { sock, monitor, parent, uri, link: None, hello_at: None, heard: Instant::now(), refusals: 0 }
     }
 }
 
@@ -191,7 +206,8 @@ impl Io {
             if ready.zap {
                 self.zap();
             }
-            self.hello_again();
+            self.watch_parent();
+            self.keep_alive();
             self.report_health();
             // What this pass has for each peer, a link message each.
             self.flush();
@@ -547,6 +563,9 @@ impl Io {
             let Some(u) = &self.up else { return false };
             let Some(body) = next(&u.sock, "the parent") else { return false };
             let parent = u.parent;
+            if let Some(u) = &mut self.up {
+                u.heard = Instant::now();
+            }
             for msg in LinkFrames::new(&body, parent) {
                 frames += 1;
                 if msg.kind == MsgType::Control {
@@ -634,13 +653,14 @@ impl Io {
         let Some(d) = &mut self.down else { return };
         let now = Instant::now();
         let (since, n) = d.rejoins.entry(rank).or_insert((now, 0));
-        if now.duration_since(*since) > Duration::from_secs(10) {
+        if now.duration_since(*since) > REJOINS_WITHIN {
             (*since, *n) = (now, 0);
         }
         *n += 1;
         if *n >= 3 && n.is_power_of_two() {
             tracing::error!(
-                "rank {rank} connected again {n} times in 10 s while its link was up: are two brokers started as rank {rank}?"
+                "rank {rank} connected again {n} times in {} s while its link was up: are two brokers started as rank {rank}?",
+                REJOINS_WITHIN.as_secs()
             );
         }
     }
@@ -680,6 +700,8 @@ impl Io {
                 let why = msg.decode::<Refused>().map(|r| r.reason).unwrap_or_else(|e| e.to_string());
                 tracing::error!("rank {parent} refused this broker: {why}");
             }
+            // Heard: `read_parent` noted it.
+            "overlay.alive" => {}
             other => tracing::debug!("ignoring control message {other} from the parent"),
         }
     }
@@ -715,11 +737,47 @@ impl Io {
     }
 
     /// A child connected but not welcomed says hello again now and then (its first may have
-    /// gone out before the parent could read it).
-    fn hello_again(&mut self) {
+    /// gone out before the parent could read it). A connection on which the parent has said
+    /// nothing for `SILENT` (it says `overlay.alive` every `ALIVE_EVERY`) is dropped for a new
+    /// one: the parent no longer reads it (another broker of this rank took its place, §3.3),
+    /// though ZeroMQ's heartbeats still pass.
+    fn watch_parent(&mut self) {
         let Some(u) = &self.up else { return };
+        let connected = u.link.is_some() || u.hello_at.is_some();
+        if connected && u.heard.elapsed() >= SILENT {
+            let why = format!(
+                "is lost (it said nothing for {} s on this connection: another broker of rank {} may have taken its place)",
+                SILENT.as_secs(),
+                self.topology.rank
+            );
+            self.parent_lost(&why);
+            return self.reconnect();
+        }
         if u.link.is_none() && u.hello_at.is_some_and(|at| at.elapsed() >= HELLO_AGAIN) {
             self.hello();
+        }
+    }
+
+    /// Drop the connection to the parent and make a new one.
+    fn reconnect(&mut self) {
+        let Some(u) = &mut self.up else { return };
+        u.hello_at = None;
+        u.heard = Instant::now();
+        if let Err(e) = u.sock.disconnect(&u.uri).and_then(|()| u.sock.connect(&u.uri)) {
+            tracing::error!("cannot connect to the parent at {} again: {e}", u.uri);
+        }
+    }
+
+    /// Tell every child whose link is up that this broker is there, every `ALIVE_EVERY`.
+    fn keep_alive(&mut self) {
+        let Some(d) = &mut self.down else { return };
+        if d.alive_at.elapsed() < ALIVE_EVERY {
+            return;
+        }
+        d.alive_at = Instant::now();
+        let children: smallvec::SmallVec<[u32; 8]> = d.links.keys().copied().collect();
+        for rank in children {
+            self.control_to(Peer::Child(rank), "overlay.alive", &std::collections::BTreeMap::<String, u32>::new());
         }
     }
 
@@ -804,7 +862,12 @@ impl Io {
         while let Some((event, value)) = self.up.as_ref().and_then(|u| monitor_event(&u.monitor)) {
             let welcomed = self.up.as_ref().is_some_and(|u| u.link.is_some() || u.hello_at.is_some());
             match event {
-                EV_HANDSHAKE_SUCCEEDED => self.hello(),
+                EV_HANDSHAKE_SUCCEEDED => {
+                    if let Some(u) = &mut self.up {
+                        u.heard = Instant::now();
+                    }
+                    self.hello();
+                }
                 EV_DISCONNECTED if welcomed => self.parent_lost("is lost (its connection closed)"),
                 // Closed before the handshake ended, or refused in it: the parent does not
                 // take this broker's keys.

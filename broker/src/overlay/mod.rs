@@ -130,7 +130,7 @@ impl Overlay {
                     | io::EV_HANDSHAKE_FAILED_NO_DETAIL;
                 let monitor = monitor(&ctx, &sock, "inproc://overlay-up", events)?;
                 sock.connect(uri).map_err(|source| OverlayError::Connect { uri: uri.clone(), source })?;
-                Some(io::Up::new(sock, monitor, parent))
+                Some(io::Up::new(sock, monitor, parent, uri.clone()))
             }
             _ => None,
         };

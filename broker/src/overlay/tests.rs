@@ -95,7 +95,7 @@ fn requests_cross_links_both_ways_and_events_are_numbered_at_rank_0() {
     assert_eq!(answered_by(&one.ask(2, "overlay.status", 2)), 2, "leaf to leaf, through rank 0");
     assert_eq!(answered_by(&two.ask(0, "overlay.status", 3)), 0);
     // An event from rank 2 is numbered by rank 0 and reaches rank 1's subscriber.
-    one.router.subscribe(one.client.id, "t.");
+    one.router.subscribe(one.client.id, "t.").expect("subscribe");
     for _ in 0..3 {
         two.router.route(&two.client, Message::event("t.x", Bytes::from_static(&[0x80])));
     }

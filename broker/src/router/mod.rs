@@ -127,6 +127,11 @@ pub struct Router {
     tracers: Tracers,
 }
 
+/// An `event.subscribe` that came over a link from another broker.
+#[derive(Debug, thiserror::Error)]
+#[error("subscriptions do not cross links (RFC 7 §4.5): subscribe on the broker you are connected to, which receives every event of the instance")]
+pub struct NotHere;
+
 /// Why a service could not be registered.
 #[derive(Debug, thiserror::Error)]
 #[error("service '{service}' is already provided by {owner}")]
@@ -363,11 +368,17 @@ impl Router {
         }
     }
 
-    pub(crate) fn subscribe(&self, id: EndpointId, prefix: &str) {
+    /// Subscribe endpoint `id` to events whose topic starts with `prefix`. A link cannot
+    /// subscribe: every event already goes down every child link (RFC 7 §4.5).
+    pub(crate) fn subscribe(&self, id: EndpointId, prefix: &str) -> Result<(), NotHere> {
         let mut t = self.table.write();
+        if t.endpoints.get(&id).is_some_and(|e| matches!(e.sink, Sink::Link(_))) {
+            return Err(NotHere);
+        }
         if !t.subscriptions.iter().any(|(p, s)| *s == id && p == prefix) {
             t.subscriptions.push((prefix.to_string(), id));
         }
+        Ok(())
     }
 
     pub(crate) fn unsubscribe(&self, id: EndpointId, prefix: &str) -> bool {

@@ -16,8 +16,10 @@ pub(super) fn handle(router: &Router, method: &str, msg: &Message) {
             let Some(args) = decode::<TopicArgs>(router, msg) else {
                 return;
             };
-            router.subscribe(sender, &args.topic);
-            router.respond(msg, empty());
+            match router.subscribe(sender, &args.topic) {
+                Ok(()) => router.respond(msg, empty()),
+                Err(e) => router.respond_error(msg, Errno::EINVAL, e.to_string()),
+            }
         }
         "unsubscribe" => {
             let Some(args) = decode::<TopicArgs>(router, msg) else {

@@ -368,7 +368,7 @@ async fn an_operation_that_gives_up_waiting_for_a_name_leaves_the_holder_holding
 async fn a_module_failing_while_it_starts_fails_its_load_is_forgotten_and_announced_failed() {
     within(async {
         let b = Bench::new();
-        b.router.subscribe(b.client.id, "module.lifecycle.");
+        b.router.subscribe(b.client.id, "module.lifecycle.").expect("subscribe");
         for i in 0..20 {
             let name = format!("f{i}");
             let path = b.dir.path().join(&name);
