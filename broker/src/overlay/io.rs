@@ -638,11 +638,10 @@ impl Io {
                 tracing::info!("rank {rank} joined");
                 self.welcome(rank);
             }
-            "overlay.health" => {
-                if let Ok(report) = msg.decode::<HealthReport>() {
-                    self.health.child_report(rank, report.states);
-                }
-            }
+            "overlay.health" => match msg.decode::<HealthReport>() {
+                Ok(report) => self.health.child_report(rank, report.states),
+                Err(e) => tracing::warn!("a malformed overlay.health from rank {rank} was ignored: {e}"),
+            },
             other => tracing::debug!("ignoring control message {other} from rank {rank}"),
         }
     }
