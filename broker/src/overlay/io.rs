@@ -681,10 +681,12 @@ impl Io {
     fn parent_control(&mut self, msg: Message) {
         let Some(parent) = self.up.as_ref().map(|u| u.parent) else { return };
         match msg.topic.as_str() {
+            // A welcome while the link is up answers a hello repeated before the first welcome
+            // came (a new connection is always seen disconnecting first, in `monitors`).
+            "overlay.welcome" if self.up.as_ref().is_some_and(|u| u.link.is_some()) => {
+                tracing::debug!("rank {parent} welcomed this broker again (a repeated hello): nothing changes");
+            }
             "overlay.welcome" => {
-                if let Some(old) = self.up.as_mut().and_then(|u| u.link.take()) {
-                    self.lose(parent, &old, "is lost (it welcomed this broker again)");
-                }
                 let ep = self.link_endpoint(Peer::Parent(parent));
                 self.router.link_up(parent, ep.id);
                 if let Some(u) = &mut self.up {
