@@ -6,9 +6,9 @@
 //!
 //! - [`module`]: `Loader`, `LoadedModule`, `RunningModule`, `ModuleLink`, `BrokerPort` and
 //!   the data they exchange (`ModuleInfo`, `ModuleState`, `ExitStatus`).
-//! - [`inbox`]: a module's message queue: a native or WASM module's thread blocks on it, a
-//!   process module's writer task awaits it. Its locks come from `sync`, so that the
-//!   `loom` feature can model-check it.
+//! - [`inbox`]: a module's message queue (the `switchboard-inbox` crate, model-checked with
+//!   loom there): a native or WASM module's thread blocks on it, a process module's writer
+//!   task awaits it.
 //! - [`error`]: `LoadError`, each variant a sentence an operator can act on.
 //! - [`registry`]: picks the loader for a file.
 //! - [`search`]: the module search path (bare names to files).
@@ -19,13 +19,12 @@
 
 pub mod digest;
 pub mod error;
-pub mod inbox;
+pub use switchboard_inbox as inbox;
 pub mod module;
 pub mod native;
 pub mod process;
 pub mod registry;
 pub mod search;
-mod sync;
 pub mod wasm;
 
 pub use error::LoadError;

@@ -1,7 +1,7 @@
-//! The locks and atomics `inbox.rs` is built on, named once so that its concurrency can be
+//! The locks and atomics the inbox is built on, named once so that its concurrency can be
 //! model-checked: parking_lot's and std's in every build, loom's with the `loom` feature
-//! (`cargo test -p switchboard-loaders --lib --features loom inbox`, which runs the models of
-//! `inbox.rs` under every interleaving loom explores). Only what the inbox calls is here,
+//! (`cargo test -p switchboard-inbox --features loom models`, which runs the models in
+//! `lib.rs` under every interleaving loom explores). Only what the inbox calls is here,
 //! with parking_lot's signatures; nothing else should use it.
 
 #[cfg(not(feature = "loom"))]

@@ -1,3 +1,5 @@
+//! # switchboard-inbox
+//!
 //! `Inbox`: a module's queue of messages from the broker. Any thread pushes; the module's
 //! thread takes, blocking on a condition variable when it is empty. A taker that is a task
 //! on the broker's runtime (a process module's writer) awaits `recv_async` instead: a push
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use switchboard_protocol::{Message, MsgType};
 use tokio::sync::Notify;
+
+mod sync;
 
 use crate::sync::{AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard};
 
