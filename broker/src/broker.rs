@@ -230,9 +230,12 @@ impl BrokerBuilder {
             }
         }
         if let Some(site) = &self.site {
-            let report = broker
-                .block_on(broker.supervisor.apply(&site.wanted(broker.router.place().rank()), None, false))
-                .map_err(|c| BrokerError::Site(c.to_string()));
+            let report = match site.wanted(broker.router.place().rank()) {
+                Ok(wanted) => broker
+                    .block_on(broker.supervisor.apply(&wanted, None, false))
+                    .map_err(|c| BrokerError::Site(c.to_string())),
+                Err(e) => Err(BrokerError::Site(e.to_string())),
+            };
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
                     BrokerError::Site(format!(

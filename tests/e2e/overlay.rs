@@ -3,6 +3,8 @@
 //! and UPSTREAM across the tree; events from a leaf in one order everywhere; a broker killed
 //! with requests in flight through it, and its return; a peer with another certificate.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,12 +44,19 @@ fn a_request_reaches_every_rank_by_nodeid_from_the_root_and_from_a_leaf() {
     let inst = Instance::start(16, 2, &faulty_everywhere());
     for from in [0, 15] {
         let mut c = inst.client(from);
-        for to in 0..16 {
-            let got = rank_of(rpc_at(&mut c, to, Flags::default(), "broker.info", json!({})));
-            assert_eq!(got, u64::from(to), "broker.info from rank {from} with nodeid {to}");
+        for to in 0..16u32 {
+            let info = json(&rpc_at(&mut c, to, Flags::default(), "broker.info", json!({})).expect("broker.info"));
+            assert_eq!(info["rank"], json!(to), "broker.info from rank {from} with nodeid {to}");
+            // Where it stands in the tree (fanout 2): its parent and its children.
+            let parent = if to == 0 { Value::Null } else { json!((to - 1) / 2) };
+            let children: Vec<u32> = [2 * to + 1, 2 * to + 2].into_iter().filter(|c| *c < 16).collect();
+            assert_eq!((&info["size"], &info["parent"], &info["children"]), (&json!(16), &parent, &json!(children)));
             // A module's service on that rank answers too (the module asks its own broker).
             let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info"}));
             assert_eq!(json(&r.expect("faulty.call"))["rank"], json!(to));
+            // And a module addresses a rank as a client does: rank `to`'s asks rank 15 - to.
+            let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info", "nodeid": 15 - to}));
+            assert_eq!(json(&r.expect("faulty.call with nodeid"))["rank"], json!(15 - to));
         }
         let r = rpc_at(&mut c, 16, Flags::default(), "broker.info", json!({}));
         assert_eq!(errno_of(&r), "EHOSTUNREACH");
@@ -132,13 +141,19 @@ fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_wh
     let tags: Vec<u32> = (0..100)
         .map(|_| send_at(&mut c, 3, Flags::default(), "faulty.sleep", payload(json!({"ms": 60_000}))))
         .collect();
-    // Rank 3's module has them (one running, the rest queued); now cut the path.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once rank 3's module has them all (one running, the rest queued), cut the path.
+    let mut three = inst.client(3);
+    let arrived = wait_until(|| {
+        let r = rpc_at(&mut three, 3, Flags::default(), "module.stats", json!({"name": "faulty"}));
+        r.is_ok_and(|m| json(&m)["pending"] == json!(100))
+    });
+    assert!(arrived, "the 100 requests did not all reach rank 3's module");
     inst.kill(1);
     for tag in tags {
         let r = c.wait_response(tag, Some(WAIT));
         assert_eq!(errno_of(&r), "EHOSTUNREACH");
-        assert!(errtext(&r).contains("rank 1 is lost"), "{}", errtext(&r));
+        let text = errtext(&r);
+        assert!(text.contains("rank 1 is lost") && text.contains("before answering faulty.sleep"), "{text}");
     }
     let states = all_states(&inst.status());
     for (r, s) in &states {
@@ -156,7 +171,6 @@ fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_wh
     assert_eq!(errno_of(&r), "EHOSTUNREACH");
     assert!(errtext(&r).contains("the link to rank 1 is lost"), "{}", errtext(&r));
     // Ranks 3 and 4 keep serving their own clients.
-    let mut three = inst.client(3);
     assert_eq!(rank_of(rpc_at(&mut three, 3, Flags::default(), "broker.info", json!({}))), 3);
     inst.restart(1);
     inst.wait_full();
@@ -194,7 +208,11 @@ fn test_size_starts_an_instance_that_is_full_and_stops_it_leaves_first() {
     assert_eq!(ranks.len(), 5, "one process per rank");
     switchboard_tests::signal(child.id(), switchboard_tests::Signal::INT);
     let out = switchboard_tests::output_within(child, WAIT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    // Leaves first: rank 0 saw its children go, and no rank ever lost its parent.
+    assert!(log.contains("rank 1 is lost") && log.contains("rank 2 is lost"), "{log}");
+    assert!(!log.contains("(the parent)"), "a rank outlived its parent:\n{log}");
     for pid in ranks {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "rank process {pid} outlived the stop");
     }
@@ -216,11 +234,15 @@ fn a_peer_without_the_instance_certificate_is_refused_and_nothing_it_sends_is_ro
     std::fs::write(&site, text).expect("write");
     let rogue =
         switchboard_tests::Broker::start_site_args(&["--config", &site.display().to_string(), "--rank", "2"], None);
+    // Rank 0 says who it refused.
     assert!(
-        inst.broker(0).wait_log("refused a peer whose CURVE handshake failed"),
+        inst.broker(0).wait_log("whose CURVE handshake failed"),
         "rank 0's log:\n{}",
         inst.broker(0).log()
     );
+    let log = inst.broker(0).log();
+    let line = log.lines().find(|l| l.contains("whose CURVE handshake failed")).unwrap_or_default();
+    assert!(line.contains("refused a peer from 127.0.0.1:"), "{line}");
     assert!(rogue.wait_log("check that this broker's certificate is the instance's"), "its log:\n{}", rogue.log());
     // Rank 0 never counts it in, and nothing it sends reaches rank 0.
     let states = all_states(&inst.status());
@@ -329,14 +351,15 @@ fn a_broker_refuses_to_start_on_an_overlay_table_with_a_mistake_and_says_where()
 
 #[test]
 fn links_outlive_quiet_and_handlers_slower_than_every_link_timeout() {
-    // The link timeouts: heartbeat 2 s, silence 6 s, hello again 1 s (RFC 7 §3.3, §3.6).
+    // The link timeouts (RFC 7 §3.3, §3.6): hello again 1 s, ZeroMQ heartbeat 2 s and its
+    // timeout 6 s, a parent's overlay.alive 2 s and a child's silence limit 10 s.
     let inst = Instance::start(3, 2, &faulty_everywhere());
     let mut c = inst.client(0);
-    // A handler on rank 2 busy for 8 s while nothing else crosses the link.
-    let r = rpc_at(&mut c, 2, Flags::default(), "faulty.sleep", json!({"ms": 8_000}));
+    // A handler on rank 2 busy for 12 s while nothing else crosses the link.
+    let r = rpc_at(&mut c, 2, Flags::default(), "faulty.sleep", json!({"ms": 12_000}));
     assert!(r.is_ok(), "{r:?}");
-    // Then 8 s of quiet.
-    std::thread::sleep(Duration::from_secs(8));
+    // Then 12 s of quiet.
+    std::thread::sleep(Duration::from_secs(12));
     for to in 0..3 {
         assert_eq!(rank_of(rpc_at(&mut c, to, Flags::default(), "broker.info", json!({}))), u64::from(to));
     }
@@ -389,6 +412,14 @@ fn a_module_loaded_with_rank_all_answers_on_every_rank_and_is_removed_from_all()
     let table = b.modctl_ok(&["--rank", "all", "list"]);
     assert!(table.starts_with("RANK"), "{table}");
     assert_eq!(table.lines().filter(|l| l.contains(" e2 ")).count(), 8, "{table}");
+    // A list of ranks: those ranks and no others.
+    let table = b.modctl_ok(&["--rank", "1-3,6", "list"]);
+    let mut ranks: Vec<&str> =
+        table.lines().filter(|l| l.contains(" e2 ")).filter_map(|l| l.split_whitespace().next()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, ["1", "2", "3", "6"], "{table}");
+    let out = b.modctl_ok(&["--rank", "4-5", "reload", "e2"]);
+    assert!(out.contains("rank 4:") && out.contains("rank 5:") && !out.contains("rank 0:"), "{out}");
     let tree = b.modctl_ok(&["overlay", "status"]);
     assert!(tree.starts_with("0 127.0.0.1: full"), "{tree}");
     assert!(tree.contains("└─ 7 127.0.0.1: full"), "{tree}");
@@ -429,21 +460,62 @@ fn config_reload_in_an_instance_brings_every_rank_to_its_part_of_the_site_file()
     let out = inst.broker(0).modctl_ok(&["config", "reload"]);
     assert!(out.contains("rank 0:") && out.contains("rank 3:"), "{out}");
     assert_eq!((0..4).map(|r| serves(&mut c, r)).collect::<Vec<_>>(), [false, false, true, true], "{out}");
+    // `modctl apply` of another file likewise.
+    let other = inst.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&inst.site).expect("site").replace("ranks = \"2-3\"", "ranks = \"1\"");
+    std::fs::write(&other, text).expect("write the other file");
+    let out = inst.broker(0).modctl_ok(&["apply", &other.display().to_string()]);
+    assert!(out.contains("rank 1:") && out.contains("rank 2:"), "{out}");
+    assert_eq!((0..4).map(|r| serves(&mut c, r)).collect::<Vec<_>>(), [false, true, false, false], "{out}");
+}
+
+#[test]
+fn events_a_stopped_broker_missed_are_counted_and_logged_when_it_returns() {
+    let inst = Instance::start(3, 2, &faulty_everywhere());
+    let mut two = inst.client(2);
+    rpc_at(&mut two, 2, Flags::default(), "faulty.subscribe", json!({"topic": "gap."})).expect("subscribe");
+    let mut root = inst.client(0);
+    root.send(&Message::event("gap.before", Bytes::from_static(&[0x80]))).expect("publish");
+    let events = |c: &mut Client| {
+        let r = rpc_at(c, 2, Flags::default(), "faulty.events", json!({})).expect("events");
+        serde_json::from_value::<Vec<String>>(json(&r)).unwrap_or_default()
+    };
+    assert!(wait_until(|| events(&mut two) == ["gap.before"]), "{:?}", events(&mut two));
+    // Rank 2 stopped (not killed) until rank 0 counts its link lost, and three events then.
+    let pid = inst.broker(2).pid();
+    switchboard_tests::signal(pid, switchboard_tests::Signal::STOP);
+    let lost = wait_until(|| all_states(&inst.status()).contains(&(2, "lost".to_string())));
+    if !lost {
+        switchboard_tests::signal(pid, switchboard_tests::Signal::CONT);
+    }
+    assert!(lost, "rank 0 never found the stopped rank 2 lost");
+    for i in 0..3 {
+        root.send(&Message::event(format!("gap.missed{i}"), Bytes::from_static(&[0x80]))).expect("publish");
+    }
+    switchboard_tests::signal(pid, switchboard_tests::Signal::CONT);
+    inst.wait_full();
+    root.send(&Message::event("gap.after", Bytes::from_static(&[0x80]))).expect("publish");
+    assert!(wait_until(|| events(&mut two).len() >= 2), "{:?}", events(&mut two));
+    assert_eq!(events(&mut two), ["gap.before", "gap.after"]);
+    let info = json(&rpc_at(&mut two, 2, Flags::default(), "broker.info", json!({})).expect("broker.info"));
+    assert!(info["events_lost"].as_u64().is_some_and(|n| n >= 3), "{info}");
+    assert!(inst.broker(2).log().contains("were lost on the way from rank 0"), "{}", inst.broker(2).log());
 }
 
 #[test]
 fn a_leaf_killed_and_restarted_under_load_leaves_no_request_unanswered() {
     let mut inst = Instance::start(3, 2, &faulty_everywhere());
     let socket = inst.broker(0).socket.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let (flag, count) = (stop.clone(), answered.clone());
     // Rank 0's client keeps 20 requests in flight to rank 2, each answered before the next.
     let load = std::thread::spawn(move || {
         let mut c = Client::connect(&socket).expect("connect");
         let (mut sent, mut ok, mut unreachable) = (0u64, 0u64, 0u64);
         let mut tags = std::collections::VecDeque::new();
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) || !tags.is_empty() {
-            while tags.len() < 20 && !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        while !flag.load(Ordering::Relaxed) || !tags.is_empty() {
+            while tags.len() < 20 && !flag.load(Ordering::Relaxed) {
                 tags.push_back(send_at(&mut c, 2, Flags::default(), "faulty.sleep", payload(json!({"ms": 5}))));
                 sent += 1;
             }
@@ -455,17 +527,26 @@ fn a_leaf_killed_and_restarted_under_load_leaves_no_request_unanswered() {
                 Err(ClientError::Remote(e)) if e.errnum.name() == "ENOSYS" => unreachable += 1,
                 Err(e) => panic!("request {tag} to rank 2: {e}"),
             }
+            count.fetch_add(1, Ordering::Relaxed);
         }
         (sent, ok, unreachable)
     });
+    let mut root = inst.client(0);
     for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(300));
+        // Kill it mid-load: once 20 more answers have come since the last time.
+        let from = answered.load(Ordering::Relaxed);
+        assert!(wait_until(|| answered.load(Ordering::Relaxed) >= from + 20), "the load stalled");
         inst.kill(2);
-        std::thread::sleep(Duration::from_millis(100));
+        // Restart it once rank 0 has seen it go.
+        let seen = wait_until(|| {
+            let tree = json(&rpc_at(&mut root, 0, Flags::default(), "overlay.status", json!({})).expect("status"));
+            all_states(&tree).contains(&(2, "lost".to_string()))
+        });
+        assert!(seen, "rank 0 never saw rank 2 lost");
         inst.restart(2);
         inst.wait_full();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let (sent, ok, unreachable) = load.join().expect("the load thread");
     assert_eq!(ok + unreachable, sent, "every request was answered");
     assert!(ok > 0 && unreachable > 0, "{ok} answered, {unreachable} unreachable: the kills did not land mid-load");

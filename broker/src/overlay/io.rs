@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{decode_header, encode_frame_into, Errno, FrameError, Message, MsgType, FRAME_PREFIX};
 
+use super::peer_address;
 use super::health::{Health, State, States};
 use super::outbox::{self, Command, Control, LinkOut, Peer};
 use super::Topology;
@@ -45,6 +46,7 @@ const REJOINS_WITHIN: Duration = Duration::from_secs(60);
 const HELLO_AGAIN: Duration = Duration::from_secs(1);
 
 /// Monitor events (libzmq's `ZMQ_EVENT_*`).
+pub(super) const EV_ACCEPTED: u16 = 0x0020;
 pub(super) const EV_DISCONNECTED: u16 = 0x0200;
 pub(super) const EV_HANDSHAKE_FAILED_NO_DETAIL: u16 = 0x0800;
 pub(super) const EV_HANDSHAKE_SUCCEEDED: u16 = 0x1000;
@@ -84,6 +86,10 @@ pub(super) struct Down {
     refused: HashMap<String, u64>,
     /// Handshakes that failed before ZAP was asked (a peer with another server key).
     failed: u64,
+    /// Connections accepted and not yet closed: their descriptor and peer's address.
+    accepted: rustc_hash::FxHashMap<i32, String>,
+    /// A handshake failure (event, code) whose connection's close names who it was.
+    failing: Option<(u16, u32)>,
     /// Per rank: since when, and how many times, it connected again with its link up.
     rejoins: rustc_hash::FxHashMap<u32, (Instant, u32)>,
     /// When the children were last told this broker is there.
@@ -99,6 +105,8 @@ impl Down {
             links: Default::default(),
             refused: HashMap::new(),
             failed: 0,
+            accepted: Default::default(),
+            failing: None,
             rejoins: Default::default(),
             alive_at: Instant::now(),
         }
@@ -839,24 +847,44 @@ impl Io {
 
     fn monitors(&mut self) {
         while let Some((event, value)) = self.down.as_ref().and_then(|d| monitor_event(&d.monitor)) {
-            if event == EV_DISCONNECTED {
-                let gone = self
-                    .down
-                    .as_ref()
-                    .and_then(|d| d.links.iter().find(|(_, (_, fd))| *fd == Some(value as i32)).map(|(r, _)| *r));
-                if let Some(rank) = gone {
-                    self.child_lost(rank, "is lost (its connection closed)");
+            let fd = value as i32;
+            match event {
+                EV_ACCEPTED => {
+                    if let (Some(d), Some(address)) = (&mut self.down, peer_address::of(fd)) {
+                        d.accepted.insert(fd, address);
+                    }
                 }
-            } else if let Some(d) = &mut self.down {
-                // A failed handshake: the peer's keys do not match the instance's. libzmq
-                // names only this end's address here; ZAP (below) names the peer's.
-                d.failed += 1;
-                if d.failed.is_power_of_two() {
-                    tracing::warn!(
-                        "refused a peer whose CURVE handshake failed (event {event:#x}, code {value:#x}): it does \
-                         not hold the instance certificate ({} times)",
-                        d.failed
-                    );
+                EV_DISCONNECTED => {
+                    let gone = self
+                        .down
+                        .as_ref()
+                        .and_then(|d| d.links.iter().find(|(_, (_, at))| *at == Some(fd)).map(|(r, _)| *r));
+                    if let Some(rank) = gone {
+                        self.child_lost(rank, "is lost (its connection closed)");
+                    }
+                    if let Some(d) = &mut self.down {
+                        let from = d.accepted.remove(&fd);
+                        if let Some((event, code)) = d.failing.take() {
+                            d.failed += 1;
+                            if d.failed.is_power_of_two() {
+                                let from = from.as_deref().unwrap_or("an address libzmq did not give");
+                                tracing::warn!(
+                                    "refused a peer from {from} whose CURVE handshake failed (event {event:#x}, code \
+                                     {code:#x}): it does not hold the instance certificate ({} times)",
+                                    d.failed
+                                );
+                            }
+                        }
+                    }
+                }
+                // ZAP refused it, and said who (`zap` below).
+                EV_HANDSHAKE_FAILED_AUTH => {}
+                // The peer's keys do not match the instance's. libzmq gives only a code here;
+                // the connection's close, which follows at once, gives its descriptor.
+                _ => {
+                    if let Some(d) = &mut self.down {
+                        d.failing = Some((event, value));
+                    }
                 }
             }
         }

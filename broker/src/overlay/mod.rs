@@ -7,11 +7,13 @@
 //! - `outbox`: how the broker hands the overlay thread messages and requests.
 //! - `io`: the overlay thread: sockets, hello, liveness, ZAP, health.
 //! - `health`: the states of a subtree's ranks, for `overlay.status`.
+//! - `peer_address`: who a refused peer is (its address, from its descriptor).
 
 pub mod cert;
 mod health;
 mod io;
 mod outbox;
+mod peer_address;
 pub mod topology;
 
 #[cfg(test)]
@@ -101,7 +103,8 @@ impl Overlay {
                 sock.set_curve_server(true)?;
                 sock.set_curve_secretkey(secret.as_bytes())?;
                 sock.set_zap_domain("switchboard")?;
-                let events = io::EV_DISCONNECTED
+                let events = io::EV_ACCEPTED
+                    | io::EV_DISCONNECTED
                     | io::EV_HANDSHAKE_FAILED_AUTH
                     | io::EV_HANDSHAKE_FAILED_PROTOCOL
                     | io::EV_HANDSHAKE_FAILED_NO_DETAIL;

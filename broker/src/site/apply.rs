@@ -33,8 +33,9 @@ pub async fn apply_file(
         Error::new(Errno::EINVAL, "the broker was started without --config: name the site file to apply")
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
+    let wanted = site.wanted(running.rank).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
     let mut report =
-        sup.apply(&site.wanted(running.rank), Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
+        sup.apply(&wanted, Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
             ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
             ApplyError::Broker(e) => e,
         })?;

@@ -56,6 +56,17 @@ pub struct SiteModule {
     /// The ranks it runs on (`ranks`; default all).
     pub ranks: RankSet,
     pub line: usize,
+    /// In an instance, a bare `path` the search path does not find here: the error, given
+    /// only where the module runs (RFC 4 §4.1). The spec's path is the bare name meanwhile.
+    pub missing: Option<Missing>,
+}
+
+/// Where in the file a module's `path` was not found, and why.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +88,14 @@ impl Site {
     }
 
     /// The modules the broker of `rank` runs: the enabled ones whose `ranks` include it, in
-    /// file order. A standalone broker is rank 0.
-    pub fn wanted(&self, rank: u32) -> Vec<ModuleSpec> {
-        self.modules.iter().filter(|m| m.enabled && m.ranks.contains(rank)).map(|m| m.spec.clone()).collect()
+    /// file order. A standalone broker is rank 0. A module of this rank, enabled or not, whose
+    /// bare `path` is not on the search path here is an error.
+    pub fn wanted(&self, rank: u32) -> Result<Vec<ModuleSpec>, SiteError> {
+        let mine = || self.modules.iter().filter(|m| m.ranks.contains(rank));
+        if let Some(Missing { line, col, message }) = mine().find_map(|m| m.missing.as_ref()) {
+            return Err(SiteError::At { path: self.path.clone(), line: *line, col: *col, message: message.clone() });
+        }
+        Ok(mine().filter(|m| m.enabled).map(|m| m.spec.clone()).collect())
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Site, SiteError> {
@@ -119,8 +135,19 @@ impl Site {
             let table = m.span();
             let m = m.get_ref();
             let reference = Path::new(m.path.get_ref());
+            let mut missing = None;
             let file = if SearchPath::is_bare(reference) {
-                site.search_path.resolve(reference).map_err(|e| at(m.path.span(), format!("key `path`: {e}")))?
+                match site.search_path.resolve(reference) {
+                    Ok(file) => file,
+                    // Every broker of an instance reads the whole file; a module need only be
+                    // installed where it runs (`wanted`).
+                    Err(e) if site.overlay.is_some() => {
+                        let (line, col) = line_col(text, m.path.span().start);
+                        missing = Some(Missing { line, col, message: format!("key `path`: {e}") });
+                        reference.to_owned()
+                    }
+                    Err(e) => return Err(at(m.path.span(), format!("key `path`: {e}"))),
+                }
             } else {
                 absolute(base, m.path.get_ref())
             };
@@ -189,7 +216,7 @@ impl Site {
                     set
                 }
             };
-            site.modules.push(SiteModule { spec, enabled: m.enabled, ranks, line });
+            site.modules.push(SiteModule { spec, enabled: m.enabled, ranks, line, missing });
         }
         // Requirements must be enabled modules of this file.
         for (m, raw) in site.modules.iter().zip(&raw.modules) {

@@ -58,7 +58,7 @@ dirs = ["data:/data:rw"]
     assert_eq!(off.spec.request.sandbox.memory, Some(8 << 20));
     assert_eq!(off.spec.request.sandbox.dirs[0].guest, "/data");
     assert!(off.spec.request.sandbox.dirs[0].writable);
-    assert_eq!(site.wanted(0).len(), 2);
+    assert_eq!(site.wanted(0).expect("wanted").len(), 2);
 }
 
 #[test]
@@ -168,8 +168,22 @@ fn an_overlay_table_fills_in_its_defaults_and_finds_this_broker() {
         .contains("rank 6 is out of range: the instance has 6 brokers"));
     assert_eq!(site.modules[1].ranks.to_string(), "1-3,5");
     // Rank 0 runs kvs only.
-    let names: Vec<_> = site.wanted(0).into_iter().filter_map(|s| s.request.name).collect();
+    let names: Vec<_> = site.wanted(0).expect("wanted").into_iter().filter_map(|s| s.request.name).collect();
     assert_eq!(names, ["kvs"]);
+}
+
+#[test]
+fn in_an_instance_a_bare_name_not_on_the_search_path_is_refused_only_where_the_module_runs() {
+    let text = SIX_HOSTS.replace("path = \"/m/libkvs.so\"", "path = \"nosuch-kvs\"");
+    let text = format!("[broker]\nsearch_path = [\"/nonexistent-sb\"]\n{text}");
+    let (_dir, site) = overlay_site(&text, 0o600);
+    let site = site.expect("the file is good: the module is looked for only where it runs");
+    // Rank 0 runs it: the error names the line of its `path`.
+    let err = site.wanted(0).expect_err("not installed here").to_string();
+    assert!(err.contains("site.toml:17:8: key `path`: no module 'nosuch-kvs' on the search path"), "{err}");
+    // Rank 1 does not, and starts its own.
+    let names: Vec<_> = site.wanted(1).expect("wanted").into_iter().filter_map(|s| s.request.name).collect();
+    assert_eq!(names, ["echo"]);
 }
 
 #[test]
