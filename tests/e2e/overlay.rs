@@ -55,7 +55,8 @@ fn a_request_reaches_every_rank_by_nodeid_from_the_root_and_from_a_leaf() {
             let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info"}));
             assert_eq!(json(&r.expect("faulty.call"))["rank"], json!(to));
             // And a module addresses a rank as a client does: rank `to`'s asks rank 15 - to.
-            let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info", "nodeid": 15 - to}));
+            let r =
+                rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info", "nodeid": 15 - to}));
             assert_eq!(json(&r.expect("faulty.call with nodeid"))["rank"], json!(15 - to));
         }
         let r = rpc_at(&mut c, 16, Flags::default(), "broker.info", json!({}));
@@ -235,11 +236,7 @@ fn a_peer_without_the_instance_certificate_is_refused_and_nothing_it_sends_is_ro
     let rogue =
         switchboard_tests::Broker::start_site_args(&["--config", &site.display().to_string(), "--rank", "2"], None);
     // Rank 0 says who it refused.
-    assert!(
-        inst.broker(0).wait_log("whose CURVE handshake failed"),
-        "rank 0's log:\n{}",
-        inst.broker(0).log()
-    );
+    assert!(inst.broker(0).wait_log("whose CURVE handshake failed"), "rank 0's log:\n{}", inst.broker(0).log());
     let log = inst.broker(0).log();
     let line = log.lines().find(|l| l.contains("whose CURVE handshake failed")).unwrap_or_default();
     assert!(line.contains("refused a peer from 127.0.0.1:"), "{line}");

@@ -18,9 +18,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{decode_header, encode_frame_into, Errno, FrameError, Message, MsgType, FRAME_PREFIX};
 
-use super::peer_address;
 use super::health::{Health, State, States};
 use super::outbox::{self, Command, Control, LinkOut, Peer};
+use super::peer_address;
 use super::Topology;
 use crate::router::{self, broker_cred, Endpoint, Router, Sink};
 

@@ -34,11 +34,10 @@ pub async fn apply_file(
     })?;
     let site = Site::load(path).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
     let wanted = site.wanted(running.rank).map_err(|e| Error::new(Errno::EINVAL, e.to_string()))?;
-    let mut report =
-        sup.apply(&wanted, Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
-            ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
-            ApplyError::Broker(e) => e,
-        })?;
+    let mut report = sup.apply(&wanted, Some(site.search_path.clone()), dry_run).await.map_err(|e| match e {
+        ApplyError::Cycle(c) => Error::new(Errno::EINVAL, c.to_string()),
+        ApplyError::Broker(e) => e,
+    })?;
     report.path = site.path.display().to_string();
     for step in report.steps.iter_mut().filter(|s| s.action == "remove") {
         if let Some(line) =
