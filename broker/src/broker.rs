@@ -178,6 +178,12 @@ impl BrokerBuilder {
             let site = self.site.as_ref()?;
             Some((site.path.clone(), site.overlay.clone()?))
         });
+        if let (None, Some(rank)) = (&table, self.rank) {
+            return Err(BrokerError::Site(format!(
+                "--rank {rank} names this broker's place in an instance, and there is none: give --config a \
+                 site file with an [overlay] table (RFC 7 §2.2)"
+            )));
+        }
         let overlay =
             table.map(|(file, table)| overlay_config(&file, &table, self.rank, self.max_frame)).transpose()?;
         let place = overlay.as_ref().map_or(Place::STANDALONE, |o| Place { topology: o.topology, instance: true });

@@ -312,7 +312,12 @@ mod tests {
 
     #[test]
     fn a_bad_rank_set_is_a_usage_error_saying_what_is_wrong() {
-        for (set, why) in [("x", "'x' is not a rank"), ("5-2", "'5-2' runs backwards"), ("", "an empty rank set")] {
+        for (set, why) in [
+            ("x", "'x' is not a rank"),
+            ("5-2", "'5-2' runs backwards"),
+            ("", "an empty rank set"),
+            ("4294967294", "are reserved"),
+        ] {
             let e = parse(&["--rank", set, "list"]).map(|_| ()).expect_err(set);
             assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{set}");
             assert!(e.to_string().contains(why), "{set}: {e}");

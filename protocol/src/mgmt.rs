@@ -307,6 +307,9 @@ pub struct BrokerInfo {
     /// This broker's parent's rank; absent at rank 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<u32>,
+    /// The link to the parent: `up`, `lost` or `offline` (RFC 7 §4.2); absent at rank 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_link: Option<String>,
     /// This broker's children's ranks, whether their links are up or not.
     #[serde(default)]
     pub children: Vec<u32>,

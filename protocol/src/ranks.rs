@@ -20,6 +20,8 @@ pub enum RankSetError {
     Empty,
     #[error("'{0}' is not a rank: ranks are whole numbers from 0 (write 'all', 3 or 1-7,9)")]
     NotARank(String),
+    #[error("'{0}' is not a rank: 4294967294 (NODEID_UPSTREAM) and 4294967295 (NODEID_ANY) are reserved (RFC 1 §2.5)")]
+    Reserved(u32),
     #[error("'{0}' runs backwards: write the lower rank first")]
     Backwards(String),
     #[error("rank {rank} is out of range: the instance has {size} brokers (ranks 0-{last})", last = .size.saturating_sub(1))]
@@ -37,7 +39,11 @@ impl FromStr for RankSet {
         if s.is_empty() {
             return Err(RankSetError::Empty);
         }
-        let rank = |t: &str| t.trim().parse::<u32>().map_err(|_| RankSetError::NotARank(t.trim().to_string()));
+        let rank = |t: &str| match t.trim().parse::<u32>() {
+            Ok(r) if r >= crate::NODEID_UPSTREAM => Err(RankSetError::Reserved(r)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(RankSetError::NotARank(t.trim().to_string())),
+        };
         let mut ranges = Vec::new();
         for part in s.split(',') {
             let part = part.trim();
@@ -153,6 +159,10 @@ mod tests {
         assert_eq!("x".parse::<RankSet>(), Err(RankSetError::NotARank("x".into())));
         assert_eq!("-1".parse::<RankSet>(), Err(RankSetError::NotARank(String::new())));
         assert_eq!("7-1".parse::<RankSet>(), Err(RankSetError::Backwards("7-1".into())));
+        // NODEID_ANY and NODEID_UPSTREAM are not ranks: modctl would act on the wrong broker.
+        assert_eq!("4294967295".parse::<RankSet>(), Err(RankSetError::Reserved(0xFFFF_FFFF)));
+        assert_eq!("1-4294967294".parse::<RankSet>(), Err(RankSetError::Reserved(0xFFFF_FFFE)));
+        assert!("4294967293".parse::<RankSet>().is_ok());
         let err = set("1-7,9").resolve(8).expect_err("9 is beyond 8 brokers");
         assert_eq!(err, RankSetError::OutOfRange { rank: 9, size: 8 });
         assert_eq!(err.to_string(), "rank 9 is out of range: the instance has 8 brokers (ranks 0-7)");

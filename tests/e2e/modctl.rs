@@ -210,7 +210,14 @@ fn rank_is_refused_where_it_does_not_apply_and_a_bad_set_by_the_parser() {
         assert_eq!(out.status.code(), Some(1), "{all:?}");
         assert!(stderr(&out).starts_with("modctl: --rank does not apply to "), "{}", stderr(&out));
     }
-    for (set, why) in [("x", "'x' is not a rank"), ("7-1", "'7-1' runs backwards"), ("", "an empty rank set")] {
+    for (set, why) in [
+        ("x", "'x' is not a rank"),
+        ("7-1", "'7-1' runs backwards"),
+        ("", "an empty rank set"),
+        // NODEID_ANY and NODEID_UPSTREAM: sent as a nodeid they would reach another broker.
+        ("4294967295", "'4294967295' is not a rank: 4294967294 (NODEID_UPSTREAM) and 4294967295 (NODEID_ANY)"),
+        ("0-4294967294", "'4294967294' is not a rank"),
+    ] {
         let out = b.modctl(&["--rank", set, "list"]);
         assert_eq!(out.status.code(), Some(2), "--rank {set:?}");
         assert!(stderr(&out).contains(why), "{}", stderr(&out));

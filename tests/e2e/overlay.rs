@@ -51,6 +51,7 @@ fn a_request_reaches_every_rank_by_nodeid_from_the_root_and_from_a_leaf() {
             let parent = if to == 0 { Value::Null } else { json!((to - 1) / 2) };
             let children: Vec<u32> = [2 * to + 1, 2 * to + 2].into_iter().filter(|c| *c < 16).collect();
             assert_eq!((&info["size"], &info["parent"], &info["children"]), (&json!(16), &parent, &json!(children)));
+            assert_eq!(info["parent_link"], if to == 0 { Value::Null } else { json!("up") });
             // A module's service on that rank answers too (the module asks its own broker).
             let r = rpc_at(&mut c, to, Flags::default(), "faulty.call", json!({"topic": "broker.info"}));
             assert_eq!(json(&r.expect("faulty.call"))["rank"], json!(to));
@@ -171,8 +172,11 @@ fn killing_an_interior_broker_answers_every_request_through_it_and_it_rejoins_wh
     let r = rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}));
     assert_eq!(errno_of(&r), "EHOSTUNREACH");
     assert!(errtext(&r).contains("the link to rank 1 is lost"), "{}", errtext(&r));
-    // Ranks 3 and 4 keep serving their own clients.
-    assert_eq!(rank_of(rpc_at(&mut three, 3, Flags::default(), "broker.info", json!({}))), 3);
+    // Ranks 3 and 4 keep serving their own clients, and say they are cut off.
+    let info = json(&rpc_at(&mut three, 3, Flags::default(), "broker.info", json!({})).expect("broker.info"));
+    assert_eq!((&info["rank"], &info["parent_link"]), (&json!(3), &json!("lost")), "{info}");
+    let own = json(&rpc_at(&mut three, 3, Flags::default(), "overlay.status", json!({})).expect("status"));
+    assert_eq!(own["reason"], json!("the link to its parent, rank 1, is lost"), "{own}");
     inst.restart(1);
     inst.wait_full();
     assert_eq!(rank_of(rpc_at(&mut c, 4, Flags::default(), "broker.info", json!({}))), 4);
@@ -307,6 +311,18 @@ fn a_client_that_knows_the_public_key_but_not_the_secret_one_is_refused_by_zap()
 #[test]
 fn a_broker_refuses_to_start_on_an_overlay_table_with_a_mistake_and_says_where() {
     use std::process::{Command, Stdio};
+    // What `switchboard ARGS` says on its way out; it must not start.
+    let refused = |args: &[&str]| {
+        let child = Command::new(switchboard_tests::bin("switchboard"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        let out = switchboard_tests::output_within(child, WAIT);
+        assert!(!out.status.success(), "switchboard {args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let cert = dir.path().join("cert");
     switchboard_tests::instance::keygen(&cert);
@@ -323,26 +339,28 @@ fn a_broker_refuses_to_start_on_an_overlay_table_with_a_mistake_and_says_where()
         (good.to_string(), &["--rank", "0"], 0o644, "is readable by others (mode 0644); chmod 600 it"),
         (good.to_string(), &[], 0o600, "give the broker --rank N"),
     ];
+    let site = dir.path().join("site.toml").display().to_string();
+    let sock = dir.path().join("b.sock").display().to_string();
     for (text, args, mode, want) in cases {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(*mode)).expect("chmod");
-        let site = dir.path().join("site.toml");
         std::fs::write(&site, text).expect("write");
-        let child = Command::new(switchboard_tests::bin("switchboard"))
-            .arg("--config")
-            .arg(&site)
-            .arg("--listen")
-            .arg(dir.path().join("b.sock"))
-            .args(*args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start switchboard");
-        let out = switchboard_tests::output_within(child, WAIT);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "started on a file with a mistake ({want})");
+        let err = refused(&[&["--config", &site, "--listen", &sock], *args].concat());
         assert!(err.contains(want), "wanted {want:?} in:\n{err}");
         assert!(err.contains("site.toml"), "the file is not named:\n{err}");
+    }
+    // Options that only an instance has are refused where there is none, or made otherwise.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, "").expect("write");
+    let plain = plain.display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--config", &plain, "--listen", &sock, "--rank", "1"], "--rank 1 names this broker's place in an instance"),
+        (&["--listen", &sock, "--fanout", "3"], "--fanout K is the fanout of a --test-size N tree"),
+        (&["--config", &site, "--test-size", "2"], "--test-size makes the instance's [overlay] table itself"),
+    ];
+    for (args, want) in cases {
+        let err = refused(args);
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in:\n{err}");
     }
 }
 

@@ -83,9 +83,12 @@ impl Health {
             child.refused = None;
             child.refusals = 0;
             self.changed = true;
-            // Until it reports, it is up and its subtree unknown (what it said before it was
-            // lost no longer holds).
-            child.report.clear();
+            // Until it reports, it is up and its subtree unknown: what was seen before its
+            // link was lost stays lost (not offline, which would say never seen), the rest
+            // offline.
+            for s in child.report.values_mut().filter(|s| **s != State::Offline) {
+                *s = State::Lost;
+            }
             child.report.insert(c, State::Full);
         }
     }
@@ -201,5 +204,13 @@ mod tests {
         assert_eq!(tree.children[0].state, "lost");
         assert!(tree.children[0].reason.as_deref().unwrap_or("").starts_with("link lost"));
         assert_eq!(tree.children[0].children[1].host, "n4");
+        // 1 joins again: until it reports, what was seen below it stays lost (never offline,
+        // which would be news rank 0 publishes), then it is as reported.
+        h.child_up(1);
+        let s = h.states();
+        assert_eq!((s[&1], s[&3], s[&4]), (State::Full, State::Lost, State::Lost));
+        h.child_report(1, States::from([(1, State::Full), (3, State::Full), (4, State::Full)]));
+        let s = h.states();
+        assert_eq!((s[&0], s[&1], s[&3], s[&4]), (State::Full, State::Full, State::Full, State::Full));
     }
 }

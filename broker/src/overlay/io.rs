@@ -249,7 +249,12 @@ impl Io {
         match cmd {
             Command::Send { peer, link, msg } => self.send(peer, link, msg),
             Command::Status(req) => {
-                let tree = self.health.status(&self.hosts);
+                let mut tree = self.health.status(&self.hosts);
+                // Its own state is its subtree's; a broker cut off from its parent says so.
+                if let Some(parent) = self.up.as_ref().filter(|u| u.link.is_none()).map(|u| u.parent) {
+                    let state = self.router.link_state(parent);
+                    tree.reason = Some(format!("the link to its parent, rank {parent}, is {state}"));
+                }
                 crate::services::reply(&self.router, &req, &tree);
             }
             Command::Stop => {}

@@ -64,7 +64,10 @@ pub fn decide(place: &Place, msg: &Message, owned_here: impl FnOnce() -> bool) -
         }
         n if n == topo.rank && upstream => Way::Fail(
             Errno::EHOSTUNREACH,
-            format!("rank {n} is this broker, and the UPSTREAM flag says not this broker"),
+            format!(
+                "the request names rank {n}, this broker, but has the UPSTREAM flag, which means not this \
+                 broker: send UPSTREAM with NODEID_ANY only"
+            ),
         ),
         n if n == topo.rank => Way::Here,
         n if !place.instance => {

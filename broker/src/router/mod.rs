@@ -174,6 +174,11 @@ impl Router {
         &self.place
     }
 
+    /// The link to `peer` as RFC 7 §4.2 names it: `up`, `lost` (up once) or `offline` (never).
+    pub fn link_state(&self, peer: u32) -> &'static str {
+        self.table.read().link(peer).map_or_else(|state| state, |_| "up")
+    }
+
     /// Events numbered by rank 0 that never reached this broker's subscribers.
     pub fn events_lost(&self) -> u64 {
         self.events.lost()

@@ -204,6 +204,7 @@ async fn handle(cx: &Arc<Context>, msg: Message) {
                 size: router.place().topology.size,
                 fanout: router.place().topology.fanout,
                 parent: router.place().topology.parent(),
+                parent_link: router.place().topology.parent().map(|p| router.link_state(p).to_string()),
                 children: router.place().topology.children().collect(),
                 events_lost: router.events_lost(),
                 link_waits: router.full_links().waited.load(std::sync::atomic::Ordering::Relaxed),

@@ -54,9 +54,9 @@ struct Args {
     /// rank is up; stop them all on Ctrl-C (RFC 7 §2.3).
     #[arg(long, value_name = "N", conflicts_with_all = ["rank", "listen", "overlay_site"])]
     test_size: Option<u32>,
-    /// The fanout of the `--test-size` tree.
-    #[arg(long, value_name = "K", default_value_t = 2, requires = "test_size")]
-    fanout: u32,
+    /// The fanout of the `--test-size` tree (default 2).
+    #[arg(long, value_name = "K", requires = "test_size")]
+    fanout: Option<u32>,
     /// Join the instance this file's `[overlay]` table describes (what `--test-size` gives
     /// each rank).
     #[arg(long, value_name = "FILE", hide = true)]
@@ -192,13 +192,35 @@ fn watch_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<Unbounded
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let args = Args::parse();
+    // clap does not check `requires` here (args_conflicts_with_subcommands): say it ourselves.
+    if args.fanout.is_some() && args.test_size.is_none() {
+        Args::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, "--fanout K is the fanout of a --test-size N tree")
+            .exit();
+    }
     match &args.command {
         Some(Command::Keygen { path }) => return keygen(path),
         Some(command) => return generate(command),
         None => {}
     }
     if let Some(size) = args.test_size {
-        let fanout = args.fanout;
+        // The instance's [overlay] table is --test-size's own (RFC 7 §2.3).
+        match args.config.as_deref().map(Site::load).transpose() {
+            Ok(Some(Site { overlay: Some(_), path, .. })) => {
+                eprintln!(
+                    "switchboard: {}: --test-size makes the instance's [overlay] table itself: give it a site file \
+                     without one",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let fanout = args.fanout.unwrap_or(2);
         return test_size::run(test_size::TestSize { size, fanout, config: args.config, log: args.log });
     }
     let site = match args.config.as_deref().map(Site::load).transpose() {
