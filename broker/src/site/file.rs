@@ -25,7 +25,8 @@ pub struct Overlay {
     pub hosts: Spanned<Vec<Spanned<Host>>>,
     pub default_bind: Option<Spanned<String>>,
     pub default_connect: Option<Spanned<String>>,
-    pub default_port: Option<Spanned<u16>>,
+    /// Any integer, so that one out of range is refused with the key's name (`overlay.rs`).
+    pub default_port: Option<Spanned<i64>>,
     pub fanout: Option<Spanned<u32>>,
 }
 

@@ -46,10 +46,15 @@ impl OverlaySite {
             None => DEFAULT_FANOUT,
         };
         let port = match &table.default_port {
-            Some(p) if *p.get_ref() == 0 => {
-                return Err((p.span(), "key `default_port`: a port from 1 to 65535".into()));
-            }
-            Some(p) => *p.get_ref(),
+            Some(p) => match u16::try_from(*p.get_ref()) {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    return Err((
+                        p.span(),
+                        format!("key `default_port`: {} is not a port from 1 to 65535", p.get_ref()),
+                    ))
+                }
+            },
             None => DEFAULT_PORT,
         };
         let hosts = table.hosts.get_ref();

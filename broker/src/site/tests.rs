@@ -204,6 +204,11 @@ fn overlay_mistakes_name_their_line_and_key() {
         ),
         (SIX_HOSTS, 0o644, "is readable by others (mode 0644); chmod 600 it"),
         (&SIX_HOSTS.replace("default_port = 9000", "fanout = 0"), 0o600, "key `fanout`: it must be at least 1"),
+        (
+            &SIX_HOSTS.replace("default_port = 9000", "default_port = 70000"),
+            0o600,
+            "key `default_port`: 70000 is not a port from 1 to 65535",
+        ),
         ("[overlay]\ncurve_cert = \"CERT\"\nhosts = []\n", 0o600, "key `hosts`: no hosts"),
         (
             "[overlay]\ncurve_cert = \"missing.cert\"\nhosts = [{ host = \"a\" }]\n",

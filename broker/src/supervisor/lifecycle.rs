@@ -96,7 +96,7 @@ impl Supervisor {
                         return Err(Error::new(
                             Errno::EEXIST,
                             format!(
-                                "a module named '{}' is already loaded ({}); remove it first, reload it, or load this one with --name",
+                                "a module named '{}' is already loaded ({}); remove it first, reload it, or load this one under another name (--name)",
                                 info.name,
                                 old.rec.state().as_str()
                             ),
