@@ -195,11 +195,31 @@ impl Handle {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Message, Error> {
+        self.call(nodeid, Flags::default(), topic, payload, timeout)
+    }
+
+    /// `rpc` served by the nearest broker upstream of this one that owns the service (NODEID_ANY
+    /// with the UPSTREAM flag, RFC 7 §4.2), even when this broker has an owner: a module loaded
+    /// on every rank asks its ancestors' instances with `rpc_upstream("kvs.get", ...)`. ENOSYS
+    /// when none on the way to the root has it; EHOSTUNREACH at the root.
+    pub fn rpc_upstream<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<Message, Error> {
+        self.call(NODEID_ANY, Flags::UPSTREAM, topic, Message::encode_payload(value)?, None)
+    }
+
+    fn call(
+        &self,
+        nodeid: u32,
+        flags: Flags,
+        topic: &str,
+        payload: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Message, Error> {
         let mut req = Message::request(topic, payload);
         req.nodeid = nodeid;
+        req.flags = flags;
         let service = req.service();
         let owned = service == self.name || self.services.borrow().iter().any(|s| s == service);
-        if owned && self.comes_back(nodeid)? {
+        if owned && !flags.contains(Flags::UPSTREAM) && self.comes_back(nodeid)? {
             return Err(Error::new(
                 Errno::EDEADLK,
                 format!(

@@ -80,13 +80,26 @@ fn any_falls_through_to_the_nearest_ancestor_that_owns_the_service_and_upstream_
     let mut one = inst.client(1);
     assert_eq!(served_by(&mut one, Flags::default()), Some(1));
     assert_eq!(served_by(&mut one, Flags::UPSTREAM), Some(0), "UPSTREAM skips rank 1's own faulty");
+    // A module asks the nearest instance of its own service upstream: rank 1's faulty reaches
+    // rank 0's, which asks its own broker (never EDEADLK: the request never comes back).
+    let r = rpc_at(
+        &mut one,
+        1,
+        Flags::default(),
+        "faulty.call",
+        json!({"topic": "faulty.call", "payload": {"topic": "broker.info"}, "upstream": true}),
+    );
+    assert_eq!(json(&r.expect("faulty.call upstream"))["rank"], json!(0));
+    // At the root there is nothing upstream.
+    let mut root = inst.client(0);
+    let r = rpc_at(&mut root, 0, Flags::default(), "faulty.call", json!({"topic": "faulty.x", "upstream": true}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH", "{r:?}");
     // NODEID_UPSTREAM: the parent itself.
     assert_eq!(rank_of(rpc_at(&mut leaf, NODEID_UPSTREAM, Flags::default(), "broker.info", json!({}))), 3);
     // Nobody owns it: ENOSYS from the root; the root has nothing upstream.
     let r = rpc_at(&mut leaf, NODEID_ANY, Flags::default(), "nosuch.thing", json!({}));
     assert_eq!(errno_of(&r), "ENOSYS");
     assert!(errtext(&r).contains("on the way to the root"), "{}", errtext(&r));
-    let mut root = inst.client(0);
     let r = rpc_at(&mut root, NODEID_ANY, Flags::UPSTREAM, "broker.info", json!({}));
     assert_eq!(errno_of(&r), "EHOSTUNREACH");
 }

@@ -29,7 +29,7 @@ EPERM, ENOENT, EIO, EAGAIN, EEXIST, EINVAL, EDEADLK = 1, 2, 5, 11, 17, 22, 35
 ENOSYS, ENODATA, EPROTO, ETIMEDOUT, EHOSTUNREACH, ECANCELED = 38, 61, 71, 110, 113, 125
 
 REQUEST, RESPONSE, EVENT, CONTROL = 1, 2, 4, 8
-NO_RESPONSE, STREAMING = 0x01, 0x02
+NO_RESPONSE, STREAMING, UPSTREAM = 0x01, 0x02, 0x04
 NODEID_ANY = 0xFFFFFFFF  # nodeid: wherever the service is (this broker first, then upstream)
 NODEID_UPSTREAM = 0xFFFFFFFE  # nodeid: this broker's parent in the instance's tree (RFC 7)
 ROLE_OWNER = 1
@@ -330,7 +330,7 @@ class Module:
     def publish(self, topic, value=None):
         self.send(Message(EVENT, topic, pack(value if value is not None else {})))
 
-    def rpc(self, topic, value=None, timeout=_DEFAULT, nodeid=NODEID_ANY):
+    def rpc(self, topic, value=None, timeout=_DEFAULT, nodeid=NODEID_ANY, upstream=False):
         """Call another service and return its decoded response; raises Error on an error.
 
         The module serves nothing while it waits: requests that arrive meanwhile are handled
@@ -345,18 +345,24 @@ class Module:
         `mod.rpc("kvs.get", {...}, nodeid=0)`. NODEID_ANY (the default) is wherever the
         service is, NODEID_UPSTREAM this broker's parent; a rank the instance does not have,
         or cannot reach now, raises Error(EHOSTUNREACH). The module's own services may be
-        called on other ranks; on its own rank (or with NODEID_ANY) they are EDEADLK."""
+        called on other ranks; on its own rank (or with NODEID_ANY) they are EDEADLK.
+
+        `upstream=True` (with NODEID_ANY) is served by the nearest broker upstream of this one
+        that owns the service, even if this broker has an owner (the UPSTREAM flag, RFC 7
+        section 4.2): a module on every rank asks its ancestors' instance of its own service."""
         if isinstance(nodeid, bool) or not isinstance(nodeid, int) or not 0 <= nodeid <= NODEID_ANY:
             raise Error(EINVAL, f"{topic}: nodeid {nodeid!r} is not a rank (0 and up), NODEID_ANY or NODEID_UPSTREAM")
+        if upstream and nodeid != NODEID_ANY:
+            raise Error(EINVAL, f"{topic}: upstream=True goes with nodeid NODEID_ANY only")
         service = topic.split(".", 1)[0]
-        if (service == self.name or service in self._added) and self._comes_back(nodeid):
+        if (service == self.name or service in self._added) and not upstream and self._comes_back(nodeid):
             raise Error(EDEADLK, f"{topic}: '{self.name}' would wait on itself "
                                  "(a blocking rpc to a service the module owns would deadlock)")
         if timeout is _DEFAULT:
             timeout = self.rpc_timeout
         self._tag = (self._tag % 0xFFFFFFFF) + 1
         tag = self._tag
-        req = Message(REQUEST, topic, pack(value if value is not None else {}), 0, tag)
+        req = Message(REQUEST, topic, pack(value if value is not None else {}), UPSTREAM if upstream else 0, tag)
         req.nodeid = nodeid
         self.send(req)
         deadline = None if timeout is None else time.monotonic() + timeout
