@@ -315,17 +315,21 @@ pub fn list_on(client: &mut Client, ranks: &[u32], format: Format) -> Result<(),
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return failures.finish();
     }
-    let mut rows = Vec::new();
+    let (mut rows, mut answered) = (Vec::new(), 0);
     for (rank, list) in answers.into_iter().filter_map(|a| failures.take(a)) {
+        answered += 1;
         rows.extend(list.modules.iter().map(|m| {
             let mut row = vec![rank.to_string()];
             row.extend(list_row(m));
             row
         }));
     }
-    let mut header = vec!["RANK"];
-    header.extend(LIST_HEADER);
-    table::print(&header, &rows);
+    // No table at all when no rank answered: the failures say why.
+    if answered > 0 {
+        let mut header = vec!["RANK"];
+        header.extend(LIST_HEADER);
+        table::print(&header, &rows);
+    }
     failures.finish()
 }
 
