@@ -187,6 +187,12 @@ impl BrokerBuilder {
         let overlay =
             table.map(|(file, table)| overlay_config(&file, &table, self.rank, self.max_frame)).transpose()?;
         let place = overlay.as_ref().map_or(Place::STANDALONE, |o| Place { topology: o.topology, instance: true });
+        // This rank's modules, checked before it listens or joins (a missing one is the file's
+        // mistake, RFC 4 §5).
+        let wanted = match &self.site {
+            Some(site) => Some(site.wanted(place.rank()).map_err(|e| BrokerError::Site(e.to_string()))?),
+            None => None,
+        };
         let path = self.listen.unwrap_or_else(uri::default_socket_path);
         let path = std::path::absolute(&path).unwrap_or(path);
         let runtime = match self.runtime {
@@ -235,13 +241,10 @@ impl BrokerBuilder {
                 }
             }
         }
-        if let Some(site) = &self.site {
-            let report = match site.wanted(broker.router.place().rank()) {
-                Ok(wanted) => broker
-                    .block_on(broker.supervisor.apply(&wanted, None, false))
-                    .map_err(|c| BrokerError::Site(c.to_string())),
-                Err(e) => Err(BrokerError::Site(e.to_string())),
-            };
+        if let Some(wanted) = wanted {
+            let report = broker
+                .block_on(broker.supervisor.apply(&wanted, None, false))
+                .map_err(|c| BrokerError::Site(c.to_string()));
             let failed = match report {
                 Ok(r) => r.steps.into_iter().find(|s| !s.ok).map(|s| {
                     BrokerError::Site(format!(

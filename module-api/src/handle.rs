@@ -201,7 +201,8 @@ impl Handle {
     /// `rpc` served by the nearest broker upstream of this one that owns the service (NODEID_ANY
     /// with the UPSTREAM flag, RFC 7 §4.2), even when this broker has an owner: a module loaded
     /// on every rank asks its ancestors' instances with `rpc_upstream("kvs.get", ...)`. ENOSYS
-    /// when none on the way to the root has it; EHOSTUNREACH at the root.
+    /// when none on the way to the root has it; EHOSTUNREACH at the root. Native and process
+    /// modules only: in a WASM module it is ENOSYS (RFC 6's request import has no flags).
     pub fn rpc_upstream<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<Message, Error> {
         self.call(NODEID_ANY, Flags::UPSTREAM, topic, Message::encode_payload(value)?, None)
     }

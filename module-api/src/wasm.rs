@@ -123,6 +123,18 @@ impl Link for Rc<WasmLink> {
         if let Err(e) = self.flush() {
             return Some(Err(Error::new(Errno::ECONNRESET, e.to_string())));
         }
+        // The world's request imports carry no flags: an UPSTREAM request would lose its flag
+        // and be served here instead.
+        if req.flags.contains(Flags::UPSTREAM) {
+            return Some(Err(Error::new(
+                Errno::ENOSYS,
+                format!(
+                    "{}: rpc_upstream is not available to a WASM module (the WIT world's request has no flags); \
+                     rpc_on(NODEID_UPSTREAM, ...) asks the parent broker",
+                    req.topic
+                ),
+            )));
+        }
         let ms = timeout.map(|t| t.as_millis().min(u32::MAX as u128) as u32);
         // Plain `request` for ANY, which every host of this world has.
         let answer = match req.nodeid {

@@ -252,11 +252,10 @@ fn a_peer_without_the_instance_certificate_is_refused_and_nothing_it_sends_is_ro
     std::fs::write(&site, text).expect("write");
     let rogue =
         switchboard_tests::Broker::start_site_args(&["--config", &site.display().to_string(), "--rank", "2"], None);
-    // Rank 0 says who it refused.
-    assert!(inst.broker(0).wait_log("whose CURVE handshake failed"), "rank 0's log:\n{}", inst.broker(0).log());
-    let log = inst.broker(0).log();
-    let line = log.lines().find(|l| l.contains("whose CURVE handshake failed")).unwrap_or_default();
-    assert!(line.contains("refused a peer from 127.0.0.1:"), "{line}");
+    // Rank 0 says who it refused (best effort, RFC 7 §3.4: the rogue keeps trying, so one of
+    // its refusals names it).
+    let named = |l: &str| l.contains("refused a peer from 127.0.0.1:") && l.contains("whose CURVE handshake failed");
+    assert!(wait_until(|| inst.broker(0).log().lines().any(named)), "rank 0's log:\n{}", inst.broker(0).log());
     assert!(rogue.wait_log("check that this broker's certificate is the instance's"), "its log:\n{}", rogue.log());
     // Rank 0 never counts it in, and nothing it sends reaches rank 0.
     let states = all_states(&inst.status());

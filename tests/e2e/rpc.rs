@@ -141,6 +141,7 @@ fn a_python_module_calls_a_rank_with_nodeid() {
     assert!(errtext(&r).contains("nodeid -1 is not a rank"), "{r:?}");
     // upstream=True: its own service is asked of the brokers above (none here), not refused.
     let r = rpc(&mut c, "caller.call", json!({"topic": "caller.rank", "upstream": true}));
+    assert_eq!(errno_of(&r), "EHOSTUNREACH", "{r:?}");
     assert_eq!(errtext(&r), "no upstream broker: this broker is the root", "{r:?}");
     let r = rpc(&mut c, "caller.call", json!({"topic": "target.whoami", "nodeid": 0, "upstream": true}));
     assert_eq!(errno_of(&r), "EINVAL", "{r:?}");

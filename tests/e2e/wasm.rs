@@ -205,6 +205,10 @@ fn a_component_calls_other_services() {
     let mut c = b.client();
     assert_eq!(json(&rpc(&mut c, "caller.rpc", json!({"topic": "echo.x"})).unwrap()), json!({"topic": "echo.x"}));
     assert_eq!(errno_of(&rpc(&mut c, "caller.rpc", json!({"topic": "nowhere.x"}))), "ENOSYS");
+    // The world's request has no flags: an UPSTREAM call is refused, not sent without its flag.
+    let r = rpc(&mut c, "caller.call", json!({"topic": "echo.x", "upstream": true}));
+    assert_eq!(errno_of(&r), "ENOSYS", "{r:?}");
+    assert!(errtext(&r).contains("rpc_upstream is not available to a WASM module"), "{r:?}");
     // A request that waits a long time for its answer does not count against the CPU deadline.
     b.load(&module("faulty"), Some("slow"), &[]);
     load_wasm(&b, "patient", "faulty", json!({"cpu_ms": 100})).unwrap();

@@ -114,11 +114,18 @@ impl Health {
         }
     }
 
-    /// Child `c`'s report of its subtree; entries outside that subtree are ignored.
+    /// Child `c`'s report of its subtree; entries outside that subtree are ignored. A rank it
+    /// says `offline` that this broker has seen (a restarted child has not, yet) stays `lost`.
     pub fn child_report(&mut self, c: u32, report: States) {
         let topology = self.topology;
         if let Some(child) = self.children.get_mut(&c).filter(|ch| ch.up) {
-            child.report = report.into_iter().filter(|(r, _)| topology.in_subtree(*r, c)).collect();
+            let seen = |r: &u32| child.report.get(r).is_some_and(|s| *s != State::Offline);
+            let report: States = report
+                .into_iter()
+                .filter(|(r, _)| topology.in_subtree(*r, c))
+                .map(|(r, s)| (r, if s == State::Offline && seen(&r) { State::Lost } else { s }))
+                .collect();
+            child.report = report;
             self.changed = true;
         }
     }
@@ -209,6 +216,10 @@ mod tests {
         h.child_up(1);
         let s = h.states();
         assert_eq!((s[&1], s[&3], s[&4]), (State::Full, State::Lost, State::Lost));
+        // A restarted 1 has not seen its children yet and says so: still lost here.
+        h.child_report(1, States::from([(1, State::Partial), (3, State::Offline), (4, State::Full)]));
+        let s = h.states();
+        assert_eq!((s[&1], s[&3], s[&4]), (State::Partial, State::Lost, State::Full));
         h.child_report(1, States::from([(1, State::Full), (3, State::Full), (4, State::Full)]));
         let s = h.states();
         assert_eq!((s[&0], s[&1], s[&3], s[&4]), (State::Full, State::Full, State::Full, State::Full));

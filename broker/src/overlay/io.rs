@@ -86,8 +86,11 @@ pub(super) struct Down {
     refused: HashMap<String, u64>,
     /// Handshakes that failed before ZAP was asked (a peer with another server key).
     failed: u64,
-    /// Connections accepted and not yet closed: their descriptor and peer's address.
+    /// Connections accepted and not yet closed: their descriptor and peer's address. Keyed
+    /// by descriptor, so no larger than the descriptor limit.
     accepted: rustc_hash::FxHashMap<i32, String>,
+    /// The local port the ROUTER listens on (0: unknown), which its connections share.
+    port: u16,
     /// A handshake failure (event, code) whose connection's close names who it was.
     failing: Option<(u16, u32)>,
     /// Per rank: since when, and how many times, it connected again with its link up.
@@ -98,6 +101,7 @@ pub(super) struct Down {
 
 impl Down {
     pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
+        let port = bound_port(&sock);
         Down {
             sock,
             monitor,
@@ -107,6 +111,7 @@ impl Down {
             failed: 0,
             accepted: Default::default(),
             failing: None,
+            port,
             rejoins: Default::default(),
             alive_at: Instant::now(),
         }
@@ -855,8 +860,12 @@ impl Io {
             let fd = value as i32;
             match event {
                 EV_ACCEPTED => {
-                    if let (Some(d), Some(address)) = (&mut self.down, peer_address::of(fd)) {
-                        d.accepted.insert(fd, address);
+                    if let Some(d) = &mut self.down {
+                        // A number libzmq reused: what it named before is gone.
+                        d.accepted.remove(&fd);
+                        if let Some(address) = peer_address::of(fd, d.port) {
+                            d.accepted.insert(fd, address);
+                        }
                     }
                 }
                 EV_DISCONNECTED => {
@@ -952,6 +961,14 @@ impl Io {
                 }
             }
         }
+    }
+}
+
+/// The port of the TCP endpoint `sock` is bound to (0 if none or not TCP).
+fn bound_port(sock: &zmq::Socket) -> u16 {
+    match sock.get_last_endpoint() {
+        Ok(Ok(at)) => at.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0),
+        _ => 0,
     }
 }
 
