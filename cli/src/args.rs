@@ -77,6 +77,10 @@ pub enum Command {
         /// Remove it even if running modules require it.
         #[arg(long)]
         force: bool,
+        /// A module NAME that is not loaded is not an error (with --rank, on each rank that
+        /// has none: `rank N: NAME was not loaded`).
+        #[arg(long)]
+        missing_ok: bool,
     },
     /// Replace a module with a new instance of its file; requests that arrive meanwhile wait
     /// for the new instance.

@@ -38,6 +38,8 @@ fn errors_are_one_line_on_stderr_with_a_failing_status() {
         assert!(err.starts_with("modctl: "), "{err}");
         assert!(out.stdout.is_empty());
     }
+    // What is not loaded is not an error when the operator says so.
+    assert_eq!(b.modctl_ok(&["remove", "ghost", "--missing-ok"]), "");
     let err = String::from_utf8_lossy(&b.modctl(&["rpc", "nosuch.x"]).stderr).into_owned();
     assert!(err.contains("ENOSYS") && err.contains("nosuch"), "{err}");
 }
@@ -128,6 +130,11 @@ fn rank_0_and_all_run_on_the_standalone_broker_and_report_per_rank() {
         assert_eq!(lines.len(), 2, "{out}");
         assert!(lines[1].starts_with("rank 0: broker.ping: seq=1 time="), "{out}");
         assert_eq!(b.modctl_ok(&["--rank", set, "remove", &name]), format!("rank 0: removed {name}\n"));
+        // Gone now: an error, unless a missing module is fine.
+        let out = b.modctl(&["--rank", set, "remove", &name]);
+        assert!(!out.status.success() && stderr(&out).contains("ENOENT: no module named"), "{}", stderr(&out));
+        let out = b.modctl_ok(&["--rank", set, "remove", &name, "--missing-ok"]);
+        assert_eq!(out, format!("rank 0: {name} was not loaded\n"));
     }
     // Without --rank nothing changes: no RANK column, no rank prefix.
     assert!(b.modctl_ok(&["list"]).starts_with("NAME "));

@@ -472,6 +472,11 @@ fn a_module_loaded_with_rank_all_answers_on_every_rank_and_is_removed_from_all()
         let gone = rpc_at(&mut c, r, Flags::default(), "e3.anything", json!({}));
         assert_eq!(errno_of(&gone), "ENOSYS", "rank {r}");
     }
+    // Removing what is not there, when that is fine: only the dead rank 6 fails.
+    let out = inst.broker(0).modctl(&["--rank", "all", "remove", "e3", "--missing-ok"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.ends_with(": e3 was not loaded")).count(), 7, "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed on rank 6 (1 of 8)"));
 }
 
 #[test]

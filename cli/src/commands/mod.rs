@@ -57,7 +57,7 @@ pub fn run(client: &mut Client, command: Command, rank: Option<&RankSet>) -> Res
             request.isolated = isolated;
             modules::load(client, &path, request)
         }
-        Command::Remove { name, grace, force } => modules::remove(client, &name, grace, force),
+        Command::Remove { name, grace, force, missing_ok } => modules::remove(client, &name, grace, force, missing_ok),
         Command::Reload { name } => modules::reload(client, &name),
         Command::Apply { file, dry_run, json } => apply::apply(client, Some(&file), dry_run, json),
         Command::Config { command: ConfigCommand::Reload { dry_run, json } } => {
@@ -106,7 +106,9 @@ fn run_on(client: &mut Client, command: Command, set: &RankSet) -> Result<(), Cl
             request.isolated = isolated;
             modules::load_on(client, &ranks, &path, request, rollback)
         }
-        Command::Remove { name, grace, force } => modules::remove_on(client, &ranks, &name, grace, force),
+        Command::Remove { name, grace, force, missing_ok } => {
+            modules::remove_on(client, &ranks, &name, grace, force, missing_ok)
+        }
         Command::Reload { name } => modules::reload_on(client, &ranks, &name),
         Command::Stats { name, output } => modules::stats_on(client, &ranks, &name, output.format()),
         Command::List { output } => modules::list_on(client, &ranks, output.format()),

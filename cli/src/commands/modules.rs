@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use switchboard_client::Client;
+use switchboard_client::{Client, ClientError};
 use switchboard_protocol::mgmt::{
     Declarations, DirArgs, InfoArgs, LoadArgs, ModuleDescription, ModuleList, ModuleStats, ModuleStatus, NameArgs,
     RemoveArgs,
 };
-use switchboard_protocol::Message;
+use switchboard_protocol::{Errno, Message};
 
 use super::metrics;
 use super::ranks::{self, Failures, RankJson};
@@ -99,11 +99,17 @@ fn kind_text(kind: &str, isolated: bool) -> String {
     }
 }
 
-pub fn remove(client: &mut Client, name: &str, grace_ms: Option<u64>, force: bool) -> Result<(), CliError> {
-    client
-        .rpc("module.remove", &RemoveArgs { name: name.to_string(), grace_ms, force })
-        .doing(format!("remove {name}"))?;
-    Ok(())
+pub fn remove(
+    client: &mut Client,
+    name: &str,
+    grace_ms: Option<u64>,
+    force: bool,
+    missing_ok: bool,
+) -> Result<(), CliError> {
+    match client.rpc("module.remove", &RemoveArgs { name: name.to_string(), grace_ms, force }) {
+        Err(ClientError::Remote(e)) if missing_ok && e.errnum == Errno::ENOENT => Ok(()),
+        r => r.doing(format!("remove {name}")).map(|_| ()),
+    }
 }
 
 /// `remove` on each of `ranks`: `rank N: removed NAME` per rank.
@@ -113,13 +119,18 @@ pub fn remove_on(
     name: &str,
     grace_ms: Option<u64>,
     force: bool,
+    missing_ok: bool,
 ) -> Result<(), CliError> {
     let what = format!("remove {name}");
     let payload = ranks::payload(&RemoveArgs { name: name.to_string(), grace_ms, force })?;
     let answers = ranks::each_raw(client, ranks, &what, "module.remove", payload, None)?;
     let mut failures = Failures::new(&what, ranks.len());
-    for (rank, _) in answers.into_iter().filter_map(|a| failures.take(a)) {
-        println!("rank {rank}: removed {name}");
+    for a in answers {
+        if missing_ok && a.errno == Some(Errno::ENOENT) {
+            println!("rank {}: {name} was not loaded", a.rank);
+        } else if let Some((rank, _)) = failures.take(a) {
+            println!("rank {rank}: removed {name}");
+        }
     }
     failures.finish()
 }

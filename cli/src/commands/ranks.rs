@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use switchboard_client::{Client, ClientError};
-use switchboard_protocol::{mgmt::BrokerInfo, ranks::RankSet, Message};
+use switchboard_protocol::{mgmt::BrokerInfo, ranks::RankSet, Errno, Message};
 
 use crate::{CliError, Context};
 
@@ -48,6 +48,8 @@ pub struct Answer<T> {
     /// From the request's write to its response.
     pub elapsed: Duration,
     pub result: Result<T, String>,
+    /// The error number when the broker answered with an error.
+    pub errno: Option<Errno>,
 }
 
 /// `topic` with `payload` to every rank at once (pipelined, one matchtag each); the answers
@@ -66,6 +68,7 @@ pub fn each<T: DeserializeOwned>(
             rank: a.rank,
             elapsed: a.elapsed,
             result: a.result.and_then(|m| m.decode().map_err(|e| format!("the broker sent an unexpected reply: {e}"))),
+            errno: a.errno,
         })
         .collect())
 }
@@ -89,7 +92,13 @@ pub fn each_raw(
     };
     Ok(replies
         .into_iter()
-        .map(|r| Answer { rank: r.rank, elapsed: r.elapsed, result: r.result.map_err(error) })
+        .map(|r| {
+            let errno = match &r.result {
+                Err(ClientError::Remote(e)) => Some(e.errnum),
+                _ => None,
+            };
+            Answer { rank: r.rank, elapsed: r.elapsed, result: r.result.map_err(error), errno }
+        })
         .collect())
 }
 
@@ -176,7 +185,7 @@ mod tests {
     #[test]
     fn failures_end_with_the_ranks_written_as_a_set() {
         let mut f = Failures::new("load echo", 4);
-        assert!(f.take(Answer { rank: 0, elapsed: Duration::ZERO, result: Ok(()) }).is_some());
+        assert!(f.take(Answer { rank: 0, elapsed: Duration::ZERO, result: Ok(()), errno: None }).is_some());
         for r in [6, 3, 5] {
             f.fail(r, "EHOSTUNREACH: gone");
         }
