@@ -100,8 +100,9 @@ pub(super) struct Down {
 }
 
 impl Down {
-    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket) -> Down {
-        let port = bound_port(&sock);
+    /// `bound`: the endpoint `sock` listens on, as libzmq reports it (`tcp://IP:PORT`).
+    pub fn new(sock: zmq::Socket, monitor: zmq::Socket, zap: zmq::Socket, bound: Option<&str>) -> Down {
+        let port = bound.and_then(|at| at.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
         Down {
             sock,
             monitor,
@@ -961,14 +962,6 @@ impl Io {
                 }
             }
         }
-    }
-}
-
-/// The port of the TCP endpoint `sock` is bound to (0 if none or not TCP).
-fn bound_port(sock: &zmq::Socket) -> u16 {
-    match sock.get_last_endpoint() {
-        Ok(Ok(at)) => at.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0),
-        _ => 0,
     }
 }
 

@@ -111,7 +111,7 @@ impl Overlay {
                 let monitor = monitor(&ctx, &sock, "inproc://overlay-down", events)?;
                 sock.bind(uri).map_err(|source| OverlayError::Bind { rank: t.rank, uri: uri.clone(), source })?;
                 bound = sock.get_last_endpoint()?.ok();
-                Some(io::Down::new(sock, monitor, zap))
+                Some(io::Down::new(sock, monitor, zap, bound.as_deref()))
             }
             None => None,
         };

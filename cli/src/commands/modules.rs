@@ -326,9 +326,8 @@ pub fn list_on(client: &mut Client, ranks: &[u32], format: Format) -> Result<(),
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return failures.finish();
     }
-    let (mut rows, mut answered) = (Vec::new(), 0);
+    let mut rows = Vec::new();
     for (rank, list) in answers.into_iter().filter_map(|a| failures.take(a)) {
-        answered += 1;
         rows.extend(list.modules.iter().map(|m| {
             let mut row = vec![rank.to_string()];
             row.extend(list_row(m));
@@ -336,7 +335,7 @@ pub fn list_on(client: &mut Client, ranks: &[u32], format: Format) -> Result<(),
         }));
     }
     // No table at all when no rank answered: the failures say why.
-    if answered > 0 {
+    if !failures.all() {
         let mut header = vec!["RANK"];
         header.extend(LIST_HEADER);
         table::print(&header, &rows);

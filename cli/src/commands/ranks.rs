@@ -141,6 +141,11 @@ impl Failures {
         !self.failed.is_empty()
     }
 
+    /// Whether every rank asked failed (none answered).
+    pub fn all(&self) -> bool {
+        self.failed.len() >= self.asked
+    }
+
     /// Ok if no rank failed; otherwise the error that ends modctl with status 1, naming them.
     pub fn finish(self) -> Result<(), CliError> {
         if self.failed.is_empty() {

@@ -203,26 +203,6 @@ fn main() -> ExitCode {
         Some(command) => return generate(command),
         None => {}
     }
-    if let Some(size) = args.test_size {
-        // The instance's [overlay] table is --test-size's own (RFC 7 §2.3).
-        match args.config.as_deref().map(Site::load).transpose() {
-            Ok(Some(Site { overlay: Some(_), path, .. })) => {
-                eprintln!(
-                    "switchboard: {}: --test-size makes the instance's [overlay] table itself: give it a site file \
-                     without one",
-                    path.display()
-                );
-                return ExitCode::FAILURE;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("switchboard: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        let fanout = args.fanout.unwrap_or(2);
-        return test_size::run(test_size::TestSize { size, fanout, config: args.config, log: args.log });
-    }
     let site = match args.config.as_deref().map(Site::load).transpose() {
         Ok(s) => s,
         Err(e) => {
@@ -230,6 +210,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(size) = args.test_size {
+        // The instance's [overlay] table is --test-size's own (RFC 7 §2.3).
+        if let Some(Site { overlay: Some(_), path, .. }) = &site {
+            eprintln!(
+                "switchboard: {}: --test-size makes the instance's [overlay] table itself: give it a site file \
+                 without one",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        let fanout = args.fanout.unwrap_or(2);
+        return test_size::run(test_size::TestSize { size, fanout, config: args.config, log: args.log });
+    }
     let filter = args.log.clone().or_else(|| site.as_ref().and_then(|s| s.log.clone())).unwrap_or("info".into());
     let env_filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("switchboard: log filter '{filter}' is not valid ({e}); logging at info");
